@@ -1,0 +1,24 @@
+"""ssesup: Server-Sent Events for Starlette and FastAPI, supervised.
+
+A route returns ``SupervisedStream(gen)``; the connection becomes an actor with an explicit state
+machine, owned by one supervisor per event loop.
+"""
+
+from ssesup.events import Event
+from ssesup.states import CloseReason, IllegalTransition, State, Transition, Trigger
+from ssesup.stream import SupervisedStream
+from ssesup.supervisor import Supervisor, SupervisorMiddleware, default_supervisor
+
+__all__ = [
+    "CloseReason",
+    "Event",
+    "IllegalTransition",
+    "State",
+    "SupervisedStream",
+    "Supervisor",
+    "SupervisorMiddleware",
+    "Transition",
+    "Trigger",
+    "default_supervisor",
+]
+__version__ = "0.1.0"

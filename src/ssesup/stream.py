@@ -1,0 +1,332 @@
+"""The actor: one :class:`SupervisedStream` per connection.
+
+Owns: the ASGI ``send``/``receive`` of one response, pulling its generator, encoding what it yields,
+and feeding triggers to its :class:`~ssesup.states.StreamMachine`. Does not own: decisions about state
+(it asks the machine), timers (it hands one callback to the supervisor's timer service), logging or
+metrics (the supervisor observes every transition).
+
+Three roles run under one task group, like Starlette's ``StreamingResponse``:
+
+* the *producer* pulls the generator, encodes each item and queues the bytes;
+* the *sender* (the request's own task) sends whatever is queued as one body chunk, so a burst of
+  events costs one send while an event that arrives alone goes out at once;
+* the *listener* waits on ``receive()`` so a disconnect is seen while the generator is waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, Union
+
+import anyio
+import structlog
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from ssesup.events import Event, check_separator, encode_item
+from ssesup.states import CloseReason, State, StreamMachine, Trigger
+from ssesup.supervisor import Supervisor, check_seconds, supervisor_for
+from ssesup.timers import Timer
+
+log = structlog.get_logger("ssesup")
+
+Item = Union[Event, str, bytes, memoryview, Mapping[str, Any]]
+Content = Union[AsyncIterable[Item], Iterable[Item]]
+
+# The producer stops pulling once this many bytes wait for the sender: memory per stream stays bounded
+# however slow the client, and a burst is sent in chunks of about this size.
+HIGH_WATER = 64 * 1024
+# How long closing the generator and ending the body may take once the stream has ended.
+CLOSE_GRACE = 5.0
+
+_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+_ids = itertools.count(1)
+
+# Reasons after which nothing more can or should be written to the client.
+_ABANDON = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.SEND_TIMEOUT})
+
+
+class SupervisedStream(Response):
+    """A ``text/event-stream`` response whose connection is supervised.
+
+    ``content`` is an async iterable (or a sync iterable, run in a worker thread) yielding
+    :class:`Event`, ``str`` (sent as data), ``bytes``/``memoryview`` (sent as is) or a ``dict`` of
+    event fields. ``ping``, ``send_timeout``, ``sep`` and ``ping_factory`` override the supervisor's
+    settings for this stream.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        content: Content,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+        *,
+        ping: float | None = None,
+        send_timeout: float | None = None,
+        sep: str | None = None,
+        ping_factory: Callable[[], Event] | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        if isinstance(content, AsyncIterable):
+            self._iterator: AsyncIterator[Item] = aiter(content)
+            self._sync_iterator: Iterator | None = None
+        elif isinstance(content, Iterable) and not isinstance(content, (str, bytes, Mapping)):
+            self._sync_iterator = iter(content)
+            self._iterator = iterate_in_threadpool(self._sync_iterator)
+        else:
+            raise TypeError(
+                f"SupervisedStream content must be an async or sync iterable of events, "
+                f"not {type(content).__name__}"
+            )
+        self.status_code = status_code
+        if media_type is not None:
+            self.media_type = media_type
+        self.background = background
+        self.init_headers(headers)
+        present = {name for name, _ in self.raw_headers}
+        for name, value in ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")):
+            if name not in present:
+                self.raw_headers.append((name, value))
+        self._ping = None if ping is None else check_seconds("ping", ping)
+        self._send_timeout = None if send_timeout is None else check_seconds("send_timeout", send_timeout)
+        self._sep = None if sep is None else check_separator(sep)
+        self._ping_factory = ping_factory
+        self._supervisor = supervisor
+        self._machine = StreamMachine()
+        self.stream_id = ""
+        self.route = ""
+        self.client = ""
+        self.started_at = 0.0
+        self.ended_at: float | None = None
+        self.events_sent = 0
+        self.pings_sent = 0
+        self.bytes_sent = 0
+
+    # -- what observers and generators can read ------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        return self._machine.close_reason
+
+    @property
+    def duration(self) -> float:
+        """Seconds from registration to close (or until now, while open)."""
+        end = self.ended_at if self.ended_at is not None else anyio.current_time()
+        return end - self.started_at
+
+    # -- the ASGI application ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            send = self._wrap_websocket_denial_send(send)
+        supervisor = self._supervisor or supervisor_for(scope)
+        self._supervisor = supervisor
+        self._settle(supervisor, scope)
+        live = supervisor.register(self)
+        now = self.started_at = self._last_activity = anyio.current_time()
+        self._timer: Timer | None = None
+        if self._ping or self._send_timeout:
+            self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._cancel_scope = task_group.cancel_scope
+                task_group.start_soon(self._listen, receive)
+                start = {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+                if await self._send(send, start):
+                    self._fire(Trigger.FIRST_SEND)
+                    task_group.start_soon(self._produce)
+                    await self._send_queued(send)
+                task_group.cancel_scope.cancel()
+        finally:
+            # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
+            self._fire(Trigger.FORCE_CLOSE)
+            if self._timer is not None:
+                self._timer.cancel()
+            with anyio.move_on_after(CLOSE_GRACE, shield=True):
+                await self._close_iterator()
+            supervisor.unregister(self)
+        if self.background is not None:
+            await self.background()
+
+    def _settle(self, supervisor: Supervisor, scope: Scope) -> None:
+        """Fix this stream's settings and identity at the start of the response."""
+        self.stream_id = f"{next(_ids):x}"
+        route = scope.get("route")
+        self.route = getattr(route, "path", "") or ""
+        client = scope.get("client")
+        self.client = f"{client[0]}:{client[1]}" if client else ""
+        if self._ping is None:
+            self._ping = supervisor.ping
+        if self._send_timeout is None:
+            self._send_timeout = supervisor.send_timeout
+        if self._sep is None:
+            self._sep = supervisor.sep
+        if self._ping_factory is None:
+            self._ping_factory = supervisor.ping_factory
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._queued_pings = 0
+        self._sender_wake: anyio.Event | None = None
+        self._producer_space: anyio.Event | None = None
+        self._producer_scope: anyio.CancelScope | None = None
+        self._send_started: float | None = None
+
+    # -- the three roles -----------------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._producer_scope = scope
+            if self._machine.closed:
+                return
+            sep = self._sep
+            assert sep is not None
+            queue = self._queue
+            try:
+                async for item in self._iterator:
+                    chunk = encode_item(item, sep)
+                    queue.append(chunk)
+                    self._queued_bytes += len(chunk)
+                    self._wake_sender()
+                    if self._queued_bytes >= HIGH_WATER:
+                        self._producer_space = space = anyio.Event()
+                        await space.wait()
+            except Exception:
+                log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
+                self._fire(Trigger.ERROR)
+            else:
+                self._fire(Trigger.EXHAUSTED)
+
+    async def _send_queued(self, send: Send) -> None:
+        while True:
+            queue = self._queue
+            if queue:
+                body = queue[0] if len(queue) == 1 else b"".join(queue)
+                events, pings = len(queue) - self._queued_pings, self._queued_pings
+                queue.clear()
+                self._queued_bytes = self._queued_pings = 0
+                if self._producer_space is not None:
+                    self._producer_space.set()
+                    self._producer_space = None
+                if not await self._send(
+                    send, {"type": "http.response.body", "body": body, "more_body": True}
+                ):
+                    return
+                self.events_sent += events
+                self.pings_sent += pings
+                self.bytes_sent += len(body)
+            elif self._machine.closed:
+                await self._send(send, _END_OF_BODY)
+                return
+            else:
+                self._sender_wake = wake = anyio.Event()
+                await wake.wait()
+
+    async def _listen(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] in ("http.disconnect", "websocket.disconnect"):
+                self._fire(Trigger.CLIENT_DISCONNECT)
+                return
+
+    # -- helpers of the roles ------------------------------------------------------------------------
+
+    async def _send(self, send: Send, message: Message) -> bool:
+        """Send under the send deadline; ``False`` when the client is gone."""
+        self._send_started = self._last_activity = anyio.current_time()
+        try:
+            await send(message)
+        except OSError:
+            self._fire(Trigger.CLIENT_DISCONNECT)
+            return False
+        finally:
+            self._send_started = None
+        return True
+
+    def _wake_sender(self) -> None:
+        if self._sender_wake is not None:
+            self._sender_wake.set()
+            self._sender_wake = None
+
+    def _fire(self, trigger: Trigger) -> None:
+        """Feed ``trigger`` to the machine and act on its answer.
+
+        The first ending wins: once CLOSED, later endings (a disconnect seen after the generator
+        finished, say) are not transitions, so they are dropped here rather than raised by the table.
+        """
+        machine = self._machine
+        if machine.closed:
+            return
+        transition = machine.fire(trigger)
+        assert self._supervisor is not None
+        self._supervisor.observe(self, transition)
+        if transition.to_state is not State.CLOSED:
+            return
+        self.ended_at = anyio.current_time()
+        if transition.close_reason in _ABANDON:
+            self._cancel_scope.cancel()
+        else:
+            if self._producer_scope is not None:
+                self._producer_scope.cancel()
+            self._wake_sender()
+
+    def _next_check(self, now: float) -> float:
+        """When the timer should look at this stream again: the next ping, or the next send check."""
+        deadline = math.inf
+        if self._ping:
+            deadline = self._last_activity + self._ping
+        if self._send_timeout:
+            # A send that starts right after a check is caught by the next one: within 1.25x the timeout.
+            started = self._send_started
+            check = started + self._send_timeout if started is not None else now + self._send_timeout / 4
+            deadline = min(deadline, check)
+        return deadline
+
+    def _on_timer(self, now: float) -> float | None:
+        """The timer service's callback: ping an idle stream, end a stalled send. No I/O here."""
+        if self._machine.closed:
+            return None
+        started = self._send_started
+        if started is not None and self._send_timeout and now - started >= self._send_timeout:
+            self._fire(Trigger.SEND_TIMEOUT)
+            return None
+        if self._ping and started is None and not self._queue and now - self._last_activity >= self._ping:
+            factory = self._ping_factory
+            chunk = (
+                factory().encode(self._sep or "\r\n")
+                if factory
+                else b": ping" + (self._sep or "\r\n").encode() * 2
+            )
+            self._queue.append(chunk)
+            self._queued_bytes += len(chunk)
+            self._queued_pings += 1
+            self._last_activity = now
+            self._wake_sender()
+        return self._next_check(now)
+
+    async def _close_iterator(self) -> None:
+        """Close the generator so its ``finally`` blocks run; a failure there is logged, never raised."""
+        try:
+            aclose = getattr(self._iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            close = getattr(self._sync_iterator, "close", None)
+            if close is not None:
+                await anyio.to_thread.run_sync(close)
+        except Exception:
+            log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)

@@ -1,0 +1,109 @@
+"""The central timer service: one heap of deadlines per event loop, driven by one task.
+
+Owns: deadlines and the single task that waits for the earliest of them. Does not own: what a
+deadline means. A callback is synchronous, must not do I/O, and returns the next deadline it wants
+(or ``None``); ping ticks and send deadlines are written that way by the actor, so a stream costs one
+heap entry, not one sleeping task per concern.
+
+The driver task exists only while there are deadlines: it starts with the first one and ends when the
+heap is empty, so a loop with no live streams has no task of ours.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+import anyio
+import structlog
+
+from ssesup._tasks import spawn_owned
+
+log = structlog.get_logger("ssesup.timers")
+
+TimerCallback = Callable[[float], "float | None"]
+
+# Deadlines this close together fire in one wake-up of the driver.
+RESOLUTION = 0.01
+
+
+class Timer:
+    """A handle on one scheduled callback."""
+
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: TimerCallback) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TimerService:
+    """A heap of :class:`Timer` and the one task that fires them. One per event loop."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._sleep_scope: anyio.CancelScope | None = None
+        self._driver: object | None = None
+
+    @property
+    def pending(self) -> int:
+        """Timers scheduled and not yet fired or cancelled."""
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
+
+    @property
+    def running(self) -> bool:
+        return self._driver is not None
+
+    def schedule(self, deadline: float, callback: TimerCallback) -> Timer:
+        timer = Timer(deadline, callback)
+        self._push(timer)
+        return timer
+
+    def _push(self, timer: Timer) -> None:
+        heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
+        if self._driver is None:
+            self._driver = spawn_owned(self._drive)
+        elif self._sleep_scope is not None and timer.deadline < self._sleep_scope.deadline:
+            self._sleep_scope.deadline = timer.deadline
+
+    async def _drive(self) -> None:
+        try:
+            while self._drop_cancelled():
+                with anyio.CancelScope(deadline=self._heap[0][0]) as scope:
+                    self._sleep_scope = scope
+                    await anyio.sleep_forever()
+                self._sleep_scope = None
+                self._fire_due(anyio.current_time() + RESOLUTION)
+        finally:
+            self._sleep_scope = None
+            self._driver = None
+
+    def _drop_cancelled(self) -> bool:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        if len(heap) > 64 and sum(1 for _, _, t in heap if t.cancelled) > len(heap) // 2:
+            self._heap = heap = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+        return bool(heap)
+
+    def _fire_due(self, horizon: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= horizon:
+            _, _, timer = heapq.heappop(heap)
+            if timer.cancelled:
+                continue
+            try:
+                next_deadline = timer.callback(anyio.current_time())
+            except Exception:
+                log.exception("timer.callback_failed")
+                continue
+            if next_deadline is not None and not timer.cancelled:
+                timer.deadline = next_deadline
+                heapq.heappush(heap, (next_deadline, next(self._seq), timer))
