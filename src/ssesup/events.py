@@ -49,9 +49,7 @@ class Event:
         comment: str | None = None,
     ) -> None:
         if data is not None and not isinstance(data, str):
-            raise TypeError(
-                f"Event data must be a str, not {type(data).__name__}; use Event.json(obj) for JSON"
-            )
+            raise TypeError(f"Event data must be a str, not {type(data).__name__}; use Event.json(obj) for JSON")
         if event is not None:
             _check_single_line("event", event)
         if id is not None:
@@ -121,9 +119,7 @@ class Event:
         return hash(tuple(getattr(self, f) for f in self.__slots__))
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{f}={getattr(self, f)!r}" for f in self.__slots__ if getattr(self, f) is not None
-        )
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__ if getattr(self, f) is not None)
         return f"Event({fields})"
 
 

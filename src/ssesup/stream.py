@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import Any, Union
+from typing import Any
 
 import anyio
 import structlog
@@ -34,8 +34,8 @@ from ssesup.timers import Timer
 
 log = structlog.get_logger("ssesup")
 
-Item = Union[Event, str, bytes, memoryview, Mapping[str, Any]]
-Content = Union[AsyncIterable[Item], Iterable[Item]]
+Item = Event | str | bytes | memoryview | Mapping[str, Any]
+Content = AsyncIterable[Item] | Iterable[Item]
 
 # The producer stops pulling once this many bytes wait for the sender: memory per stream stays bounded
 # however slow the client, and a burst is sent in chunks of about this size.
@@ -83,8 +83,7 @@ class SupervisedStream(Response):
             self._iterator = iterate_in_threadpool(self._sync_iterator)
         else:
             raise TypeError(
-                f"SupervisedStream content must be an async or sync iterable of events, "
-                f"not {type(content).__name__}"
+                f"SupervisedStream content must be an async or sync iterable of events, not {type(content).__name__}"
             )
         self.status_code = status_code
         if media_type is not None:
@@ -223,9 +222,7 @@ class SupervisedStream(Response):
                 if self._producer_space is not None:
                     self._producer_space.set()
                     self._producer_space = None
-                if not await self._send(
-                    send, {"type": "http.response.body", "body": body, "more_body": True}
-                ):
+                if not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
                     return
                 self.events_sent += events
                 self.pings_sent += pings
@@ -307,11 +304,7 @@ class SupervisedStream(Response):
             return None
         if self._ping and started is None and not self._queue and now - self._last_activity >= self._ping:
             factory = self._ping_factory
-            chunk = (
-                factory().encode(self._sep or "\r\n")
-                if factory
-                else b": ping" + (self._sep or "\r\n").encode() * 2
-            )
+            chunk = factory().encode(self._sep or "\r\n") if factory else b": ping" + (self._sep or "\r\n").encode() * 2
             self._queue.append(chunk)
             self._queued_bytes += len(chunk)
             self._queued_pings += 1
