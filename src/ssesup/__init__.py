@@ -7,13 +7,14 @@ machine, owned by one supervisor per event loop.
 from ssesup.events import Event
 from ssesup.states import CloseReason, IllegalTransition, State, Transition, Trigger
 from ssesup.stream import SupervisedStream
-from ssesup.supervisor import Supervisor, SupervisorMiddleware, default_supervisor
+from ssesup.supervisor import StreamObserver, Supervisor, SupervisorMiddleware, default_supervisor
 
 __all__ = [
     "CloseReason",
     "Event",
     "IllegalTransition",
     "State",
+    "StreamObserver",
     "SupervisedStream",
     "Supervisor",
     "SupervisorMiddleware",

@@ -227,6 +227,7 @@ class SupervisedStream(Response):
                 self.events_sent += events
                 self.pings_sent += pings
                 self.bytes_sent += len(body)
+                self._supervisor.notify("sent", self, events, pings, len(body))
             elif self._machine.closed:
                 await self._send(send, _END_OF_BODY)
                 return
@@ -271,7 +272,7 @@ class SupervisedStream(Response):
             return
         transition = machine.fire(trigger)
         assert self._supervisor is not None
-        self._supervisor.observe(self, transition)
+        self._supervisor.notify("transitioned", self, transition)
         if transition.to_state is not State.CLOSED:
             return
         self.ended_at = anyio.current_time()

@@ -28,8 +28,46 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ssesup")
 
-TransitionObserver = Callable[["SupervisedStream", Transition], None]
 SCOPE_KEY = "ssesup.supervisor"
+
+
+class StreamObserver:
+    """What the supervisor tells its observers. Subclass and override what you need.
+
+    Every method is called on the event loop, must not block, and may raise: a failing observer is
+    logged and never fails a stream.
+    """
+
+    def opened(self, stream: SupervisedStream) -> None:
+        """A stream registered (state OPEN)."""
+
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        """A stream changed state; ``transition.close_reason`` is set when it closed."""
+
+    def sent(self, stream: SupervisedStream, events: int, pings: int, nbytes: int) -> None:
+        """A body chunk went out: ``events`` events and ``pings`` pings in ``nbytes`` bytes."""
+
+    def rejected(self, reason: str) -> None:
+        """A new stream was refused (``reason``: ``draining``)."""
+
+    def drain_started(self, grace: float) -> None:
+        """This loop's supervisor began a drain."""
+
+    def drain_finished(self, duration: float) -> None:
+        """The drain ended: every stream is closed."""
+
+
+class _TransitionCallback(StreamObserver):
+    def __init__(self, callback: Callable[[SupervisedStream, Transition], None]) -> None:
+        self.callback = callback
+
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        self.callback(stream, transition)
+
+
+class _LogObserver(StreamObserver):
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        log_transition(stream, transition)
 
 
 class LoopSupervision:
@@ -62,7 +100,7 @@ class Supervisor:
         self.send_timeout = check_seconds("send_timeout", send_timeout)
         self.sep = check_separator(sep)
         self.ping_factory = ping_factory
-        self._observers: list[TransitionObserver] = [log_transition]
+        self._observers: list[StreamObserver] = [_LogObserver()]
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
 
     # -- the live part, per event loop -------------------------------------------------------------
@@ -84,6 +122,7 @@ class Supervisor:
     def register(self, stream: SupervisedStream) -> LoopSupervision:
         live = self.live
         live.streams.add(stream)
+        self.notify("opened", stream)
         return live
 
     def unregister(self, stream: SupervisedStream) -> None:
@@ -91,17 +130,25 @@ class Supervisor:
 
     # -- observers -----------------------------------------------------------------------------------
 
-    def subscribe(self, observer: TransitionObserver) -> None:
-        """Call ``observer(stream, transition)`` on every transition of every stream."""
+    def subscribe(self, observer: StreamObserver | Callable[[SupervisedStream, Transition], None]) -> StreamObserver:
+        """Add an observer: a :class:`StreamObserver`, or a callable ``(stream, transition)``."""
+        if not isinstance(observer, StreamObserver):
+            if not callable(observer):
+                raise TypeError(f"an observer is a StreamObserver or a callable, not {type(observer).__name__}")
+            observer = _TransitionCallback(observer)
         self._observers.append(observer)
+        return observer
 
-    def observe(self, stream: SupervisedStream, transition: Transition) -> None:
-        """Tell every observer; an observer that fails is logged and never fails the stream."""
+    def unsubscribe(self, observer: StreamObserver) -> None:
+        self._observers.remove(observer)
+
+    def notify(self, method: str, *args: Any) -> None:
+        """Call ``method(*args)`` on every observer; one that fails is logged, never raised."""
         for observer in self._observers:
             try:
-                observer(stream, transition)
+                getattr(observer, method)(*args)
             except Exception:
-                log.exception("observer.failed", observer=getattr(observer, "__qualname__", repr(observer)))
+                log.exception("observer.failed", observer=type(observer).__qualname__, method=method)
 
     # -- installation --------------------------------------------------------------------------------
 
