@@ -21,12 +21,50 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _FIELDS: Final = frozenset({"data", "event", "id", "retry", "comment"})
 
 
-def _check_single_line(name: str, value: object) -> str:
+def _plain_str(name: str, value: object) -> str:
+    """``value`` as an exact ``str``.
+
+    A ``str`` subclass (a ``(str, Enum)`` member, say) may override ``__str__``, ``__format__`` or
+    ``__contains__``: what was checked would not be what is written. Only its character content counts.
+    """
     if not isinstance(value, str):
         raise TypeError(f"Event {name} must be a str, not {type(value).__name__}")
+    return str.__str__(value)
+
+
+def _check_single_line(name: str, value: object) -> str:
+    value = _plain_str(name, value)
     if "\r" in value or "\n" in value:
         raise ValueError(f"Event {name} must not contain CR or LF: {value!r}")
     return value
+
+
+def _checked_fields(
+    data: object, event: object, id: object, retry: object, comment: object
+) -> tuple[str | None, str | None, str | None, int | None, str | None]:
+    """The fields of an event, checked, as exact ``str`` and ``int`` values; or ``TypeError``/``ValueError``."""
+    checked_data = checked_event = checked_id = checked_comment = None
+    checked_retry = None
+    if data is not None:
+        if not isinstance(data, str):
+            raise TypeError(f"Event data must be a str, not {type(data).__name__}; use Event.json(obj) for JSON")
+        checked_data = str.__str__(data)
+    if event is not None:
+        checked_event = _check_single_line("event", event)
+    if id is not None:
+        checked_id = _check_single_line("id", id)
+        if "\0" in checked_id:
+            raise ValueError(f"Event id must not contain NUL: {checked_id!r}")
+    if retry is not None:
+        # An exact int: a subclass's __str__, __format__ or __lt__ never decides what reaches the wire.
+        checked_retry = int.__index__(retry) if isinstance(retry, int) and not isinstance(retry, bool) else None
+        if checked_retry is None or checked_retry < 0:
+            raise ValueError(f"Event retry must be a non-negative int (milliseconds), not {retry!r}")
+    if comment is not None:
+        checked_comment = _plain_str("comment", comment)
+    if data is None and event is None and id is None and retry is None and comment is None:
+        raise ValueError("an Event needs at least one of data, event, id, retry or comment")
+    return checked_data, checked_event, checked_id, checked_retry, checked_comment
 
 
 class Event:
@@ -48,25 +86,7 @@ class Event:
         retry: int | None = None,
         comment: str | None = None,
     ) -> None:
-        if data is not None and not isinstance(data, str):
-            raise TypeError(f"Event data must be a str, not {type(data).__name__}; use Event.json(obj) for JSON")
-        if event is not None:
-            _check_single_line("event", event)
-        if id is not None:
-            _check_single_line("id", id)
-            if "\0" in id:
-                raise ValueError(f"Event id must not contain NUL: {id!r}")
-        if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
-            raise ValueError(f"Event retry must be a non-negative int (milliseconds), not {retry!r}")
-        if comment is not None and not isinstance(comment, str):
-            raise TypeError(f"Event comment must be a str, not {type(comment).__name__}")
-        if data is None and event is None and id is None and retry is None and comment is None:
-            raise ValueError("an Event needs at least one of data, event, id, retry or comment")
-        self.data = data
-        self.event = event
-        self.id = id
-        self.retry = retry
-        self.comment = comment
+        self.data, self.event, self.id, self.retry, self.comment = _checked_fields(data, event, id, retry, comment)
 
     @classmethod
     def json(
@@ -91,18 +111,22 @@ class Event:
         return cls(**fields)
 
     def encode(self, sep: str = "\r\n") -> bytes:
-        """The event as UTF-8 bytes, ending with a blank line."""
+        """The event as UTF-8 bytes, ending with a blank line.
+
+        The fields are checked again here: they are plain attributes, and one changed after construction
+        must not put a field or a second event on the wire.
+        """
+        data, event, id, retry, comment = _checked_fields(self.data, self.event, self.id, self.retry, self.comment)
         parts: list[str] = []
-        if self.comment is not None:
-            parts.extend(f":{' ' if line else ''}{line}" for line in _NEWLINE.split(self.comment))
-        if self.event is not None:
-            parts.append(f"event: {self.event}")
-        if self.id is not None:
-            parts.append(f"id: {self.id}")
-        if self.retry is not None:
-            parts.append(f"retry: {self.retry}")
-        if self.data is not None:
-            data = self.data
+        if comment is not None:
+            parts.extend(f":{' ' if line else ''}{line}" for line in _NEWLINE.split(comment))
+        if event is not None:
+            parts.append(f"event: {event}")
+        if id is not None:
+            parts.append(f"id: {id}")
+        if retry is not None:
+            parts.append(f"retry: {retry}")
+        if data is not None:
             if "\r" in data or "\n" in data:
                 parts.extend(f"data: {line}" for line in _NEWLINE.split(data))
             else:
@@ -125,6 +149,7 @@ class Event:
 
 def encode_data_line(text: str, sep: str) -> bytes:
     """A bare ``str`` yielded by a generator: one event whose data is ``text``."""
+    text = _plain_str("data", text)
     if "\r" in text or "\n" in text:
         return sep.join([*(f"data: {line}" for line in _NEWLINE.split(text)), sep]).encode("utf-8")
     return f"data: {text}{sep}{sep}".encode()

@@ -31,15 +31,18 @@ RESOLUTION = 0.01
 class Timer:
     """A handle on one scheduled callback."""
 
-    __slots__ = ("callback", "cancelled", "deadline")
+    __slots__ = ("callback", "cancelled", "deadline", "service")
 
-    def __init__(self, deadline: float, callback: TimerCallback) -> None:
+    def __init__(self, service: TimerService, deadline: float, callback: TimerCallback) -> None:
+        self.service = service
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.service._forget()
 
 
 class TimerService:
@@ -48,22 +51,30 @@ class TimerService:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
+        self._live = 0
         self._sleep_scope: anyio.CancelScope | None = None
         self._driver: object | None = None
 
     @property
     def pending(self) -> int:
         """Timers scheduled and not yet fired or cancelled."""
-        return sum(1 for _, _, t in self._heap if not t.cancelled)
+        return self._live
 
     @property
     def running(self) -> bool:
         return self._driver is not None
 
     def schedule(self, deadline: float, callback: TimerCallback) -> Timer:
-        timer = Timer(deadline, callback)
+        timer = Timer(self, deadline, callback)
+        self._live += 1
         self._push(timer)
         return timer
+
+    def _forget(self) -> None:
+        """One timer fewer; with none left, wake the driver so that it ends now."""
+        self._live -= 1
+        if self._live == 0 and self._sleep_scope is not None:
+            self._sleep_scope.cancel()
 
     def _push(self, timer: Timer) -> None:
         heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
@@ -103,7 +114,11 @@ class TimerService:
                 next_deadline = timer.callback(anyio.current_time())
             except Exception:
                 log.exception("timer.callback_failed")
+                next_deadline = None
+            if timer.cancelled:
                 continue
-            if next_deadline is not None and not timer.cancelled:
+            if next_deadline is None:
+                timer.cancel()
+            else:
                 timer.deadline = next_deadline
                 heapq.heappush(heap, (next_deadline, next(self._seq), timer))

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from apps.core import make_app
+from servers import UvicornThread
+from ssesup import Supervisor
+
+
+@pytest.fixture(scope="module")
+def core_server():
+    """The core app under uvicorn (httptools, asyncio), with its own supervisor."""
+    supervisor = Supervisor(ping=15, send_timeout=30)
+    app, recorder = make_app(supervisor)
+    with UvicornThread(app, http="httptools", loop="asyncio") as server:
+        server.recorder = recorder
+        server.supervisor = supervisor
+        yield server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_stream_logs():
+    """Transition logs at info would flood captured output; tests that read logs set their own level."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+    structlog.reset_defaults()
