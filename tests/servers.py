@@ -114,7 +114,8 @@ class HypercornTrioThread:
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(self.shutdown.set, trio_token=self.token)
         self.thread.join(10)
-        self.sock.close()
+        with contextlib.suppress(OSError):  # hypercorn closes the socket it was handed
+            self.sock.close()
 
     def call(self, fn: Any) -> Any:
         import trio
@@ -185,3 +186,15 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, by
             return head, body
         body += buf[:size]
         buf = buf[size + 2 :]
+
+
+def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
+    """Read from ``sock`` until ``marker`` has arrived; return all that was read."""
+    sock.settimeout(timeout)
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before {marker!r} arrived; got {received[-300:]!r}")
+        received += chunk
+    return received
