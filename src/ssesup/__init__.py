@@ -6,7 +6,7 @@ machine, owned by one supervisor per event loop.
 
 from ssesup.events import Event
 from ssesup.states import CloseReason, IllegalTransition, State, Transition, Trigger
-from ssesup.stream import SupervisedStream
+from ssesup.stream import SupervisedStream, current_stream
 from ssesup.supervisor import StreamObserver, Supervisor, SupervisorMiddleware, default_supervisor
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SupervisorMiddleware",
     "Transition",
     "Trigger",
+    "current_stream",
     "default_supervisor",
 ]
 __version__ = "0.1.0"

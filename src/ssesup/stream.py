@@ -15,6 +15,7 @@ Three roles run under one task group, like Starlette's ``StreamingResponse``:
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -40,14 +41,30 @@ Content = AsyncIterable[Item] | Iterable[Item]
 # The producer stops pulling once this many bytes wait for the sender: memory per stream stays bounded
 # however slow the client, and a burst is sent in chunks of about this size.
 HIGH_WATER = 64 * 1024
-# How long closing the generator and ending the body may take once the stream has ended.
+# How long closing the generator may take once the stream has ended (its ``finally`` blocks run).
 CLOSE_GRACE = 5.0
+# How long a drained or force-closed stream may take to send its farewell and end its body, so that a
+# process exits within its drain grace plus a second even when a client has stopped reading.
+FAREWELL_BUDGET = 0.5
+
+_current: contextvars.ContextVar[SupervisedStream] = contextvars.ContextVar("ssesup.current_stream")
+
+
+def current_stream() -> SupervisedStream:
+    """The stream whose generator is running: generators use it to see a drain coming.
+
+    Raises ``LookupError`` outside a SupervisedStream's generator.
+    """
+    return _current.get()
+
 
 _END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 _ids = itertools.count(1)
 
 # Reasons after which nothing more can or should be written to the client.
 _ABANDON = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.SEND_TIMEOUT})
+# Reasons that are the supervisor's doing: the client gets a farewell (reconnect hint) before the end.
+_FAREWELL = frozenset({CloseReason.DRAINED, CloseReason.SHUTDOWN})
 
 
 class SupervisedStream(Response):
@@ -100,6 +117,8 @@ class SupervisedStream(Response):
         self._ping_factory = ping_factory
         self._supervisor = supervisor
         self._machine = StreamMachine()
+        self._draining = False
+        self._drain_waiter: anyio.Event | None = None
         self.stream_id = ""
         self.route = ""
         self.client = ""
@@ -120,6 +139,23 @@ class SupervisedStream(Response):
         return self._machine.close_reason
 
     @property
+    def draining(self) -> bool:
+        """True once the supervisor has started draining this stream (state DRAINING or later)."""
+        return self._draining
+
+    async def wait_draining(self) -> None:
+        """Return when the supervisor starts draining this stream (at once if it already has)."""
+        if self._draining:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = anyio.Event()
+        await self._drain_waiter.wait()
+
+    def trigger(self, trigger: Trigger) -> None:
+        """Feed ``trigger`` to this stream's machine (the supervisor's way of asking it to drain or close)."""
+        self._fire(trigger)
+
+    @property
     def duration(self) -> float:
         """Seconds from registration to close (or until now, while open)."""
         end = self.ended_at if self.ended_at is not None else anyio.current_time()
@@ -132,6 +168,9 @@ class SupervisedStream(Response):
             send = self._wrap_websocket_denial_send(send)
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
+        if supervisor.live.draining:
+            await self._refuse(supervisor, send)
+            return
         self._settle(supervisor, scope)
         live = supervisor.register(self)
         now = self.started_at = self._last_activity = anyio.current_time()
@@ -141,6 +180,7 @@ class SupervisedStream(Response):
         try:
             async with anyio.create_task_group() as task_group:
                 self._cancel_scope = task_group.cancel_scope
+                token = _current.set(self)
                 task_group.start_soon(self._listen, receive)
                 start = {
                     "type": "http.response.start",
@@ -152,16 +192,28 @@ class SupervisedStream(Response):
                     task_group.start_soon(self._produce)
                     await self._send_queued(send)
                 task_group.cancel_scope.cancel()
+            _current.reset(token)
         finally:
             # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
-            with anyio.move_on_after(CLOSE_GRACE, shield=True):
+            budget = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else CLOSE_GRACE
+            with anyio.move_on_after(budget, shield=True):
                 await self._close_iterator()
             supervisor.unregister(self)
         if self.background is not None:
             await self.background()
+
+    async def _refuse(self, supervisor: Supervisor, send: Send) -> None:
+        """A new stream during a drain: 503 with Retry-After; it is never registered."""
+        supervisor.notify("rejected", "draining")
+        retry_after = str(supervisor.drain_settings.retry_after).encode()
+        headers = [(b"retry-after", retry_after), (b"content-type", b"text/plain; charset=utf-8")]
+        body = b"draining: reconnect later\n"
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _settle(self, supervisor: Supervisor, scope: Scope) -> None:
         """Fix this stream's settings and identity at the start of the response."""
@@ -271,17 +323,33 @@ class SupervisedStream(Response):
         if machine.closed:
             return
         transition = machine.fire(trigger)
-        assert self._supervisor is not None
-        self._supervisor.notify("transitioned", self, transition)
+        supervisor = self._supervisor
+        assert supervisor is not None
+        supervisor.notify("transitioned", self, transition)
+        if transition.to_state is State.DRAINING:
+            self._draining = True
+            if self._drain_waiter is not None:
+                self._drain_waiter.set()
+            return
         if transition.to_state is not State.CLOSED:
             return
-        self.ended_at = anyio.current_time()
-        if transition.close_reason in _ABANDON:
+        now = self.ended_at = anyio.current_time()
+        reason = transition.close_reason
+        if reason in _ABANDON:
             self._cancel_scope.cancel()
-        else:
-            if self._producer_scope is not None:
-                self._producer_scope.cancel()
-            self._wake_sender()
+            return
+        if reason in _FAREWELL:
+            try:
+                farewell = supervisor.farewell_bytes(self, self._sep or "\r\n")
+            except Exception:
+                log.exception("stream.farewell_failed", stream_id=self.stream_id, route=self.route)
+            else:
+                self._queue.append(farewell)
+                self._queued_bytes += len(farewell)
+            self._cancel_scope.deadline = now + FAREWELL_BUDGET
+        if self._producer_scope is not None:
+            self._producer_scope.cancel()
+        self._wake_sender()
 
     def _next_check(self, now: float) -> float:
         """When the timer should look at this stream again: the next ping, or the next send check."""

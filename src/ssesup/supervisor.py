@@ -11,19 +11,32 @@ the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` mak
 
 from __future__ import annotations
 
+import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 from anyio.lowlevel import RunVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
 from ssesup.logs import log_transition
-from ssesup.states import Transition
-from ssesup.timers import TimerService
+from ssesup.signals import (
+    DrainEndpoint,
+    LivenessEndpoint,
+    ReadinessEndpoint,
+    listen_for_signals,
+    server_graceful_timeout,
+)
+from ssesup.states import State, Transition, Trigger
+from ssesup.timers import Timer, TimerService
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ssesup.stream import SupervisedStream
 
 log = structlog.get_logger("ssesup")
@@ -77,6 +90,12 @@ class LoopSupervision:
         self.streams: set[SupervisedStream] = set()
         self.timers = TimerService()
         self.draining = False
+        self.drain_started_at: float | None = None
+        self.drain_finished_at: float | None = None
+        self.drained = anyio.Event()
+        self.drain_timers: list[Timer] = []
+        self.listening_for_signals = False
+        self.signals_seen = 0
 
 
 class Supervisor:
@@ -86,6 +105,13 @@ class Supervisor:
     ``send_timeout``: seconds a single send may take before the stream is closed (0 disables).
     ``sep``: line separator, ``"\\r\\n"`` (default), ``"\\n"`` or ``"\\r"``.
     ``ping_factory``: makes the ping event instead of the default comment.
+    ``drain_grace``: seconds a drain lets streams end in order before force-closing the rest.
+    ``retry_after``: ``Retry-After`` seconds of a stream refused (503) during a drain.
+    ``reconnect``: range in seconds of the jittered ``retry:`` hint every farewell carries.
+    ``drain_on_signals``: drain on SIGTERM/SIGINT, chained to the server's own handlers.
+    ``farewell``: ``farewell(stream)`` makes a last event for each drained stream (or ``None``).
+    ``metrics``: record Prometheus metrics in prometheus-client's registry (``True``), in this
+    registry, or not at all (``False``); see ``ssesup.metrics``.
     """
 
     def __init__(
@@ -95,12 +121,25 @@ class Supervisor:
         send_timeout: float = 30.0,
         sep: str = "\r\n",
         ping_factory: Callable[[], Event] | None = None,
+        metrics: bool | CollectorRegistry = True,
+        drain_grace: float = DrainSettings.grace,
+        retry_after: int = DrainSettings.retry_after,
+        reconnect: tuple[float, float] = DrainSettings.reconnect,
+        drain_on_signals: bool = DrainSettings.on_signals,
+        farewell: Callable[[SupervisedStream], Event | None] | None = None,
     ) -> None:
         self.ping = check_seconds("ping", ping)
         self.send_timeout = check_seconds("send_timeout", send_timeout)
         self.sep = check_separator(sep)
         self.ping_factory = ping_factory
+        self.drain_settings = DrainSettings(drain_grace, retry_after, tuple(reconnect), drain_on_signals)
+        self.farewell = farewell
+        self._rng = random.Random()
         self._observers: list[StreamObserver] = [_LogObserver()]
+        if metrics is not False:
+            from ssesup.metrics import metrics_observer  # here: ssesup.metrics imports this module
+
+            self._observers.append(metrics_observer(None if metrics is True else metrics))
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
 
     # -- the live part, per event loop -------------------------------------------------------------
@@ -121,12 +160,123 @@ class Supervisor:
 
     def register(self, stream: SupervisedStream) -> LoopSupervision:
         live = self.live
+        if not live.listening_for_signals:
+            self._listen_for_signals(live)
         live.streams.add(stream)
         self.notify("opened", stream)
         return live
 
     def unregister(self, stream: SupervisedStream) -> None:
-        self.live.streams.discard(stream)
+        live = self.live
+        live.streams.discard(stream)
+        if live.draining and not live.streams and not live.drained.is_set():
+            self._finish_drain(live)
+
+    # -- drain -------------------------------------------------------------------------------------------
+
+    async def drain(self, grace: float | None = None, *, wait: bool = True) -> dict[str, Any]:
+        """Drain this event loop's streams: refuse new ones, farewell and close the live ones in waves,
+        force-close what is left when ``grace`` (default ``drain_grace``) runs out. With ``wait``,
+        return when every stream is closed. Returns a summary (``streams``, ``duration``)."""
+        live = self.live
+        if not live.draining:
+            self.begin_drain(grace)
+        if wait:
+            await live.drained.wait()
+        return self.drain_status()
+
+    def drain_status(self) -> dict[str, Any]:
+        live = self.live
+        started, finished = live.drain_started_at, live.drain_finished_at
+        return {
+            "draining": live.draining,
+            "done": live.drained.is_set(),
+            "streams": len(live.streams),
+            "duration": None if started is None or finished is None else round(finished - started, 6),
+        }
+
+    def begin_drain(self, grace: float | None = None) -> None:
+        """Start a drain now (synchronous: safe from a signal callback). A second call does nothing."""
+        live = self.live
+        if live.draining:
+            return
+        grace = self.drain_settings.grace if grace is None else check_seconds("grace", grace)
+        now = anyio.current_time()
+        live.draining = True
+        live.drain_started_at = now
+        self.notify("drain_started", grace)
+        log.info("drain.started", grace_s=grace, streams=len(live.streams))
+        streams = sorted(live.streams, key=lambda stream: stream.started_at)
+        for stream in streams:
+            stream.trigger(Trigger.DRAIN)
+        waves: dict[float, list[SupervisedStream]] = {}
+        for stream, offset in zip(streams, wave_offsets(len(streams), grace), strict=True):
+            waves.setdefault(offset, []).append(stream)
+        for offset, wave in waves.items():
+            live.drain_timers.append(live.timers.schedule(now + offset, _closer(wave, Trigger.DRAIN_CLOSE)))
+        live.drain_timers.append(live.timers.schedule(now + grace, _closer(streams, Trigger.GRACE_EXPIRED)))
+        if not live.streams:
+            self._finish_drain(live)
+
+    def force_close(self) -> None:
+        """Close every stream of this loop now (the farewell is still sent where the socket allows)."""
+        for stream in tuple(self.live.streams):
+            stream.trigger(Trigger.FORCE_CLOSE)
+
+    def farewell_bytes(self, stream: SupervisedStream, sep: str) -> bytes:
+        """The farewell of a drained stream: the user's last event, if any, and a jittered ``retry:``."""
+        last = self.farewell(stream) if self.farewell is not None else None
+        hint = Event(retry=reconnect_ms(self.drain_settings.reconnect, self._rng)).encode(sep)
+        return last.encode(sep) + hint if last is not None else hint
+
+    def _finish_drain(self, live: LoopSupervision) -> None:
+        live.drain_finished_at = anyio.current_time()
+        for timer in live.drain_timers:
+            timer.cancel()
+        live.drain_timers.clear()
+        duration = live.drain_finished_at - (live.drain_started_at or live.drain_finished_at)
+        self.notify("drain_finished", duration)
+        log.info("drain.finished", duration_s=round(duration, 6))
+        live.drained.set()
+
+    def _listen_for_signals(self, live: LoopSupervision) -> None:
+        live.listening_for_signals = True
+        chained = self.drain_settings.on_signals and listen_for_signals(self._on_signal)
+        log.debug("drain.signals", chained=chained)
+        if not chained:
+            return
+        server_timeout = server_graceful_timeout()
+        if server_timeout is not None and self.drain_settings.grace >= server_timeout:
+            log.warning(
+                "drain.grace_exceeds_server_timeout",
+                drain_grace_s=self.drain_settings.grace,
+                server_graceful_timeout_s=server_timeout,
+                hint="the server would cut streams before the drain ends: lower drain_grace",
+            )
+
+    async def _on_signal(self, signum: int) -> None:
+        live = self.live
+        live.signals_seen += 1
+        if live.signals_seen == 1:
+            log.info("drain.signal", signal=signal.Signals(signum).name)
+            self.begin_drain()
+        else:
+            log.warning("drain.forced", signal=signal.Signals(signum).name)
+            self.force_close()
+
+    # -- operator endpoints ------------------------------------------------------------------------------
+
+    def readiness(self) -> ASGIApp:
+        """An ASGI app for readiness probes: 200, and 503 from the first moment of a drain."""
+        return ReadinessEndpoint(self)
+
+    def liveness(self) -> ASGIApp:
+        """An ASGI app for liveness probes: 200 while the process runs."""
+        return LivenessEndpoint()
+
+    def drain_endpoint(self, token: str) -> ASGIApp:
+        """An ASGI app that drains on ``POST`` with ``Authorization: Bearer <token>`` (off unless mounted)."""
+        return DrainEndpoint(self, token)
 
     # -- observers -----------------------------------------------------------------------------------
 
@@ -162,6 +312,17 @@ class Supervisor:
             )
         add_middleware(SupervisorMiddleware, supervisor=self)
         return app
+
+
+def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[float], None]:
+    """A timer callback that feeds ``trigger`` to those of ``streams`` still draining."""
+
+    def close(now: float) -> None:
+        for stream in streams:
+            if stream.state is State.DRAINING:
+                stream.trigger(trigger)
+
+    return close
 
 
 def check_seconds(name: str, value: float) -> float:
