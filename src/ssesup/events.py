@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any, Final, Literal
 
 LineSeparator = Literal["\r\n", "\n", "\r"]
@@ -67,26 +68,38 @@ def _checked_fields(
     return checked_data, checked_event, checked_id, checked_retry, checked_comment
 
 
-class Event:
+class Event(tuple):
     """One server-sent event.
 
     ``data`` may span lines (each becomes its own ``data:`` line); ``event`` and ``id`` are single
     lines (``id`` may not contain NUL, which clients ignore); ``retry`` is the reconnection time in
     milliseconds; ``comment`` lines are ignored by clients and keep connections warm.
+
+    Immutable (a tuple underneath, which also makes it cheap to make): the fields are checked once,
+    when the event is made, so none can be changed afterwards into something that would put a field or
+    a second event on the wire.
     """
 
-    __slots__ = ("comment", "data", "event", "id", "retry")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         data: str | None = None,
         *,
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
         comment: str | None = None,
-    ) -> None:
-        self.data, self.event, self.id, self.retry, self.comment = _checked_fields(data, event, id, retry, comment)
+    ) -> Event:
+        if type(data) is str and event is None and id is None and retry is None and comment is None:
+            return tuple.__new__(cls, (data, None, None, None, None))  # the common case: data only
+        return tuple.__new__(cls, _checked_fields(data, event, id, retry, comment))
+
+    data = property(itemgetter(0), doc="The data, or None.")
+    event = property(itemgetter(1), doc="The event type, or None (clients then use 'message').")
+    id = property(itemgetter(2), doc="The event id, or None.")
+    retry = property(itemgetter(3), doc="The reconnection time in milliseconds, or None.")
+    comment = property(itemgetter(4), doc="A comment, or None.")
 
     @classmethod
     def json(
@@ -111,12 +124,10 @@ class Event:
         return cls(**fields)
 
     def encode(self, sep: str = "\r\n") -> bytes:
-        """The event as UTF-8 bytes, ending with a blank line.
-
-        The fields are checked again here: they are plain attributes, and one changed after construction
-        must not put a field or a second event on the wire.
-        """
-        data, event, id, retry, comment = _checked_fields(self.data, self.event, self.id, self.retry, self.comment)
+        """The event as UTF-8 bytes, ending with a blank line."""
+        data, event, id, retry, comment = self
+        if event is None and id is None and retry is None and comment is None and data is not None:
+            return encode_data_line(data, sep)
         parts: list[str] = []
         if comment is not None:
             parts.extend(f":{' ' if line else ''}{line}" for line in _NEWLINE.split(comment))
@@ -137,19 +148,33 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+        return tuple.__eq__(self, other)
 
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, f) for f in self.__slots__))
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__ if getattr(self, f) is not None)
+        names = ("data", "event", "id", "retry", "comment")
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(names, self, strict=True) if value is not None)
         return f"Event({fields})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        data, event, id, retry, comment = self
+        return (_rebuild, (data, event, id, retry, comment))
+
+
+def _rebuild(data: Any, event: Any, id: Any, retry: Any, comment: Any) -> Event:
+    return Event(data, event=event, id=id, retry=retry, comment=comment)
 
 
 def encode_data_line(text: str, sep: str) -> bytes:
     """A bare ``str`` yielded by a generator: one event whose data is ``text``."""
-    text = _plain_str("data", text)
+    if type(text) is not str:
+        text = _plain_str("data", text)
     if "\r" in text or "\n" in text:
         return sep.join([*(f"data: {line}" for line in _NEWLINE.split(text)), sep]).encode("utf-8")
     return f"data: {text}{sep}{sep}".encode()
@@ -157,6 +182,11 @@ def encode_data_line(text: str, sep: str) -> bytes:
 
 def encode_item(item: object, sep: str) -> bytes:
     """Bytes for one item yielded by a generator, or ``TypeError`` naming what is accepted."""
+    kind = type(item)
+    if kind is str:
+        return encode_data_line(item, sep)  # type: ignore[arg-type]
+    if kind is Event:
+        return item.encode(sep)  # type: ignore[attr-defined]
     if isinstance(item, Event):
         return item.encode(sep)
     if isinstance(item, str):
