@@ -31,18 +31,19 @@ RESOLUTION = 0.01
 class Timer:
     """A handle on one scheduled callback."""
 
-    __slots__ = ("callback", "cancelled", "deadline", "service")
+    __slots__ = ("callback", "cancelled", "deadline", "in_heap", "service")
 
     def __init__(self, service: TimerService, deadline: float, callback: TimerCallback) -> None:
         self.service = service
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
+        self.in_heap = False
 
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
-            self.service._forget()
+            self.service._forget(self)
 
 
 class TimerService:
@@ -52,6 +53,7 @@ class TimerService:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._live = 0
+        self._cancelled_in_heap = 0
         self._sleep_scope: anyio.CancelScope | None = None
         self._driver: object | None = None
 
@@ -70,13 +72,16 @@ class TimerService:
         self._push(timer)
         return timer
 
-    def _forget(self) -> None:
+    def _forget(self, timer: Timer) -> None:
         """One timer fewer; with none left, wake the driver so that it ends now."""
         self._live -= 1
+        if timer.in_heap:
+            self._cancelled_in_heap += 1
         if self._live == 0 and self._sleep_scope is not None:
             self._sleep_scope.cancel()
 
     def _push(self, timer: Timer) -> None:
+        timer.in_heap = True
         heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
         if self._driver is None:
             self._driver = spawn_owned(self._drive)
@@ -96,22 +101,35 @@ class TimerService:
             self._driver = None
 
     def _drop_cancelled(self) -> bool:
+        """Drop cancelled timers from the top of the heap, and rebuild it when they are most of it."""
         heap = self._heap
         while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
-        if len(heap) > 64 and sum(1 for _, _, t in heap if t.cancelled) > len(heap) // 2:
+            self._pop()
+        if self._cancelled_in_heap > 64 and self._cancelled_in_heap > len(heap) // 2:
+            for _, _, timer in heap:
+                if timer.cancelled:
+                    timer.in_heap = False
             self._heap = heap = [entry for entry in heap if not entry[2].cancelled]
             heapq.heapify(heap)
+            self._cancelled_in_heap = 0
         return bool(heap)
+
+    def _pop(self) -> Timer:
+        _, _, timer = heapq.heappop(self._heap)
+        timer.in_heap = False
+        if timer.cancelled:
+            self._cancelled_in_heap -= 1
+        return timer
 
     def _fire_due(self, horizon: float) -> None:
         heap = self._heap
+        now = anyio.current_time()
         while heap and heap[0][0] <= horizon:
-            _, _, timer = heapq.heappop(heap)
+            timer = self._pop()
             if timer.cancelled:
                 continue
             try:
-                next_deadline = timer.callback(anyio.current_time())
+                next_deadline = timer.callback(now)
             except Exception:
                 log.exception("timer.callback_failed")
                 next_deadline = None
@@ -121,4 +139,4 @@ class TimerService:
                 timer.cancel()
             else:
                 timer.deadline = next_deadline
-                heapq.heappush(heap, (next_deadline, next(self._seq), timer))
+                self._push(timer)
