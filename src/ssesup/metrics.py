@@ -21,6 +21,7 @@ once from its ``child_exit`` hook (:func:`gunicorn_child_exit`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import threading
@@ -215,7 +216,6 @@ class MetricsApp:
     """The ASGI app of :func:`metrics_app`."""
 
     def __init__(self, registry: CollectorRegistry, multiprocess_path: str | None) -> None:
-        self.registry = registry
         self.multiprocess_path = multiprocess_path
         self._app: Callable[..., Any] = make_asgi_app(registry)
 
@@ -259,14 +259,14 @@ def gunicorn_child_exit(server: Any, worker: Any) -> None:
     """
     path = multiprocess_dir()
     if path:
-        multiprocess.mark_process_dead(worker.pid, path)
+        _remove_live_values(path, worker.pid)
 
 
 def remove_dead_workers(path: str) -> list[int]:
     """Drop the live gauge values of every process that wrote to ``path`` and no longer runs.
 
-    Catches workers that died without running their exit hooks (killed, out of memory). Returns the
-    process ids that were removed.
+    However a worker ended (a clean exit, a kill, the out-of-memory killer), its open streams stop
+    counting at the next scrape. Returns the process ids whose values were removed.
     """
     dead = set()
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
@@ -274,8 +274,15 @@ def remove_dead_workers(path: str) -> list[int]:
         if pid.isdigit() and not _runs(int(pid)):
             dead.add(int(pid))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, path)
+        _remove_live_values(path, pid)
     return sorted(dead)
+
+
+def _remove_live_values(path: str, pid: int) -> None:
+    """prometheus-client's ``mark_process_dead``, safe when two workers sweep at once."""
+    for name in glob.glob(os.path.join(path, f"gauge_live*_{pid}.db")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
 
 
 def _runs(pid: int) -> bool:

@@ -28,6 +28,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup._loop import wait, wake
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.supervisor import Supervisor, check_seconds, supervisor_for
@@ -124,6 +125,7 @@ class SupervisedStream(Response):
         self.client = ""
         self.started_at = 0.0
         self.ended_at: float | None = None
+        self._clock: Callable[[], float] = anyio.current_time
         self.events_sent = 0
         self.pings_sent = 0
         self.bytes_sent = 0
@@ -158,7 +160,7 @@ class SupervisedStream(Response):
     @property
     def duration(self) -> float:
         """Seconds from registration to close (or until now, while open)."""
-        end = self.ended_at if self.ended_at is not None else anyio.current_time()
+        end = self.ended_at if self.ended_at is not None else self._clock()
         return end - self.started_at
 
     # -- the ASGI application ------------------------------------------------------------------------
@@ -173,7 +175,9 @@ class SupervisedStream(Response):
             return
         self._settle(supervisor, scope)
         live = supervisor.register(self)
-        now = self.started_at = self._last_activity = anyio.current_time()
+        self._clock = live.loop.clock
+        self._wakeup = live.loop.wakeup
+        now = self.started_at = self._last_activity = self._clock()
         self._timer: Timer | None = None
         if self._ping or self._send_timeout:
             self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
@@ -233,8 +237,8 @@ class SupervisedStream(Response):
         self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._queued_pings = 0
-        self._sender_wake: anyio.Event | None = None
-        self._producer_space: anyio.Event | None = None
+        self._sender_wake: Any = None
+        self._producer_space: Any = None
         self._producer_scope: anyio.CancelScope | None = None
         self._send_started: float | None = None
 
@@ -255,8 +259,8 @@ class SupervisedStream(Response):
                     self._queued_bytes += len(chunk)
                     self._wake_sender()
                     if self._queued_bytes >= HIGH_WATER:
-                        self._producer_space = space = anyio.Event()
-                        await space.wait()
+                        self._producer_space = space = self._wakeup()
+                        await wait(space)
             except Exception:
                 log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
                 self._fire(Trigger.ERROR)
@@ -272,7 +276,7 @@ class SupervisedStream(Response):
                 queue.clear()
                 self._queued_bytes = self._queued_pings = 0
                 if self._producer_space is not None:
-                    self._producer_space.set()
+                    wake(self._producer_space)
                     self._producer_space = None
                 if not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
                     return
@@ -284,8 +288,8 @@ class SupervisedStream(Response):
                 await self._send(send, _END_OF_BODY)
                 return
             else:
-                self._sender_wake = wake = anyio.Event()
-                await wake.wait()
+                self._sender_wake = sender_wake = self._wakeup()
+                await wait(sender_wake)
 
     async def _listen(self, receive: Receive) -> None:
         while True:
@@ -298,7 +302,7 @@ class SupervisedStream(Response):
 
     async def _send(self, send: Send, message: Message) -> bool:
         """Send under the send deadline; ``False`` when the client is gone."""
-        self._send_started = self._last_activity = anyio.current_time()
+        self._send_started = self._last_activity = self._clock()
         try:
             await send(message)
         except OSError:
@@ -310,7 +314,7 @@ class SupervisedStream(Response):
 
     def _wake_sender(self) -> None:
         if self._sender_wake is not None:
-            self._sender_wake.set()
+            wake(self._sender_wake)
             self._sender_wake = None
 
     def _fire(self, trigger: Trigger) -> None:
@@ -333,7 +337,7 @@ class SupervisedStream(Response):
             return
         if transition.to_state is not State.CLOSED:
             return
-        now = self.ended_at = anyio.current_time()
+        now = self.ended_at = self._clock()
         reason = transition.close_reason
         if reason in _ABANDON:
             self._cancel_scope.cancel()

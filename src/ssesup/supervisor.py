@@ -21,6 +21,7 @@ import structlog
 from anyio.lowlevel import RunVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup._loop import LoopPrimitives
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
 from ssesup.logs import log_transition
@@ -88,6 +89,7 @@ class LoopSupervision:
 
     def __init__(self) -> None:
         self.streams: set[SupervisedStream] = set()
+        self.loop = LoopPrimitives()
         self.timers = TimerService()
         self.draining = False
         self.drain_started_at: float | None = None

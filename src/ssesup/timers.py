@@ -18,7 +18,7 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from ssesup._tasks import spawn_owned
+from ssesup._loop import spawn_owned
 
 log = structlog.get_logger("ssesup.timers")
 

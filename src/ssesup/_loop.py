@@ -1,0 +1,65 @@
+"""The few event-loop primitives ssesup takes from the backend itself rather than through anyio.
+
+Owns: starting the loop-wide tasks the supervisor owns without a lifespan to host them, the clock, and
+a cheap one-shot wake-up for the actor's hot path. Everything else goes through anyio.
+
+* Loop-wide tasks: anyio cannot start a task that outlives the caller's task group, and ssesup works
+  with zero configuration (no lifespan). So the timer driver is started with ``loop.create_task`` on
+  asyncio and as a system task on trio; its owner keeps the handle and the task ends by itself.
+* The clock: ``anyio.current_time()`` looks the backend up on every call; the actor reads the clock on
+  every send, so each loop resolves it once.
+* The wake-up: the sender and the producer hand work to each other once per chunk; a bare future costs
+  a quarter of an ``anyio.Event`` on asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sniffio
+
+
+def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
+    """Start ``fn()`` as a loop-wide task; return its handle (keep it: the owner owns the task)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn)
+        return fn
+    return asyncio.get_running_loop().create_task(fn())  # type: ignore[arg-type]
+
+
+class LoopPrimitives:
+    """The clock and the wake-up of one event loop."""
+
+    __slots__ = ("clock", "wakeup")
+
+    def __init__(self) -> None:
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            self.clock: Callable[[], float] = trio.current_time
+            self.wakeup: Callable[[], Any] = trio.Event
+        else:
+            loop = asyncio.get_running_loop()
+            self.clock = loop.time
+            self.wakeup = loop.create_future
+
+
+async def wait(wakeup: Any) -> None:
+    """Wait for a wake-up made by ``LoopPrimitives.wakeup``."""
+    if isinstance(wakeup, asyncio.Future):
+        await wakeup
+    else:
+        await wakeup.wait()
+
+
+def wake(wakeup: Any) -> None:
+    """Wake whoever waits on ``wakeup`` (at most once)."""
+    if isinstance(wakeup, asyncio.Future):
+        if not wakeup.done():
+            wakeup.set_result(None)
+    else:
+        wakeup.set()
