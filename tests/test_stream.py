@@ -199,3 +199,15 @@ def test_events_arrive_as_they_are_made_not_batched_behind_later_ones(core_serve
         first = recv_until(sock, b"data: 0:")
         # The first event is there before the generator has made the second one.
         assert b"data: 1:" not in first
+
+
+def test_a_stalled_stream_due_for_a_ping_does_not_starve_the_event_loop(core_server):
+    """A ping falls due while the sender is stuck and bytes are queued: the timer must not spin."""
+    with raw_request(core_server.port, "/flood?send_timeout=0&ping=0.05", rcvbuf=4096) as sock:
+        recv_until(sock, b"data: ")  # started; now the client stops reading
+        time.sleep(0.5)  # the socket buffers fill, the sender stalls, pings fall due
+        for _ in range(5):
+            started = time.monotonic()
+            assert httpx.get(core_server.url + "/stats", timeout=2).status_code == 200
+            assert time.monotonic() - started < 0.5
+            time.sleep(0.1)

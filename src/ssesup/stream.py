@@ -375,14 +375,17 @@ class SupervisedStream(Response):
         if started is not None and self._send_timeout and now - started >= self._send_timeout:
             self._fire(Trigger.SEND_TIMEOUT)
             return None
-        if self._ping and started is None and not self._queue and now - self._last_activity >= self._ping:
-            factory = self._ping_factory
-            chunk = factory().encode(self._sep or "\r\n") if factory else b": ping" + (self._sep or "\r\n").encode() * 2
-            self._queue.append(chunk)
-            self._queued_bytes += len(chunk)
-            self._queued_pings += 1
+        if self._ping and now - self._last_activity >= self._ping:
+            # Due: ping if idle; a stream with a send in flight or bytes queued is not idle.
+            if started is None and not self._queue:
+                factory = self._ping_factory
+                sep = self._sep or "\r\n"
+                chunk = factory().encode(sep) if factory else b": ping" + sep.encode() * 2
+                self._queue.append(chunk)
+                self._queued_bytes += len(chunk)
+                self._queued_pings += 1
+                self._wake_sender()
             self._last_activity = now
-            self._wake_sender()
         return self._next_check(now)
 
     async def _close_iterator(self) -> None:

@@ -122,8 +122,12 @@ class TimerService:
         return timer
 
     def _fire_due(self, horizon: float) -> None:
+        """Fire every timer due by ``horizon``. A timer fires at most once a pass, and is never put
+        back closer than one resolution step from now: a callback that keeps asking for a past
+        deadline costs a wake-up a step, it cannot spin the loop."""
         heap = self._heap
         now = anyio.current_time()
+        again: list[Timer] = []
         while heap and heap[0][0] <= horizon:
             timer = self._pop()
             if timer.cancelled:
@@ -138,5 +142,7 @@ class TimerService:
             if next_deadline is None:
                 timer.cancel()
             else:
-                timer.deadline = next_deadline
-                self._push(timer)
+                timer.deadline = max(next_deadline, now + RESOLUTION)
+                again.append(timer)
+        for timer in again:
+            self._push(timer)
