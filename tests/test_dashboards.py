@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from apps.metrics_app import free_port, serve, uvicorn
@@ -60,8 +59,8 @@ def promql(expr: str) -> str:
     return expr
 
 
-def alert_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+def alert_names() -> list[str]:
+    return re.findall(r"^\s*- alert: (\w+)$", ALERTS.read_text(), re.MULTILINE)
 
 
 # -- static checks -------------------------------------------------------------------------------------
@@ -70,14 +69,14 @@ def alert_rules() -> list[dict]:
 def test_alert_rules_pass_promtool_check_rules():
     result = promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+    assert f"SUCCESS: {len(alert_names())} rules found" in result.stdout
 
 
 def test_each_alert_fires_in_its_case_and_not_in_the_healthy_one():
     result = promtool("test", "rules", str(ALERT_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     tested = set(re.findall(r"alertname: (\w+)", ALERT_TESTS.read_text()))
-    assert tested == {rule["alert"] for rule in alert_rules()}
+    assert tested == set(alert_names())
 
 
 def test_the_dashboard_is_an_importable_grafana_dashboard_with_the_datasource_as_a_variable():
@@ -270,12 +269,15 @@ def test_prometheus_scrapes_the_app_under_load_and_every_panel_and_alert_evaluat
         values = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": promql(selector)})
         assert values, f"variable {variable['name']} has no values"
 
-    for rule in alert_rules():
-        prometheus.query(rule["expr"])  # parses and evaluates, firing or not
+    def rules() -> list[dict]:
+        return [rule for group in prometheus.get("/api/v1/rules")["groups"] for rule in group["rules"]]
+
+    assert sorted(rule["name"] for rule in rules()) == sorted(alert_names())
+    for rule in rules():
+        prometheus.query(rule["query"])  # parses and evaluates, firing or not
 
     def every_rule_evaluated() -> bool:
-        rules = [rule for group in prometheus.get("/api/v1/rules")["groups"] for rule in group["rules"]]
-        assert all(rule["health"] != "err" for rule in rules), rules
-        return len(rules) == len(alert_rules()) and all(rule["health"] == "ok" for rule in rules)
+        assert all(rule["health"] != "err" for rule in rules()), rules()
+        return all(rule["health"] == "ok" for rule in rules())
 
     wait_until(every_rule_evaluated, timeout=10, interval=0.2)

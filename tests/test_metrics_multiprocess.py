@@ -107,7 +107,7 @@ def test_uvicorn_workers_sum_live_streams_and_forget_a_killed_worker(tmp_path, m
 def test_gunicorn_child_exit_hook_drops_a_killed_workers_live_values_at_once(tmp_path, multiproc_dir):
     def command(port: int) -> list[str]:
         gunicorn = [sys.executable, "-m", "gunicorn", "apps.metrics_app:app", "--bind", f"127.0.0.1:{port}"]
-        options = ["--worker-class", "uvicorn.workers.UvicornWorker", "--workers", "2", "--log-level", "warning"]
+        options = ["--worker-class", "uvicorn_worker.UvicornWorker", "--workers", "2", "--log-level", "warning"]
         return [*gunicorn, *options, "--config", "python:apps.gunicorn_conf"]
 
     env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
