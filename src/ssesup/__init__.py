@@ -5,9 +5,12 @@ machine, owned by one supervisor per event loop.
 """
 
 from ssesup.events import Event
+from ssesup.logs import configure_logging
+from ssesup.metrics import metrics_app
+from ssesup.observers import StreamObserver
 from ssesup.states import CloseReason, IllegalTransition, State, Transition, Trigger
 from ssesup.stream import SupervisedStream, current_stream
-from ssesup.supervisor import StreamObserver, Supervisor, SupervisorMiddleware, default_supervisor
+from ssesup.supervisor import Supervisor, SupervisorMiddleware, default_supervisor
 
 __all__ = [
     "CloseReason",
@@ -20,7 +23,9 @@ __all__ = [
     "SupervisorMiddleware",
     "Transition",
     "Trigger",
+    "configure_logging",
     "current_stream",
     "default_supervisor",
+    "metrics_app",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """The embedded demo app: ``ssesup demo`` serves it, ``curl -N`` shows its events.
 
-Owns: a small Starlette app with a ticking stream. Does not own: anything the library does.
+Owns: a small Starlette app with ticking streams, ``/metrics``, ``/ready`` and ``/live``.
+Does not own: anything the library does.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import itertools
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from ssesup import Event, SupervisedStream
+from ssesup import Event, SupervisedStream, default_supervisor, metrics_app
 
 
 async def ticks(request: Request) -> SupervisedStream:
@@ -29,4 +30,24 @@ async def ticks(request: Request) -> SupervisedStream:
     return SupervisedStream(gen())
 
 
-app = Starlette(routes=[Route("/ticks", ticks)])
+async def user_ticks(request: Request) -> SupervisedStream:
+    """``/users/{user_id}/ticks``: ticks for one user (the metrics label it by the route template)."""
+    user_id = request.path_params["user_id"]
+
+    async def gen():
+        for i in itertools.count():
+            yield Event.json({"user": user_id, "tick": i}, id=str(i), event="tick")
+            await anyio.sleep(1)
+
+    return SupervisedStream(gen())
+
+
+app = Starlette(
+    routes=[
+        Route("/ticks", ticks),
+        Route("/users/{user_id}/ticks", user_ticks),
+        Route("/metrics", metrics_app()),
+        Mount("/ready", default_supervisor.readiness()),
+        Mount("/live", default_supervisor.liveness()),
+    ]
+)

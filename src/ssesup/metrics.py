@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup.observers import StreamObserver
 from ssesup.states import TRANSITIONS, CloseReason, State, Transition, Trigger
-from ssesup.supervisor import StreamObserver
 
 if TYPE_CHECKING:
     from ssesup.stream import SupervisedStream

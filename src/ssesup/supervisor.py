@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ssesup._loop import LoopPrimitives
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
-from ssesup.logs import log_transition
+from ssesup.metrics import metrics_observer
+from ssesup.observers import StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.signals import (
     DrainEndpoint,
     LivenessEndpoint,
@@ -43,45 +44,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ssesup")
 
 SCOPE_KEY = "ssesup.supervisor"
-
-
-class StreamObserver:
-    """What the supervisor tells its observers. Subclass and override what you need.
-
-    Every method is called on the event loop, must not block, and may raise: a failing observer is
-    logged and never fails a stream.
-    """
-
-    def opened(self, stream: SupervisedStream) -> None:
-        """A stream registered (state OPEN)."""
-
-    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
-        """A stream changed state; ``transition.close_reason`` is set when it closed."""
-
-    def sent(self, stream: SupervisedStream, events: int, pings: int, nbytes: int) -> None:
-        """A body chunk went out: ``events`` events and ``pings`` pings in ``nbytes`` bytes."""
-
-    def rejected(self, reason: str) -> None:
-        """A new stream was refused (``reason``: ``draining``)."""
-
-    def drain_started(self, grace: float) -> None:
-        """This loop's supervisor began a drain."""
-
-    def drain_finished(self, duration: float) -> None:
-        """The drain ended: every stream is closed."""
-
-
-class _TransitionCallback(StreamObserver):
-    def __init__(self, callback: Callable[[SupervisedStream, Transition], None]) -> None:
-        self.callback = callback
-
-    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
-        self.callback(stream, transition)
-
-
-class _LogObserver(StreamObserver):
-    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
-        log_transition(stream, transition)
 
 
 class LoopSupervision:
@@ -139,8 +101,6 @@ class Supervisor:
         self._rng = random.Random()
         self._observers: list[StreamObserver] = [_LogObserver()]
         if metrics is not False:
-            from ssesup.metrics import metrics_observer  # here: ssesup.metrics imports this module
-
             self._observers.append(metrics_observer(None if metrics is True else metrics))
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
 

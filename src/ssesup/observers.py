@@ -1,0 +1,55 @@
+"""The observer protocol: what the supervisor tells the parts that watch streams (logs, metrics, users).
+
+Owns: :class:`StreamObserver` and the built-in log observer. Does not own: calling them (the supervisor
+does, in one place, catching what they raise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ssesup.logs import log_transition
+from ssesup.states import Transition
+
+if TYPE_CHECKING:
+    from ssesup.stream import SupervisedStream
+
+
+class StreamObserver:
+    """What the supervisor tells its observers. Subclass and override what you need.
+
+    Every method is called on the event loop, must not block, and may raise: a failing observer is
+    logged and never fails a stream.
+    """
+
+    def opened(self, stream: SupervisedStream) -> None:
+        """A stream registered (state OPEN)."""
+
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        """A stream changed state; ``transition.close_reason`` is set when it closed."""
+
+    def sent(self, stream: SupervisedStream, events: int, pings: int, nbytes: int) -> None:
+        """A body chunk went out: ``events`` events and ``pings`` pings in ``nbytes`` bytes."""
+
+    def rejected(self, reason: str) -> None:
+        """A new stream was refused (``reason``: ``draining``)."""
+
+    def drain_started(self, grace: float) -> None:
+        """This loop's supervisor began a drain."""
+
+    def drain_finished(self, duration: float) -> None:
+        """The drain ended: every stream is closed."""
+
+
+class _TransitionCallback(StreamObserver):
+    def __init__(self, callback: Callable[[SupervisedStream, Transition], None]) -> None:
+        self.callback = callback
+
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        self.callback(stream, transition)
+
+
+class _LogObserver(StreamObserver):
+    def transitioned(self, stream: SupervisedStream, transition: Transition) -> None:
+        log_transition(stream, transition)
