@@ -42,6 +42,10 @@ Content = AsyncIterable[Item] | Iterable[Item]
 # The producer stops pulling once this many bytes wait for the sender: memory per stream stays bounded
 # however slow the client, and a burst is sent in chunks of about this size.
 HIGH_WATER = 64 * 1024
+# An event the generator took longer than this to make "arrived alone": the producer sends it itself
+# when the sender is idle. Faster ones are queued for the sender, which joins what is queued into one
+# send. Either way the event goes out at once; this only decides which task sends it.
+ARRIVED_ALONE = 100e-6
 # How long closing the generator may take once the stream has ended (its ``finally`` blocks run).
 CLOSE_GRACE = 5.0
 # How long a drained or force-closed stream may take to send its farewell and end its body, so that a
@@ -193,7 +197,7 @@ class SupervisedStream(Response):
                 }
                 if await self._send(send, start):
                     self._fire(Trigger.FIRST_SEND)
-                    task_group.start_soon(self._produce)
+                    task_group.start_soon(self._produce, send)
                     await self._send_queued(send)
                 task_group.cancel_scope.cancel()
             _current.reset(token)
@@ -244,7 +248,7 @@ class SupervisedStream(Response):
 
     # -- the three roles -----------------------------------------------------------------------------
 
-    async def _produce(self) -> None:
+    async def _produce(self, send: Send) -> None:
         with anyio.CancelScope() as scope:
             self._producer_scope = scope
             if self._machine.closed:
@@ -252,15 +256,28 @@ class SupervisedStream(Response):
             sep = self._sep
             assert sep is not None
             queue = self._queue
+            clock = self._clock
+            pulled_at = clock()
             try:
                 async for item in self._iterator:
                     chunk = encode_item(item, sep)
-                    queue.append(chunk)
-                    self._queued_bytes += len(chunk)
-                    self._wake_sender()
-                    if self._queued_bytes >= HIGH_WATER:
-                        self._producer_space = space = self._wakeup()
-                        await wait(space)
+                    if (
+                        self._sender_wake is not None
+                        and not queue
+                        and self._send_started is None
+                        and clock() - pulled_at > ARRIVED_ALONE
+                    ):
+                        # The generator waited for this event and the sender is idle: send it from
+                        # here, without a hand-off. Only who sends changes, never when.
+                        await self._send_body(send, chunk, 1, 0)
+                    else:
+                        queue.append(chunk)
+                        self._queued_bytes += len(chunk)
+                        self._wake_sender()
+                        if self._queued_bytes >= HIGH_WATER:
+                            self._producer_space = space = self._wakeup()
+                            await wait(space)
+                    pulled_at = clock()
             except Exception:
                 log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
                 self._fire(Trigger.ERROR)
@@ -278,18 +295,24 @@ class SupervisedStream(Response):
                 if self._producer_space is not None:
                     wake(self._producer_space)
                     self._producer_space = None
-                if not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
+                if not await self._send_body(send, body, events, pings):
                     return
-                self.events_sent += events
-                self.pings_sent += pings
-                self.bytes_sent += len(body)
-                self._supervisor.notify("sent", self, events, pings, len(body))
             elif self._machine.closed:
                 await self._send(send, _END_OF_BODY)
                 return
             else:
                 self._sender_wake = sender_wake = self._wakeup()
                 await wait(sender_wake)
+
+    async def _send_body(self, send: Send, body: bytes, events: int, pings: int) -> bool:
+        """Send one body chunk holding ``events`` events and ``pings`` pings, and account for it."""
+        if not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
+            return False
+        self.events_sent += events
+        self.pings_sent += pings
+        self.bytes_sent += len(body)
+        self._supervisor.notify("sent", self, events, pings, len(body))
+        return True
 
     async def _listen(self, receive: Receive) -> None:
         while True:
