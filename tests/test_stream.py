@@ -211,3 +211,16 @@ def test_a_stalled_stream_due_for_a_ping_does_not_starve_the_event_loop(core_ser
             assert httpx.get(core_server.url + "/stats", timeout=2).status_code == 200
             assert time.monotonic() - started < 0.5
             time.sleep(0.1)
+
+
+def test_a_burst_is_coalesced_into_few_sends(core_server):
+    recorder = core_server.recorder
+    with recorder.lock:
+        recorder.chunks.clear()
+    with raw_request(core_server.port, "/count?n=5000&size=100") as sock:
+        _, body = read_response(sock)
+    assert body.count(b"\r\n\r\n") == 5000
+    with recorder.lock:
+        per_chunk = [events for route, events in recorder.chunks if route == "/count"]
+    assert sum(per_chunk) == 5000
+    assert len(per_chunk) < 5000 / 50, "events already made go out joined"

@@ -28,6 +28,7 @@ class Recorder(StreamObserver):
     finally_ran: list[str] = field(default_factory=list)
     background_ran: list[str] = field(default_factory=list)
     pulled: list[int] = field(default_factory=list)
+    chunks: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def transitioned(self, stream: Any, transition: Any) -> None:
@@ -35,6 +36,10 @@ class Recorder(StreamObserver):
             self.transitions.append((stream.stream_id, transition.from_state.value, transition.to_state.value))
             if transition.to_state is State.CLOSED:
                 self.closes.append((stream.stream_id, stream.route, transition.close_reason.value))
+
+    def sent(self, stream: Any, events: int, pings: int, nbytes: int) -> None:
+        with self.lock:
+            self.chunks.append((stream.route, events))
 
     def reasons(self, route: str | None = None) -> list[str]:
         with self.lock:
