@@ -1,0 +1,70 @@
+"""The floor: Starlette's bare ``StreamingResponse`` of pre-encoded frames, one ASGI send per event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from bench.apps.common import SIZE, Broadcaster, filler, frame, timed
+
+MEDIA = "text/event-stream"
+broadcaster = Broadcaster(make=frame)
+
+
+def _params(request: Request) -> tuple[int, int, float]:
+    q = request.query_params
+    return int(q.get("n", "50000")), int(q.get("size", SIZE)), float(q.get("every", "0.02"))
+
+
+async def burst(request: Request) -> StreamingResponse:
+    n, size, _ = _params(request)
+    one = frame(filler(size))
+
+    async def gen():
+        for _ in range(n):
+            yield one
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
+async def latency(request: Request) -> StreamingResponse:
+    n, size, every = _params(request)
+
+    async def gen():
+        for i in range(n):
+            await asyncio.sleep(every)
+            yield frame(timed(i, size))
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
+async def idle(request: Request) -> StreamingResponse:
+    _, size, _ = _params(request)
+
+    async def gen():
+        yield frame(filler(size))
+        await anyio.sleep_forever()
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
+async def fanout(request: Request) -> StreamingResponse:
+    async def gen():
+        queue = broadcaster.subscribe()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            broadcaster.unsubscribe(queue)
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
+app = Starlette(
+    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+)

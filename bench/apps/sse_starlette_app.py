@@ -1,0 +1,69 @@
+"""sse-starlette with its defaults: ``EventSourceResponse`` of ``ServerSentEvent`` (CRLF, 15 s pings)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from bench.apps.common import SIZE, Broadcaster, filler, timed
+
+broadcaster = Broadcaster()
+
+
+def _params(request: Request) -> tuple[int, int, float]:
+    q = request.query_params
+    return int(q.get("n", "50000")), int(q.get("size", SIZE)), float(q.get("every", "0.02"))
+
+
+async def burst(request: Request) -> EventSourceResponse:
+    n, size, _ = _params(request)
+    data = filler(size)
+
+    async def gen():
+        for _ in range(n):
+            yield ServerSentEvent(data=data)
+
+    return EventSourceResponse(gen())
+
+
+async def latency(request: Request) -> EventSourceResponse:
+    n, size, every = _params(request)
+
+    async def gen():
+        for i in range(n):
+            await asyncio.sleep(every)
+            yield ServerSentEvent(data=timed(i, size))
+
+    return EventSourceResponse(gen())
+
+
+async def idle(request: Request) -> EventSourceResponse:
+    _, size, _ = _params(request)
+
+    async def gen():
+        yield ServerSentEvent(data=filler(size))
+        await anyio.sleep_forever()
+
+    return EventSourceResponse(gen())
+
+
+async def fanout(request: Request) -> EventSourceResponse:
+    async def gen():
+        queue = broadcaster.subscribe()
+        try:
+            while True:
+                yield ServerSentEvent(data=await queue.get())
+        finally:
+            broadcaster.unsubscribe(queue)
+
+    return EventSourceResponse(gen())
+
+
+app = Starlette(
+    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+)

@@ -1,0 +1,75 @@
+"""ssesup with its defaults (keep-alive pings and the send deadline on): ``SupervisedStream`` of ``Event``.
+
+``BENCH_SSESUP_BARE=1`` turns pings and the send deadline off (``ping=0, send_timeout=0``), to see
+what they cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from bench.apps.common import SIZE, Broadcaster, filler, timed
+from ssesup import Event, SupervisedStream
+
+OPTIONS = {"ping": 0, "send_timeout": 0} if os.environ.get("BENCH_SSESUP_BARE") == "1" else {}
+broadcaster = Broadcaster()
+
+
+def _params(request: Request) -> tuple[int, int, float]:
+    q = request.query_params
+    return int(q.get("n", "50000")), int(q.get("size", SIZE)), float(q.get("every", "0.02"))
+
+
+async def burst(request: Request) -> SupervisedStream:
+    n, size, _ = _params(request)
+    data = filler(size)
+
+    async def gen():
+        for _ in range(n):
+            yield Event(data=data)
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+async def latency(request: Request) -> SupervisedStream:
+    n, size, every = _params(request)
+
+    async def gen():
+        for i in range(n):
+            await asyncio.sleep(every)
+            yield Event(data=timed(i, size))
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+async def idle(request: Request) -> SupervisedStream:
+    _, size, _ = _params(request)
+
+    async def gen():
+        yield Event(data=filler(size))
+        await anyio.sleep_forever()
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+async def fanout(request: Request) -> SupervisedStream:
+    async def gen():
+        queue = broadcaster.subscribe()
+        try:
+            while True:
+                yield Event(data=await queue.get())
+        finally:
+            broadcaster.unsubscribe(queue)
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+app = Starlette(
+    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+)

@@ -1,0 +1,322 @@
+"""The raw-socket client: asyncio protocols on uvloop, no HTTP library.
+
+A connection sends one ``GET`` and reads the chunked body as it comes. Events are counted by their data
+lines (``data: `` occurs once per event here, whatever the line separator: CRLF for the floor, ssesup
+and sse-starlette, LF for FastAPI), counted with ``bytes.count`` so the client stays far faster than
+any server. Timed payloads (``data: <time.time()> <seq> ...``) are parsed for delivery latency. All
+waits are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.procstat import cpu_seconds, rss_kib
+
+HOST = "127.0.0.1"
+DATA = b"data: "
+TIMED = re.compile(rb"data: (\d+\.\d+) (\d+) ")
+
+
+class StreamError(RuntimeError):
+    pass
+
+
+class SSEConnection(asyncio.Protocol):
+    """One SSE response read off a raw socket: counts events, or parses timed events when ``timed``."""
+
+    def __init__(self, request: bytes, *, timed: bool = False, expect: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.timed = timed
+        self.expect = expect
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.in_body = False
+        self.status = 0
+        self.tail = b""
+        self.count = 0
+        self.samples: list[tuple[int, float]] = []  # (seq, latency in seconds)
+        self.first: asyncio.Future[float] = loop.create_future()
+        self.done: asyncio.Future[float] = loop.create_future()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.in_body:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status_line = self.head[: self.head.find(b"\r\n")]
+            self.status = int(status_line.split()[1])
+            if self.status != 200:
+                self._fail(StreamError(f"HTTP {self.status}"))
+                return
+            data, self.head, self.in_body = self.head[end + 4 :], b"", True
+        buf = self.tail + data
+        if self.timed:
+            # Only whole lines: a data line whose end has arrived is parsed, the rest waits.
+            cut = buf.rfind(b"\n") + 1
+            for match in TIMED.finditer(buf, 0, cut):
+                self.samples.append((int(match.group(2)), now - float(match.group(1))))
+            self.count = len(self.samples)
+            self.tail = buf[cut:]
+        else:
+            # The kept tail is shorter than the pattern, so no occurrence is counted twice.
+            self.count += buf.count(DATA)
+            self.tail = buf[-(len(DATA) - 1) :]
+        if self.count and not self.first.done():
+            self.first.set_result(now)
+        if self.expect and self.count >= self.expect and not self.done.done():
+            self.done.set_result(now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(StreamError(f"connection lost after {self.count} events: {exc}"))
+
+    def _fail(self, error: Exception) -> None:
+        for future in (self.first, self.done):
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: a stream nobody awaits does not warn
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def request(path: str, port: int) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+
+
+async def connect(port: int, path: str, *, timed: bool = False, expect: int = 0) -> SSEConnection:
+    loop = asyncio.get_running_loop()
+    conn = SSEConnection(request(path, port), timed=timed, expect=expect)
+    await loop.create_connection(lambda: conn, HOST, port)
+    return conn
+
+
+async def open_streams(
+    port: int, path: str, n: int, *, timed: bool = False, concurrency: int = 200, timeout: float = 120.0
+) -> tuple[list[SSEConnection], float]:
+    """Open ``n`` streams, each until its first event arrives; the streams and how long that took."""
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def one() -> SSEConnection:
+        async with gate:
+            conn = await connect(port, path, timed=timed)
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.first), 30.0)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+    finished, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    conns = [t.result() for t in finished if not t.cancelled() and t.exception() is None]
+    if len(conns) < n:
+        errors = {repr(t.exception()) for t in finished if not t.cancelled() and t.exception() is not None}
+        for conn in conns:
+            conn.close()
+        raise StreamError(f"opened {len(conns)} of {n} streams on {path} ({len(pending)} timed out; {errors or ''})")
+    return conns, time.perf_counter() - started
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+async def burst(port: int, n: int, size: int, runs: int, timeout: float = 60.0) -> dict:
+    """One connection, ``n`` events as fast as possible; ``runs`` times, the median events/s."""
+    rates: list[float] = []
+    for _ in range(runs):
+        started = time.time()
+        conn = await connect(port, f"/burst?n={n}&size={size}", expect=n)
+        try:
+            finished = await asyncio.wait_for(asyncio.shield(conn.done), timeout)
+        except (StreamError, TimeoutError) as exc:
+            raise StreamError(f"burst delivered {conn.count} of {n} events: {exc}") from exc
+        finally:
+            conn.close()
+        if conn.count != n:
+            raise StreamError(f"burst delivered {conn.count} events, expected {n}")
+        rates.append(n / (finished - started))
+    return {"events_per_s": statistics.median(rates), "runs": rates, "n": n, "size": size, "delivered": 1.0}
+
+
+async def latency(port: int, n: int, every: float, size: int) -> dict:
+    """One stream, one timed event every ``every`` s: the delivery latency of single events."""
+    conn = await connect(port, f"/latency?n={n}&every={every}&size={size}", timed=True, expect=n)
+    try:
+        await asyncio.wait_for(asyncio.shield(conn.done), n * every + 15.0)
+    except (StreamError, TimeoutError) as exc:
+        raise StreamError(f"latency stream delivered {conn.count} of {n} events: {exc}") from exc
+    finally:
+        conn.close()
+    lat = [s[1] * 1000 for s in conn.samples]
+    return {
+        "p50_ms": statistics.median(lat),
+        "p99_ms": quantile(lat, 0.99),
+        "mean_ms": statistics.fmean(lat),
+        "n": len(lat),
+        "delivered": len(lat) / n,
+    }
+
+
+async def fanout(port: int, pid: int, streams: int, window: float, tick: float, concurrency: int) -> dict:
+    """``streams`` subscribers of the broadcaster; over ``window`` s, the delivery latency of every tick
+    (send time to arrival), the share of ticks delivered and the server's CPU."""
+    conns, open_s = await open_streams(port, "/fanout", streams, timed=True, concurrency=concurrency)
+    try:
+        # Every stream has seen a tick, so every stream is subscribed for the ticks after the latest first one.
+        first = max(c.samples[0][0] for c in conns) + 2
+        ticks = max(1, round(window / tick))
+        last = first + ticks - 1
+        await _until(lambda: all(c.samples and c.samples[-1][0] >= first - 1 for c in conns), 10 * tick + 10)
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        await _until(lambda: _max_seq(conns) >= last, window + 10 * tick + 10)
+        cpu1, t1 = cpu_seconds(pid), time.perf_counter()
+        rss = rss_kib(pid)
+        # Stragglers: wait (bounded) until every stream has the last tick or gave up.
+        await _until(lambda: all(c.lost or c.samples[-1][0] >= last for c in conns), 30.0)
+    finally:
+        for conn in conns:
+            conn.close()
+    lat: list[float] = []
+    got = 0
+    for conn in conns:
+        seqs = set()
+        for seq, value in conn.samples:
+            if first <= seq <= last and seq not in seqs:
+                seqs.add(seq)
+                lat.append(value * 1000)
+        got += len(seqs)
+    expected = ticks * streams
+    return {
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p99_ms": quantile(lat, 0.99),
+        "max_ms": max(lat, default=float("nan")),
+        "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+        "delivered": got / expected,
+        "events": got,
+        "expected": expected,
+        "streams": streams,
+        "ticks": ticks,
+        "open_s": open_s,
+        "rss_mib": rss / 1024,
+    }
+
+
+async def idle(
+    port: int, pid: int, streams: int, hold: int, warm: int, settle: float, cpu_window: float, concurrency: int
+) -> dict:
+    """RSS per idle stream (``streams`` opened after a warm-up), then ``hold`` streams in all: RSS and
+    idle CPU over ``cpu_window`` s."""
+    warm_conns, _ = await open_streams(port, "/idle", warm, concurrency=concurrency)
+    for conn in warm_conns:
+        conn.close()
+    await asyncio.sleep(settle)
+    rss0 = rss_kib(pid)
+    conns: list[SSEConnection] = []
+    try:
+        opened, open_s = await open_streams(port, "/idle", streams, concurrency=concurrency)
+        conns += opened
+        await asyncio.sleep(settle)
+        rss1 = rss_kib(pid)
+        result = {
+            "streams": streams,
+            "kib_per_stream": (rss1 - rss0) / streams,
+            "rss_base_mib": rss0 / 1024,
+            "rss_mib": rss1 / 1024,
+            "open_per_s": streams / open_s,
+            "delivered": 1.0,
+        }
+        if hold > streams:
+            more, _ = await open_streams(port, "/idle", hold - streams, concurrency=concurrency)
+            conns += more
+            await asyncio.sleep(settle)
+        if hold:
+            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            await asyncio.sleep(cpu_window)
+            cpu1, t1 = cpu_seconds(pid), time.perf_counter()
+            lost = sum(c.lost for c in conns)
+            if lost:
+                raise StreamError(f"{lost} idle streams were closed by the server")
+            result |= {
+                "hold": len(conns),
+                "hold_rss_mib": rss_kib(pid) / 1024,
+                "hold_cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+            }
+        return result
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _max_seq(conns: list[SSEConnection]) -> int:
+    return max((c.samples[-1][0] for c in conns if c.samples), default=-1)
+
+
+async def _until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+@dataclass
+class Plan:
+    """What one run measures (sizes and durations); ``smoke`` is seconds-long with few connections."""
+
+    size: int = 100
+    burst_n: int = 50_000
+    burst_runs: int = 5
+    latency_n: int = 150
+    latency_every: float = 0.02
+    fanout_streams: int = 1000
+    fanout_window: float = 10.0
+    tick: float = 0.2
+    idle_streams: int = 8000
+    idle_hold: int = 10_000
+    idle_warm: int = 200
+    settle: float = 1.0
+    cpu_window: float = 15.0
+    concurrency: int = 200
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(
+            burst_n=2000,
+            burst_runs=1,
+            latency_n=10,
+            fanout_streams=20,
+            fanout_window=1.0,
+            idle_streams=50,
+            idle_hold=100,
+            idle_warm=10,
+            settle=0.3,
+            cpu_window=1.0,
+        )

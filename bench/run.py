@@ -1,0 +1,315 @@
+"""``python -m bench``: start each system's server in turn, measure it from this (client) process, report.
+
+One server process per system and scenario (uvicorn, uvloop, httptools, one worker, loopback), started
+fresh so no scenario inherits another's memory. Repeats interleave the systems (run 1: every system,
+run 2: every system, ...) so slow drift of the machine hits them all alike; the report quotes the
+median over repeats, and ratios are taken within each run before their median is quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from bench import client
+from bench.client import Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RAW = RESULTS / "raw"
+SCENARIOS = ("latency", "burst", "fanout", "idle")
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    app: str
+    label: str
+    env: dict = field(default_factory=dict)
+
+
+SYSTEMS = {
+    s.key: s
+    for s in (
+        System("floor", "bench.apps.floor:app", "floor (StreamingResponse)"),
+        System("ssesup", "bench.apps.ssesup_app:app", "ssesup"),
+        System("sse-starlette", "bench.apps.sse_starlette_app:app", "sse-starlette"),
+        System("fastapi", "bench.apps.fastapi_sse_app:app", "FastAPI fastapi.sse"),
+        System("ssesup-bare", "bench.apps.ssesup_app:app", "ssesup ping=0 send_timeout=0", {"BENCH_SSESUP_BARE": "1"}),
+    )
+}
+DEFAULT_SYSTEMS = ("floor", "ssesup", "sse-starlette", "fastapi")
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((client.HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One uvicorn process serving one system, pinned to its own core when ``pin``."""
+
+    def __init__(self, system: System, plan: Plan, pin: bool, log: Path, src: Path) -> None:
+        self.system = system
+        self.port = free_port()
+        self.command = [
+            sys.executable, "-m", "uvicorn", system.app,
+            "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+            "--host", client.HOST, "--port", str(self.port),
+            "--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT),
+        ]  # fmt: skip
+        # ``src`` first: the ssesup under test, whatever an editable install points at.
+        path = os.pathsep.join(p for p in (str(src), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, "BENCH_SIZE": str(plan.size), "BENCH_TICK": str(plan.tick)}
+        self.env |= system.env
+        self.pin = pin
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def _preexec(self) -> None:
+        raise_nofile()
+        if self.pin:
+            os.sched_setaffinity(0, {SERVER_CPU})
+
+    def __enter__(self) -> Server:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._preexec
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.system.key} server exited with {self.proc.returncode}; see {self.log}")
+            try:
+                socket.create_connection((client.HOST, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"{self.system.key} server did not listen within 30 s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def run_client(coro) -> dict:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def snapshot_src(tag: str) -> tuple[Path, str]:
+    """Copy this tree's ``src/ssesup`` aside, so that every server of the run imports the same code
+    even while the tree is being edited; its path and a digest of its files."""
+    dest = RAW / f"{tag}-src"
+    shutil.copytree(ROOT / "src" / "ssesup", dest / "ssesup", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted((dest / "ssesup").rglob("*.py")):
+        digest.update(path.relative_to(dest).as_posix().encode() + b"\0" + path.read_bytes())
+    return dest, digest.hexdigest()[:12]
+
+
+def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path) -> dict:
+    """Every scenario of one system, each against a fresh server; an error is recorded, not raised."""
+    out: dict = {}
+    log = RAW / f"{tag}-{system.key}.log"
+
+    def attempt(name: str, fn) -> None:
+        started = time.perf_counter()
+        try:
+            out[name] = fn()
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
+        out[name]["seconds"] = round(time.perf_counter() - started, 2)
+        say(f"  {system.key:14} {name:8} {brief(name, out[name])}")
+
+    if "latency" in scenarios or "burst" in scenarios:
+        try:
+            with Server(system, plan, pin, log, src) as server:
+                # Warm-up: import paths, first-request costs, the allocator.
+                run_client(client.burst(server.port, min(2000, plan.burst_n), plan.size, 1))
+                if "latency" in scenarios:
+                    attempt(
+                        "latency",
+                        lambda: run_client(client.latency(server.port, plan.latency_n, plan.latency_every, plan.size)),
+                    )
+                if "burst" in scenarios:
+                    attempt(
+                        "burst", lambda: run_client(client.burst(server.port, plan.burst_n, plan.size, plan.burst_runs))
+                    )
+        except Exception as exc:
+            for name in ("latency", "burst"):
+                if name in scenarios and name not in out:
+                    out[name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
+    if "fanout" in scenarios:
+
+        def fanout() -> dict:
+            with Server(system, plan, pin, log, src) as server:
+                return run_client(
+                    client.fanout(server.port, server.pid, plan.fanout_streams, plan.fanout_window, plan.tick,
+                                  plan.concurrency)
+                )  # fmt: skip
+
+        attempt("fanout", fanout)
+    if "idle" in scenarios:
+
+        def idle() -> dict:
+            with Server(system, plan, pin, log, src) as server:
+                return run_client(
+                    client.idle(server.port, server.pid, plan.idle_streams, plan.idle_hold, plan.idle_warm,
+                                plan.settle, plan.cpu_window, plan.concurrency)
+                )  # fmt: skip
+
+        attempt("idle", idle)
+    return out
+
+
+def brief(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"FAILED {r['error']}"
+    if name == "burst":
+        return f"{r['events_per_s']:,.0f} events/s"
+    if name == "latency":
+        return f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms ({r['n']} events)"
+    if name == "fanout":
+        return (
+            f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, cpu {r['cpu_pct']:.1f}%, "
+            f"delivered {100 * r['delivered']:.2f}% of {r['expected']}"
+        )
+    if name == "idle":
+        text = f"{r['kib_per_stream']:.1f} KiB/stream ({r['streams']} streams, {r['open_per_s']:,.0f} opened/s)"
+        if "hold" in r:
+            text += f"; {r['hold']} held: {r['hold_rss_mib']:.0f} MiB RSS, idle cpu {r['hold_cpu_pct']:.2f}%"
+        return text
+    return json.dumps(r)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def failures(runs: list[dict]) -> list[str]:
+    """Every scenario of every system and run that failed or did not deliver every event."""
+    bad = []
+    for i, run in enumerate(runs, 1):
+        for key, scen in run.items():
+            for name, r in scen.items():
+                if "error" in r:
+                    bad.append(f"run {i} {key} {name}: {r['error']}")
+                elif r.get("delivered", 1.0) < 1.0:
+                    bad.append(f"run {i} {key} {name}: delivered {100 * r['delivered']:.3f}% of the events")
+    return bad
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
+    p.add_argument("--repeat", type=int, default=3, help="runs of every system; medians are quoted (default 3)")
+    p.add_argument("--smoke", action="store_true", help="seconds, few connections; exit 1 if any event is lost")
+    p.add_argument("--burst-n", type=int, help="events per burst (50000)")
+    p.add_argument("--latency-n", type=int, help="timed single events, one per 20 ms (150)")
+    p.add_argument("--fanout-streams", type=int, help="fan-out subscribers (1000)")
+    p.add_argument("--fanout-window", type=float, help="seconds of fan-out measured (10)")
+    p.add_argument("--idle-streams", type=int, help="idle streams for the per-stream memory (8000)")
+    p.add_argument("--idle-hold", type=int, help="idle streams held for total RSS and idle CPU (10000)")
+    p.add_argument("--cpu-window", type=float, help="seconds of idle CPU with --idle-hold open (15)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
+    p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
+    p.add_argument("--no-report", action="store_true", help="write no Markdown or PNG")
+    p.add_argument("--json", default=None, help="results JSON (default bench/results/latest.json; none in smoke)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    systems = [SYSTEMS[k.strip()] for k in args.systems.split(",") if k.strip()]
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if unknown := set(scenarios) - set(SCENARIOS):
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}")
+    plan = Plan.smoke() if args.smoke else Plan()
+    for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window"):
+        if getattr(args, name) is not None:
+            setattr(plan, name, getattr(args, name))
+    repeat = 1 if args.smoke and args.repeat == 3 else args.repeat
+    raise_nofile()
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    started = dt.datetime.now(dt.timezone.utc)
+    tag = started.strftime("%Y%m%dT%H%M%S")
+    say(f"{command}: {len(systems)} systems x {repeat} runs, scenarios {', '.join(scenarios)}, pinned={pin}")
+    from bench import report  # matplotlib only when a chart is drawn
+
+    mach = report.machine()
+    src, mach["src_digest"] = snapshot_src(tag)
+    runs: list[dict] = []
+    for i in range(repeat):
+        say(f"run {i + 1}/{repeat}")
+        runs.append({s.key: measure(s, plan, scenarios, pin, f"{tag}-r{i + 1}", src) for s in systems})
+    result = {
+        "command": command,
+        "started": started.isoformat(timespec="seconds"),
+        "minutes": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60, 1),
+        "pinned": pin,
+        "machine": mach,
+        "plan": asdict(plan),
+        "systems": {s.key: s.label for s in systems},
+        "scenarios": list(scenarios),
+        "runs": runs,
+    }
+    RAW.mkdir(parents=True, exist_ok=True)
+    (RAW / f"{tag}.json").write_text(json.dumps(result, indent=1))
+    bad = failures(runs)
+    summary = report.summarize(result)
+    say(report.console(summary))
+    if not args.smoke:
+        Path(args.json or RESULTS / "latest.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if not args.no_report:
+            md = Path(args.report or ROOT / "docs" / "benchmarks.md")
+            report.write(summary, md)
+            say(f"wrote {md} and {md.with_suffix('.png')}")
+    elif args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
+    if bad:
+        say("FAILED:\n  " + "\n  ".join(bad))
+        return 1
+    say("all systems delivered every event")
+    return 0
