@@ -267,3 +267,21 @@ def test_uvicorn_reload_with_an_open_stream_reloads_instead_of_hanging(tmp_path)
                 pass
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
+
+
+def test_a_grace_not_shorter_than_the_servers_own_timeout_is_warned_about(tmp_path):
+    port = free_port()
+    argv = uvicorn_argv(APP, port, "--timeout-graceful-shutdown", "5")
+    with serve(argv, port, tmp_path, drain_env(tmp_path, 20)) as server:
+
+        async def scenario():
+            tasks, _ = await open_streams(port, "/forever", 1)
+            for task in tasks:
+                task.cancel()
+
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 5
+        while "drain.grace_exceeds_server_timeout" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+    assert "drain_grace_s=20.0" in server.log() and "server_graceful_timeout_s=5.0" in server.log()
