@@ -153,6 +153,16 @@ def raw_request(port: int, path: str, *, rcvbuf: int | None = None, extra: str =
         sock.close()
 
 
+def _read_until(sock: socket.socket, buf: bytes, enough: Any, where: str) -> bytes:
+    """Read into ``buf`` until ``enough(buf)``; a closed connection before that is an error."""
+    while not enough(buf):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed {where}; got {buf[-300:]!r}")
+        buf += chunk
+    return buf
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bytes]:
     """Read a whole HTTP/1.1 response; return the head and the de-chunked body.
 
@@ -160,28 +170,14 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, by
     of what the tests assert.
     """
     sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the response head")
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
+    data = _read_until(sock, b"", lambda buf: b"\r\n\r\n" in buf, "before the response head")
+    head, buf = data.split(b"\r\n\r\n", 1)
     body = b""
-    buf = rest
     while True:
-        while b"\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before the end of the chunked body")
-            buf += chunk
+        buf = _read_until(sock, buf, lambda buf: b"\r\n" in buf, "before the end of the chunked body")
         size_line, buf = buf.split(b"\r\n", 1)
         size = int(size_line, 16)
-        while len(buf) < size + 2:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed inside a chunk")
-            buf += chunk
+        buf = _read_until(sock, buf, lambda buf, size=size: len(buf) >= size + 2, "inside a chunk")
         if size == 0:
             return head, body
         body += buf[:size]
@@ -191,10 +187,4 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, by
 def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
     """Read from ``sock`` until ``marker`` has arrived; return all that was read."""
     sock.settimeout(timeout)
-    received = b""
-    while marker not in received:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before {marker!r} arrived; got {received[-300:]!r}")
-        received += chunk
-    return received
+    return _read_until(sock, b"", lambda buf: marker in buf, f"before {marker!r} arrived")
