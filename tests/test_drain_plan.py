@@ -74,4 +74,4 @@ def test_force_close_ends_every_stream_with_shutdown_and_a_clean_body():
         body = recv_until(sock, b"\r\n0\r\n\r\n")
         assert b"retry: " in body
         wait_until(lambda: recorder.reasons("/wait") == ["shutdown"])
-        assert "wait" in recorder.finally_ran
+        wait_until(lambda: "wait" in recorder.finally_ran)

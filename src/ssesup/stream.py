@@ -243,66 +243,69 @@ class SupervisedStream(Response):
         self._queued_pings = 0
         self._sender_wake: Any = None
         self._producer_space: Any = None
-        self._producer_scope: anyio.CancelScope | None = None
         self._send_started: float | None = None
 
     # -- the three roles -----------------------------------------------------------------------------
 
     async def _produce(self, send: Send) -> None:
-        with anyio.CancelScope() as scope:
-            self._producer_scope = scope
-            if self._machine.closed:
-                return
-            sep = self._sep
-            assert sep is not None
-            queue = self._queue
-            clock = self._clock
-            pulled_at = clock()
-            try:
-                async for item in self._iterator:
-                    chunk = encode_item(item, sep)
-                    if (
-                        self._sender_wake is not None
-                        and not queue
-                        and self._send_started is None
-                        and clock() - pulled_at > ARRIVED_ALONE
-                    ):
-                        # The generator waited for this event and the sender is idle: send it from
-                        # here, without a hand-off. Only who sends changes, never when.
-                        await self._send_body(send, chunk, 1, 0)
-                    else:
-                        queue.append(chunk)
-                        self._queued_bytes += len(chunk)
-                        self._wake_sender()
-                        if self._queued_bytes >= HIGH_WATER:
-                            self._producer_space = space = self._wakeup()
-                            await wait(space)
-                    pulled_at = clock()
-            except Exception:
-                log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
-                self._fire(Trigger.ERROR)
-            else:
-                self._fire(Trigger.EXHAUSTED)
+        """Pull, encode, queue (or send what arrived alone). Once the stream is closed it takes nothing
+        more from the generator; the generator itself is cancelled with the task group when the sender
+        has ended the body."""
+        machine = self._machine
+        sep = self._sep
+        assert sep is not None
+        queue = self._queue
+        clock = self._clock
+        pulled_at = clock()
+        try:
+            async for item in self._iterator:
+                if machine.closed:
+                    break
+                chunk = encode_item(item, sep)
+                if (
+                    self._sender_wake is not None
+                    and not queue
+                    and self._send_started is None
+                    and clock() - pulled_at > ARRIVED_ALONE
+                ):
+                    # The generator waited for this event and the sender is idle: send it from
+                    # here, without a hand-off. Only who sends changes, never when.
+                    await self._send_body(send, chunk, 1, 0)
+                else:
+                    queue.append(chunk)
+                    self._queued_bytes += len(chunk)
+                    self._wake_sender()
+                    if self._queued_bytes >= HIGH_WATER:
+                        self._producer_space = space = self._wakeup()
+                        await wait(space)
+                pulled_at = clock()
+        except Exception:
+            log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
+            self._fire(Trigger.ERROR)
+        else:
+            self._fire(Trigger.EXHAUSTED)
 
     async def _send_queued(self, send: Send) -> None:
         while True:
             queue = self._queue
-            if queue:
-                body = queue[0] if len(queue) == 1 else b"".join(queue)
-                events, pings = len(queue) - self._queued_pings, self._queued_pings
-                queue.clear()
-                self._queued_bytes = self._queued_pings = 0
-                if self._producer_space is not None:
-                    wake(self._producer_space)
-                    self._producer_space = None
-                if not await self._send_body(send, body, events, pings):
+            # One send at a time: while the producer sends an event that arrived alone, wait for it.
+            if self._send_started is None:
+                if queue:
+                    body = queue[0] if len(queue) == 1 else b"".join(queue)
+                    events, pings = len(queue) - self._queued_pings, self._queued_pings
+                    queue.clear()
+                    self._queued_bytes = self._queued_pings = 0
+                    if self._producer_space is not None:
+                        wake(self._producer_space)
+                        self._producer_space = None
+                    if not await self._send_body(send, body, events, pings):
+                        return
+                    continue
+                if self._machine.closed:
+                    await self._send(send, _END_OF_BODY)
                     return
-            elif self._machine.closed:
-                await self._send(send, _END_OF_BODY)
-                return
-            else:
-                self._sender_wake = sender_wake = self._wakeup()
-                await wait(sender_wake)
+            self._sender_wake = sender_wake = self._wakeup()
+            await wait(sender_wake)
 
     async def _send_body(self, send: Send, body: bytes, events: int, pings: int) -> bool:
         """Send one body chunk holding ``events`` events and ``pings`` pings, and account for it."""
@@ -333,6 +336,8 @@ class SupervisedStream(Response):
             return False
         finally:
             self._send_started = None
+            if self._queue or self._machine.closed:
+                self._wake_sender()  # a sender that waited for this send to finish
         return True
 
     def _wake_sender(self) -> None:
@@ -374,8 +379,6 @@ class SupervisedStream(Response):
                 self._queue.append(farewell)
                 self._queued_bytes += len(farewell)
             self._cancel_scope.deadline = now + FAREWELL_BUDGET
-        if self._producer_scope is not None:
-            self._producer_scope.cancel()
         self._wake_sender()
 
     def _next_check(self, now: float) -> float:
@@ -383,11 +386,16 @@ class SupervisedStream(Response):
         deadline = math.inf
         if self._ping:
             deadline = self._last_activity + self._ping
-        if self._send_timeout:
-            # A send that starts right after a check is caught by the next one: within 1.25x the timeout.
+        timeout = self._send_timeout
+        if timeout:
             started = self._send_started
-            check = started + self._send_timeout if started is not None else now + self._send_timeout / 4
-            deadline = min(deadline, check)
+            if started is not None:
+                deadline = min(deadline, started + timeout)
+            elif not 0 < self._ping <= timeout:
+                # No ping check comes before a new send's deadline: look every quarter of the timeout
+                # (a send is then caught within 1.25x the timeout). With a ping check at least that
+                # often, the check that finds a send in flight schedules its exact deadline.
+                deadline = min(deadline, now + timeout / 4)
         return deadline
 
     def _on_timer(self, now: float) -> float | None:

@@ -25,7 +25,7 @@ log = structlog.get_logger("ssesup.timers")
 TimerCallback = Callable[[float], "float | None"]
 
 # Deadlines this close together fire in one wake-up of the driver.
-RESOLUTION = 0.01
+RESOLUTION = 0.05
 
 
 class Timer:
