@@ -143,8 +143,9 @@ def machine() -> dict:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "src"], capture_output=True, text=True)
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "log", "-1", "--format=%h", "--", "src"], capture_output=True, text=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True)
         revision = head.stdout.strip() + (" with uncommitted changes in src/" if dirty.stdout.strip() else "")
     except OSError:
         revision = "unknown"
@@ -223,7 +224,8 @@ def markdown(summary: dict, png_name: str) -> str:
         "",
         f"Machine: {mach['cores']} cores ({mach['cpu']}), Linux {mach['kernel']}, Python {mach['python']}; "
         + ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
-        + f". ssesup at {mach.get('revision', '?')} (copied at the start, sha256 {mach.get('src_digest', '?')})."
+        + f". ssesup at {mach.get('revision', '?')} (last commit touching src/; its files copied at the start,"
+        + f" sha256 {mach.get('src_digest', '?')})."
         + f" Server pinned to CPU 0 and client to CPU 1: {'yes' if summary['pinned'] else 'no'}.",
         "",
         f"Plan: burst {plan['burst_n']:,} events of {plan['size']} B, {plan['burst_runs']} bursts per run; "
