@@ -82,6 +82,38 @@ class SupervisedStream(Response):
     """
 
     media_type = "text/event-stream"
+    # Slots, not a dict, for the actor's own state: thousands of idle streams each carry it.
+    __slots__ = (
+        "_cancel_scope",
+        "_clock",
+        "_drain_waiter",
+        "_draining",
+        "_iterator",
+        "_last_activity",
+        "_machine",
+        "_ping",
+        "_ping_factory",
+        "_producer_space",
+        "_queue",
+        "_queued_bytes",
+        "_queued_pings",
+        "_send_started",
+        "_send_timeout",
+        "_sender_wake",
+        "_sep",
+        "_supervisor",
+        "_sync_iterator",
+        "_timer",
+        "_wakeup",
+        "bytes_sent",
+        "client",
+        "ended_at",
+        "events_sent",
+        "pings_sent",
+        "route",
+        "started_at",
+        "stream_id",
+    )
 
     def __init__(
         self,
@@ -130,9 +162,19 @@ class SupervisedStream(Response):
         self.started_at = 0.0
         self.ended_at: float | None = None
         self._clock: Callable[[], float] = anyio.current_time
+        self._wakeup: Callable[[], Any] = anyio.Event
         self.events_sent = 0
         self.pings_sent = 0
         self.bytes_sent = 0
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._queued_pings = 0
+        self._sender_wake: Any = None
+        self._producer_space: Any = None
+        self._send_started: float | None = None
+        self._last_activity = 0.0
+        self._timer: Timer | None = None
+        self._cancel_scope: anyio.CancelScope | None = None
 
     # -- what observers and generators can read ------------------------------------------------------
 
@@ -182,13 +224,12 @@ class SupervisedStream(Response):
         self._clock = live.loop.clock
         self._wakeup = live.loop.wakeup
         now = self.started_at = self._last_activity = self._clock()
-        self._timer: Timer | None = None
         if self._ping or self._send_timeout:
             self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
+        token = _current.set(self)  # the tasks below inherit it: current_stream() in the generator
         try:
             async with anyio.create_task_group() as task_group:
                 self._cancel_scope = task_group.cancel_scope
-                token = _current.set(self)
                 task_group.start_soon(self._listen, receive)
                 start = {
                     "type": "http.response.start",
@@ -200,8 +241,8 @@ class SupervisedStream(Response):
                     task_group.start_soon(self._produce, send)
                     await self._send_queued(send)
                 task_group.cancel_scope.cancel()
-            _current.reset(token)
         finally:
+            _current.reset(token)
             # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
@@ -238,12 +279,6 @@ class SupervisedStream(Response):
             self._sep = supervisor.sep
         if self._ping_factory is None:
             self._ping_factory = supervisor.ping_factory
-        self._queue: list[bytes] = []
-        self._queued_bytes = 0
-        self._queued_pings = 0
-        self._sender_wake: Any = None
-        self._producer_space: Any = None
-        self._send_started: float | None = None
 
     # -- the three roles -----------------------------------------------------------------------------
 
@@ -367,8 +402,10 @@ class SupervisedStream(Response):
             return
         now = self.ended_at = self._clock()
         reason = transition.close_reason
+        scope = self._cancel_scope
         if reason in _ABANDON:
-            self._cancel_scope.cancel()
+            if scope is not None:
+                scope.cancel()
             return
         if reason in _FAREWELL:
             try:
@@ -378,7 +415,8 @@ class SupervisedStream(Response):
             else:
                 self._queue.append(farewell)
                 self._queued_bytes += len(farewell)
-            self._cancel_scope.deadline = now + FAREWELL_BUDGET
+            if scope is not None:
+                scope.deadline = now + FAREWELL_BUDGET
         self._wake_sender()
 
     def _next_check(self, now: float) -> float:
@@ -409,15 +447,23 @@ class SupervisedStream(Response):
         if self._ping and now - self._last_activity >= self._ping:
             # Due: ping if idle; a stream with a send in flight or bytes queued is not idle.
             if started is None and not self._queue:
-                factory = self._ping_factory
-                sep = self._sep or "\r\n"
-                chunk = factory().encode(sep) if factory else b": ping" + sep.encode() * 2
+                chunk = self._ping_bytes()
                 self._queue.append(chunk)
                 self._queued_bytes += len(chunk)
                 self._queued_pings += 1
                 self._wake_sender()
             self._last_activity = now
         return self._next_check(now)
+
+    def _ping_bytes(self) -> bytes:
+        """The ping: the factory's event, or a comment (also when the factory fails: it is logged)."""
+        sep = self._sep or "\r\n"
+        if self._ping_factory is not None:
+            try:
+                return self._ping_factory().encode(sep)
+            except Exception:
+                log.exception("stream.ping_factory_failed", stream_id=self.stream_id, route=self.route)
+        return b": ping" + sep.encode() * 2
 
     async def _close_iterator(self) -> None:
         """Close the generator so its ``finally`` blocks run; a failure there is logged, never raised."""
