@@ -42,6 +42,9 @@ class StreamObserver:
         """The drain ended: every stream is closed."""
 
 
+OBSERVER_METHODS = ("opened", "transitioned", "sent", "rejected", "drain_started", "drain_finished")
+
+
 class _TransitionCallback(StreamObserver):
     def __init__(self, callback: Callable[[SupervisedStream, Transition], None]) -> None:
         self.callback = callback

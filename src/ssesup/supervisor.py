@@ -25,7 +25,7 @@ from ssesup._loop import LoopPrimitives
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
 from ssesup.metrics import metrics_observer
-from ssesup.observers import StreamObserver, _LogObserver, _TransitionCallback
+from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.signals import (
     DrainEndpoint,
     LivenessEndpoint,
@@ -102,6 +102,8 @@ class Supervisor:
         self._observers: list[StreamObserver] = [_LogObserver()]
         if metrics is not False:
             self._observers.append(metrics_observer(None if metrics is True else metrics))
+        self._handlers: dict[str, list[StreamObserver]] = {}
+        self._index_handlers()
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
 
     # -- the live part, per event loop -------------------------------------------------------------
@@ -249,18 +251,28 @@ class Supervisor:
                 raise TypeError(f"an observer is a StreamObserver or a callable, not {type(observer).__name__}")
             observer = _TransitionCallback(observer)
         self._observers.append(observer)
+        self._index_handlers()
         return observer
 
     def unsubscribe(self, observer: StreamObserver) -> None:
         self._observers.remove(observer)
+        self._index_handlers()
 
     def notify(self, method: str, *args: Any) -> None:
-        """Call ``method(*args)`` on every observer; one that fails is logged, never raised."""
-        for observer in self._observers:
+        """Call ``method(*args)`` on every observer that has it; one that fails is logged, never raised."""
+        for observer in self._handlers.get(method, ()):
             try:
                 getattr(observer, method)(*args)
             except Exception:
                 log.exception("observer.failed", observer=type(observer).__qualname__, method=method)
+
+    def _index_handlers(self) -> None:
+        """Per method, the observers that override it: ``notify`` runs once per chunk sent, so the
+        protocol's no-op methods are left out rather than called."""
+        self._handlers = {
+            name: [o for o in self._observers if getattr(type(o), name) is not getattr(StreamObserver, name)]
+            for name in OBSERVER_METHODS
+        }
 
     # -- installation --------------------------------------------------------------------------------
 
