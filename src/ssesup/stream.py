@@ -7,10 +7,14 @@ metrics (the supervisor observes every transition).
 
 Three roles run under one task group, like Starlette's ``StreamingResponse``:
 
-* the *producer* pulls the generator, encodes each item and queues the bytes;
-* the *sender* (the request's own task) sends whatever is queued as one body chunk, so a burst of
-  events costs one send while an event that arrives alone goes out at once;
-* the *listener* waits on ``receive()`` so a disconnect is seen while the generator is waiting.
+* the *listener* (the request's own task) waits on ``receive()``, so a disconnect is seen while the
+  generator is waiting;
+* the *producer* pulls the generator and encodes each item; an event that arrived alone it sends
+  itself, events made back to back it queues;
+* the *sender*, a task started only when bytes are queued (a burst, a ping, a farewell, the end of the
+  body), sends everything queued as one body chunk and ends when the queue is empty.
+
+An idle stream therefore costs two tasks, as a bare ``StreamingResponse`` does.
 """
 
 from __future__ import annotations
@@ -99,11 +103,14 @@ class SupervisedStream(Response):
         "_queued_pings",
         "_send_started",
         "_send_timeout",
+        "_sender_running",
         "_sender_wake",
         "_sep",
         "_supervisor",
         "_sync_iterator",
+        "_task_group",
         "_timer",
+        "_transport_send",
         "_wakeup",
         "bytes_sent",
         "client",
@@ -170,6 +177,9 @@ class SupervisedStream(Response):
         self._queued_bytes = 0
         self._queued_pings = 0
         self._sender_wake: Any = None
+        self._sender_running = False
+        self._task_group: Any = None
+        self._transport_send: Send | None = None
         self._producer_space: Any = None
         self._send_started: float | None = None
         self._last_activity = 0.0
@@ -229,8 +239,9 @@ class SupervisedStream(Response):
         token = _current.set(self)  # the tasks below inherit it: current_stream() in the generator
         try:
             async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
-                task_group.start_soon(self._listen, receive)
+                self._transport_send = send
                 start = {
                     "type": "http.response.start",
                     "status": self.status_code,
@@ -239,10 +250,11 @@ class SupervisedStream(Response):
                 if await self._send(send, start):
                     self._fire(Trigger.FIRST_SEND)
                     task_group.start_soon(self._produce, send)
-                    await self._send_queued(send)
-                task_group.cancel_scope.cancel()
+                    # The request's own task listens until the client leaves or the body has ended.
+                    await self._listen(receive)
         finally:
             _current.reset(token)
+            self._task_group = None  # closed: nothing more can be started in it
             # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
@@ -298,7 +310,7 @@ class SupervisedStream(Response):
                     break
                 chunk = encode_item(item, sep)
                 if (
-                    self._sender_wake is not None
+                    not self._sender_running
                     and not queue
                     and self._send_started is None
                     and clock() - pulled_at > ARRIVED_ALONE
@@ -309,7 +321,7 @@ class SupervisedStream(Response):
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
-                    self._wake_sender()
+                    self._start_sender()
                     if self._queued_bytes >= HIGH_WATER:
                         self._producer_space = space = self._wakeup()
                         await wait(space)
@@ -321,26 +333,40 @@ class SupervisedStream(Response):
             self._fire(Trigger.EXHAUSTED)
 
     async def _send_queued(self, send: Send) -> None:
-        while True:
-            queue = self._queue
-            # One send at a time: while the producer sends an event that arrived alone, wait for it.
-            if self._send_started is None:
-                if queue:
-                    body = queue[0] if len(queue) == 1 else b"".join(queue)
-                    events, pings = len(queue) - self._queued_pings, self._queued_pings
-                    queue.clear()
-                    self._queued_bytes = self._queued_pings = 0
-                    if self._producer_space is not None:
-                        wake(self._producer_space)
-                        self._producer_space = None
-                    if not await self._send_body(send, body, events, pings):
+        """The sender, started when bytes are queued: sends what is queued, joined, until nothing is
+        left, then ends (or, once the stream is closed, ends the body and the stream's task group)."""
+        try:
+            while True:
+                queue = self._queue
+                # One send at a time: while the producer sends an event that arrived alone, wait for it.
+                if self._send_started is None:
+                    if queue:
+                        body = queue[0] if len(queue) == 1 else b"".join(queue)
+                        events, pings = len(queue) - self._queued_pings, self._queued_pings
+                        queue.clear()
+                        self._queued_bytes = self._queued_pings = 0
+                        if self._producer_space is not None:
+                            wake(self._producer_space)
+                            self._producer_space = None
+                        if not await self._send_body(send, body, events, pings):
+                            return
+                        continue
+                    if self._machine.closed:
+                        await self._send(send, _END_OF_BODY)
+                        self._cancel_scope.cancel()
                         return
-                    continue
-                if self._machine.closed:
-                    await self._send(send, _END_OF_BODY)
                     return
-            self._sender_wake = sender_wake = self._wakeup()
-            await wait(sender_wake)
+                self._sender_wake = sender_wake = self._wakeup()
+                await wait(sender_wake)
+        finally:
+            self._sender_running = False
+
+    def _start_sender(self) -> None:
+        """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
+        farewells and the end of the body go through the sender)."""
+        if not self._sender_running and self._task_group is not None:
+            self._sender_running = True
+            self._task_group.start_soon(self._send_queued, self._transport_send)
 
     async def _send_body(self, send: Send, body: bytes, events: int, pings: int) -> bool:
         """Send one body chunk holding ``events`` events and ``pings`` pings, and account for it."""
@@ -417,7 +443,7 @@ class SupervisedStream(Response):
                 self._queued_bytes += len(farewell)
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
-        self._wake_sender()
+        self._start_sender()
 
     def _next_check(self, now: float) -> float:
         """When the timer should look at this stream again: the next ping, or the next send check."""
@@ -451,7 +477,7 @@ class SupervisedStream(Response):
                 self._queue.append(chunk)
                 self._queued_bytes += len(chunk)
                 self._queued_pings += 1
-                self._wake_sender()
+                self._start_sender()
             self._last_activity = now
         return self._next_check(now)
 
