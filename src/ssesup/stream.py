@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ssesup._loop import wait, wake
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
+from ssesup.states.machine import CLOSED
 from ssesup.supervisor import Supervisor, check_seconds, supervisor_for
 from ssesup.timers import Timer
 
@@ -303,29 +304,27 @@ class SupervisedStream(Response):
         assert sep is not None
         queue = self._queue
         clock = self._clock
+        # When the current pull began; infinity while bytes are queued or sending (the clock is read
+        # only when the next event could be one that arrived alone, not per event of a burst).
         pulled_at = clock()
         try:
             async for item in self._iterator:
-                if machine.closed:
+                if machine.state is CLOSED:
                     break
                 chunk = encode_item(item, sep)
-                if (
-                    not self._sender_running
-                    and not queue
-                    and self._send_started is None
-                    and clock() - pulled_at > ARRIVED_ALONE
-                ):
-                    # The generator waited for this event and the sender is idle: send it from
-                    # here, without a hand-off. Only who sends changes, never when.
+                if not queue and clock() - pulled_at > ARRIVED_ALONE and not self._sender_running:
+                    # The generator waited for this event and nothing else is being sent: send it
+                    # from here, without a hand-off. Only who sends changes, never when.
                     await self._send_body(send, chunk, 1, 0)
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
-                    self._start_sender()
+                    if not self._sender_running:
+                        self._start_sender()
                     if self._queued_bytes >= HIGH_WATER:
                         self._producer_space = space = self._wakeup()
                         await wait(space)
-                pulled_at = clock()
+                pulled_at = clock() if not queue else math.inf
         except Exception:
             log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
             self._fire(Trigger.ERROR)
