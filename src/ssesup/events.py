@@ -13,9 +13,8 @@ import json
 import re
 from collections.abc import Mapping
 from operator import itemgetter
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-LineSeparator = Literal["\r\n", "\n", "\r"]
 LINE_SEPARATORS: Final = ("\r\n", "\n", "\r")
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
