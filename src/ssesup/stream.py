@@ -227,11 +227,12 @@ class SupervisedStream(Response):
             send = self._wrap_websocket_denial_send(send)
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
-        if supervisor.live.draining:
+        live = supervisor.live  # looked up once: it costs a backend lookup per call
+        if live.draining:
             await self._refuse(supervisor, send)
             return
         self._settle(supervisor, scope)
-        live = supervisor.register(self)
+        supervisor.register(self, live)
         self._clock = live.loop.clock
         self._wakeup = live.loop.wakeup
         now = self.started_at = self._last_activity = self._clock()
@@ -263,7 +264,7 @@ class SupervisedStream(Response):
             budget = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else CLOSE_GRACE
             with anyio.move_on_after(budget, shield=True):
                 await self._close_iterator()
-            supervisor.unregister(self)
+            supervisor.unregister(self, live)
         if self.background is not None:
             await self.background()
 

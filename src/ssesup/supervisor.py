@@ -33,7 +33,7 @@ from ssesup.signals import (
     listen_for_signals,
     server_graceful_timeout,
 )
-from ssesup.states import State, Transition, Trigger
+from ssesup.states import Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
 if TYPE_CHECKING:
@@ -122,16 +122,14 @@ class Supervisor:
         """The live streams of the current event loop."""
         return iter(tuple(self.live.streams))
 
-    def register(self, stream: SupervisedStream) -> LoopSupervision:
-        live = self.live
+    def register(self, stream: SupervisedStream, live: LoopSupervision) -> None:
+        """Add ``stream`` to this loop's registry (``live``: this loop's :attr:`live`)."""
         if not live.listening_for_signals:
             self._listen_for_signals(live)
         live.streams.add(stream)
         self.notify("opened", stream)
-        return live
 
-    def unregister(self, stream: SupervisedStream) -> None:
-        live = self.live
+    def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         live.streams.discard(stream)
         if live.draining and not live.streams and not live.drained.is_set():
             self._finish_drain(live)
@@ -289,12 +287,12 @@ class Supervisor:
 
 
 def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[float], None]:
-    """A timer callback that feeds ``trigger`` to those of ``streams`` still draining."""
+    """A timer callback that feeds ``trigger`` to ``streams`` (those already closed drop it: the first
+    ending wins)."""
 
     def close(now: float) -> None:
         for stream in streams:
-            if stream.state is State.DRAINING:
-                stream.trigger(trigger)
+            stream.trigger(trigger)
 
     return close
 
