@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from operator import itemgetter
 from typing import Any, Final
 
 LINE_SEPARATORS: Final = ("\r\n", "\n", "\r")
@@ -67,38 +66,61 @@ def _checked_fields(
     return checked_data, checked_event, checked_id, checked_retry, checked_comment
 
 
-class Event(tuple):
+class Event:
     """One server-sent event.
 
     ``data`` may span lines (each becomes its own ``data:`` line); ``event`` and ``id`` are single
     lines (``id`` may not contain NUL, which clients ignore); ``retry`` is the reconnection time in
     milliseconds; ``comment`` lines are ignored by clients and keep connections warm.
 
-    Immutable (a tuple underneath, which also makes it cheap to make): the fields are checked once,
-    when the event is made, so none can be changed afterwards into something that would put a field or
-    a second event on the wire.
+    Read-only: the fields are checked once, when the event is made, and have no setters, so none can be
+    changed afterwards into something that would put a field or a second event on the wire.
     """
 
-    __slots__ = ()
+    # Two slots, not five: an event of data alone (the common case, made once per event sent) stores
+    # its data and ``None``; the other fields live together in one tuple, only when one is set.
+    __slots__ = ("_data", "_fields")
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         data: str | None = None,
         *,
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
         comment: str | None = None,
-    ) -> Event:
+    ) -> None:
         if type(data) is str and event is None and id is None and retry is None and comment is None:
-            return tuple.__new__(cls, (data, None, None, None, None))  # the common case: data only
-        return tuple.__new__(cls, _checked_fields(data, event, id, retry, comment))
+            self._data: str | None = data
+            self._fields: tuple[str | None, str | None, int | None, str | None] | None = None
+        else:
+            self._data, event, id, retry, comment = _checked_fields(data, event, id, retry, comment)
+            self._fields = (event, id, retry, comment)
 
-    data = property(itemgetter(0), doc="The data, or None.")
-    event = property(itemgetter(1), doc="The event type, or None (clients then use 'message').")
-    id = property(itemgetter(2), doc="The event id, or None.")
-    retry = property(itemgetter(3), doc="The reconnection time in milliseconds, or None.")
-    comment = property(itemgetter(4), doc="A comment, or None.")
+    @property
+    def data(self) -> str | None:
+        """The data, or None."""
+        return self._data
+
+    @property
+    def event(self) -> str | None:
+        """The event type, or None (clients then use 'message')."""
+        return None if self._fields is None else self._fields[0]
+
+    @property
+    def id(self) -> str | None:
+        """The event id, or None."""
+        return None if self._fields is None else self._fields[1]
+
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in milliseconds, or None."""
+        return None if self._fields is None else self._fields[2]
+
+    @property
+    def comment(self) -> str | None:
+        """A comment, or None."""
+        return None if self._fields is None else self._fields[3]
 
     @classmethod
     def json(
@@ -124,9 +146,10 @@ class Event(tuple):
 
     def encode(self, sep: str = "\r\n") -> bytes:
         """The event as UTF-8 bytes, ending with a blank line."""
-        data, event, id, retry, comment = self
-        if event is None and id is None and retry is None and comment is None and data is not None:
-            return encode_data_line(data, sep)
+        data = self._data
+        if self._fields is None:
+            return encode_data_line(data, sep)  # type: ignore[arg-type]
+        event, id, retry, comment = self._fields
         parts: list[str] = []
         if comment is not None:
             parts.extend(f":{' ' if line else ''}{line}" for line in _NEWLINE.split(comment))
@@ -144,29 +167,29 @@ class Event(tuple):
         parts.append(sep)
         return sep.join(parts).encode("utf-8")
 
+    def _key(self) -> tuple[Any, ...]:
+        return (self._data, self._fields or (None, None, None, None))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return tuple.__eq__(self, other)
+        return self._key() == other._key()
 
-    def __ne__(self, other: object) -> bool:
-        if not isinstance(other, Event):
-            return NotImplemented
-        return tuple.__ne__(self, other)
-
-    __hash__ = tuple.__hash__
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         names = ("data", "event", "id", "retry", "comment")
-        fields = ", ".join(f"{name}={value!r}" for name, value in zip(names, self, strict=True) if value is not None)
+        values = (self._data, *(self._fields or (None, None, None, None)))
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(names, values, strict=True) if value is not None)
         return f"Event({fields})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        data, event, id, retry, comment = self
-        return (_rebuild, (data, event, id, retry, comment))
+        return (_rebuild, self._key())
 
 
-def _rebuild(data: Any, event: Any, id: Any, retry: Any, comment: Any) -> Event:
+def _rebuild(data: Any, fields: tuple[Any, ...]) -> Event:
+    event, id, retry, comment = fields
     return Event(data, event=event, id=id, retry=retry, comment=comment)
 
 
@@ -182,10 +205,15 @@ def encode_data_line(text: str, sep: str) -> bytes:
 def encode_item(item: object, sep: str) -> bytes:
     """Bytes for one item yielded by a generator, or ``TypeError`` naming what is accepted."""
     kind = type(item)
+    if kind is Event:
+        if item._fields is None:  # type: ignore[attr-defined]
+            # Data alone, the event of a burst: one exact str, checked when the event was made.
+            text: str = item._data  # type: ignore[attr-defined]
+            if "\r" not in text and "\n" not in text:
+                return f"data: {text}{sep}{sep}".encode()
+        return item.encode(sep)  # type: ignore[attr-defined]
     if kind is str:
         return encode_data_line(item, sep)  # type: ignore[arg-type]
-    if kind is Event:
-        return item.encode(sep)  # type: ignore[attr-defined]
     if isinstance(item, Event):
         return item.encode(sep)
     if isinstance(item, str):
