@@ -14,10 +14,12 @@ Two parsers read what the encoder writes:
 from __future__ import annotations
 
 import codecs
+import copy
 import enum
 import itertools
 import json
 import math
+import pickle
 import re
 from array import array
 from collections.abc import Iterable
@@ -269,6 +271,20 @@ def test_events_with_equal_fields_are_equal_and_hash_alike() -> None:
     assert hash(a) == hash(b)
     assert a != Event("x", event="e", id="1", retry=5)
     assert a != "x"
+
+
+@pytest.mark.parametrize(
+    "ev", [Event("x"), Event("a\nb", event="e", id="1", retry=5, comment="c"), Event(comment="only")]
+)
+def test_events_survive_pickle_and_copy(ev: Event) -> None:
+    for copied in (pickle.loads(pickle.dumps(ev)), copy.copy(ev), copy.deepcopy(ev)):
+        assert copied == ev
+        assert copied.encode() == ev.encode()
+
+
+def test_an_event_takes_no_other_attributes() -> None:
+    with pytest.raises(AttributeError):
+        Event("x").extra = 1  # type: ignore[attr-defined]
 
 
 def test_event_repr_shows_only_the_fields_that_are_set() -> None:
