@@ -39,6 +39,14 @@ async def idle(size: int = SIZE) -> AsyncIterable[ServerSentEvent]:
     await anyio.sleep_forever()
 
 
+@app.get("/ticks", response_class=EventSourceResponse)
+async def ticks(every: float = 1.0, size: int = SIZE) -> AsyncIterable[ServerSentEvent]:
+    data = filler(size)
+    while True:
+        yield ServerSentEvent(raw_data=data)
+        await asyncio.sleep(every)
+
+
 @app.get("/fanout", response_class=EventSourceResponse)
 async def fanout() -> AsyncIterable[ServerSentEvent]:
     queue = broadcaster.subscribe()

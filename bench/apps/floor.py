@@ -53,6 +53,19 @@ async def idle(request: Request) -> StreamingResponse:
     return StreamingResponse(gen(), media_type=MEDIA)
 
 
+async def ticks(request: Request) -> StreamingResponse:
+    _, size, _ = _params(request)
+    every = float(request.query_params.get("every", "1"))
+
+    async def gen():
+        data = frame(filler(size))
+        while True:
+            yield data
+            await asyncio.sleep(every)
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
 async def fanout(request: Request) -> StreamingResponse:
     async def gen():
         queue = broadcaster.subscribe()
@@ -66,5 +79,11 @@ async def fanout(request: Request) -> StreamingResponse:
 
 
 app = Starlette(
-    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+    routes=[
+        Route("/burst", burst),
+        Route("/latency", latency),
+        Route("/idle", idle),
+        Route("/ticks", ticks),
+        Route("/fanout", fanout),
+    ]
 )

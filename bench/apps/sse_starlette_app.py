@@ -52,6 +52,19 @@ async def idle(request: Request) -> EventSourceResponse:
     return EventSourceResponse(gen())
 
 
+async def ticks(request: Request) -> EventSourceResponse:
+    _, size, _ = _params(request)
+    every = float(request.query_params.get("every", "1"))
+
+    async def gen():
+        data = filler(size)
+        while True:
+            yield ServerSentEvent(data=data)
+            await asyncio.sleep(every)
+
+    return EventSourceResponse(gen())
+
+
 async def fanout(request: Request) -> EventSourceResponse:
     async def gen():
         queue = broadcaster.subscribe()
@@ -65,5 +78,11 @@ async def fanout(request: Request) -> EventSourceResponse:
 
 
 app = Starlette(
-    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+    routes=[
+        Route("/burst", burst),
+        Route("/latency", latency),
+        Route("/idle", idle),
+        Route("/ticks", ticks),
+        Route("/fanout", fanout),
+    ]
 )

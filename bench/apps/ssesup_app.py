@@ -1,7 +1,9 @@
 """ssesup with its defaults (keep-alive pings and the send deadline on): ``SupervisedStream`` of ``Event``.
 
 ``BENCH_SSESUP_BARE=1`` turns pings and the send deadline off (``ping=0, send_timeout=0``), to see
-what they cost.
+what they cost. ``BENCH_DRAIN_GRACE=<seconds>`` installs a ``Supervisor(drain_grace=...)`` (the drain
+scenario: a grace shorter than uvicorn's ``--timeout-graceful-shutdown``); unset, the app runs on the
+default supervisor with no middleware, as an application with zero configuration would.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from bench.apps.common import SIZE, Broadcaster, filler, timed
-from ssesup import Event, SupervisedStream
+from ssesup import Event, SupervisedStream, Supervisor
 
 OPTIONS = {"ping": 0, "send_timeout": 0} if os.environ.get("BENCH_SSESUP_BARE") == "1" else {}
 broadcaster = Broadcaster()
@@ -58,6 +60,19 @@ async def idle(request: Request) -> SupervisedStream:
     return SupervisedStream(gen(), **OPTIONS)
 
 
+async def ticks(request: Request) -> SupervisedStream:
+    _, size, _ = _params(request)
+    every = float(request.query_params.get("every", "1"))
+
+    async def gen():
+        data = filler(size)
+        while True:
+            yield Event(data=data)
+            await asyncio.sleep(every)
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
 async def fanout(request: Request) -> SupervisedStream:
     async def gen():
         queue = broadcaster.subscribe()
@@ -71,5 +86,13 @@ async def fanout(request: Request) -> SupervisedStream:
 
 
 app = Starlette(
-    routes=[Route("/burst", burst), Route("/latency", latency), Route("/idle", idle), Route("/fanout", fanout)]
+    routes=[
+        Route("/burst", burst),
+        Route("/latency", latency),
+        Route("/idle", idle),
+        Route("/ticks", ticks),
+        Route("/fanout", fanout),
+    ]
 )
+if grace := os.environ.get("BENCH_DRAIN_GRACE"):
+    Supervisor(drain_grace=float(grace)).install(app)
