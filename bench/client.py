@@ -4,14 +4,18 @@ A connection sends one ``GET`` and reads the chunked body as it comes. Events ar
 lines (``data: `` occurs once per event here, whatever the line separator: CRLF for the floor, ssesup
 and sse-starlette, LF for FastAPI), counted with ``bytes.count`` so the client stays far faster than
 any server. Timed payloads (``data: <time.time()> <seq> ...``) are parsed for delivery latency. All
-waits are bounded.
+waits are bounded. The drain scenario reads its streams with :class:`DrainConnection`, which decodes
+the chunked body to tell a proper end of body from a cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from bench.procstat import cpu_seconds, rss_kib
 HOST = "127.0.0.1"
 DATA = b"data: "
 TIMED = re.compile(rb"data: (\d+\.\d+) (\d+) ")
+RETRY = re.compile(rb"(?:\A|[\r\n])retry:([^\r\n]*)[\r\n]")
 
 
 class StreamError(RuntimeError):
@@ -95,6 +100,125 @@ class SSEConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class DrainConnection(asyncio.Protocol):
+    """One SSE response whose chunked body is decoded, to see how it ends.
+
+    ``clean`` is set when the chunked terminator (``0\\r\\n`` and the empty trailer line) arrives;
+    ``ended`` is the ``time.perf_counter()`` of the end: the terminator, or else the loss of the
+    connection (a reset, or EOF without the terminator: a cut). ``body`` is the decoded body; ``mark``
+    is its length when the client sent SIGTERM, so what came after is ``body[mark:]``.
+    """
+
+    SIZE, DATA, CRLF, TRAILER, DONE = range(5)
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.in_body = False
+        self.chunked = False
+        self.raw = b""  # undecoded bytes of the body
+        self.state = self.SIZE
+        self.need = 0
+        self.body = bytearray()
+        self.mark = -1
+        self.first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.clean = False
+        self.ended: float | None = None
+        self.problem = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if not self.in_body:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.head[:end].lower()
+            status = int(head[: head.find(b"\r\n")].split()[1])
+            if status != 200:
+                self._fail(StreamError(f"HTTP {status}"))
+                return
+            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            data, self.head, self.in_body = self.head[end + 4 :], b"", True
+        if self.chunked:
+            self._decode(self.raw + data, now)
+        else:
+            self.body += data  # delimited by the close: it can have no proper end
+        if not self.first.done() and DATA in self.body:
+            self.first.set_result(now)
+
+    def _decode(self, buf: bytes, now: float) -> None:
+        pos = 0
+        while self.state != self.DONE:
+            if self.state == self.DATA:
+                take = min(self.need, len(buf) - pos)
+                self.body += buf[pos : pos + take]
+                pos += take
+                self.need -= take
+                if self.need:
+                    break
+                self.state = self.CRLF
+                continue
+            if self.state == self.CRLF:
+                if len(buf) - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    self._bad("no CRLF after a chunk")
+                    return
+                pos += 2
+                self.state = self.SIZE
+                continue
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            line, pos = buf[pos:end], end + 2
+            if self.state == self.TRAILER:
+                if not line:  # the empty line after the last chunk: the proper end of the body
+                    self.state, self.clean, self.ended = self.DONE, True, now
+                continue
+            try:
+                self.need = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                self._bad(f"bad chunk size {line[:20]!r}")
+                return
+            self.state = self.DATA if self.need else self.TRAILER
+        self.raw = buf[pos:]
+
+    def _bad(self, problem: str) -> None:
+        self.problem = problem
+        self.state = self.DONE
+        self.raw = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ended is None:
+            self.ended = time.perf_counter()
+        self._fail(StreamError(f"connection lost before the first event: {exc}"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.first.done():
+            self.first.set_exception(error)
+            self.first.exception()
+
+    def retries_after_mark(self) -> list[int]:
+        """The ``retry:`` values (ms) of the field lines that ended after the mark."""
+        start = max(0, self.mark - 1)  # the line break before a line that starts at the mark
+        out = []
+        for match in RETRY.finditer(self.body, start):
+            if match.end() > self.mark:
+                value = match.group(1).strip()
+                out.append(int(value) if value.isdigit() else -1)
+        return out
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 def request(path: str, port: int) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
 
@@ -107,15 +231,28 @@ async def connect(port: int, path: str, *, timed: bool = False, expect: int = 0)
 
 
 async def open_streams(
-    port: int, path: str, n: int, *, timed: bool = False, concurrency: int = 200, timeout: float = 120.0
-) -> tuple[list[SSEConnection], float]:
-    """Open ``n`` streams, each until its first event arrives; the streams and how long that took."""
+    port: int,
+    path: str,
+    n: int,
+    *,
+    timed: bool = False,
+    concurrency: int = 200,
+    timeout: float = 120.0,
+    factory: Callable[[bytes], asyncio.Protocol] | None = None,
+) -> tuple[list, float]:
+    """Open ``n`` streams, each until its first event arrives; the streams and how long that took.
+    ``factory`` makes the protocol from the request (default :class:`SSEConnection`)."""
     gate = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
+    loop = asyncio.get_running_loop()
 
     async def one() -> SSEConnection:
         async with gate:
-            conn = await connect(port, path, timed=timed)
+            if factory is None:
+                conn = await connect(port, path, timed=timed)
+            else:
+                conn = factory(request(path, port))
+                await loop.create_connection(lambda: conn, HOST, port)
             try:
                 await asyncio.wait_for(asyncio.shield(conn.first), 30.0)
             except BaseException:
@@ -273,6 +410,72 @@ async def idle(
             conn.close()
 
 
+async def drain(
+    port: int,
+    proc: subprocess.Popen,
+    streams: int,
+    every: float,
+    settle: float,
+    cap: float,
+    size: int,
+    concurrency: int,
+) -> dict:
+    """``streams`` streams of ``/ticks`` (one event at once, then one per ``every`` s); once every one
+    has its first event (and ``settle`` s more), SIGTERM to the server. From this process: the seconds
+    until the server exited (it is killed at ``cap``), how each stream ended (proper end of body or
+    cut), which got a ``retry:`` after the signal (a farewell), and when the streams ended."""
+    factory = DrainConnection
+    conns, open_s = await open_streams(
+        port, f"/ticks?every={every}&size={size}", streams, concurrency=concurrency, factory=factory
+    )
+    try:
+        await asyncio.sleep(settle)
+        if early := sum(c.ended is not None for c in conns):
+            raise StreamError(f"{early} streams ended before the signal")
+        for conn in conns:
+            conn.mark = len(conn.body)
+        signalled = time.perf_counter()
+        os.kill(proc.pid, signal.SIGTERM)
+        exited = await _until(lambda: proc.poll() is not None, cap, step=0.005)
+        exit_s = time.perf_counter() - signalled
+        if not exited:
+            proc.kill()
+            proc.wait(10)
+        # The process is gone, so are its sockets: every stream ends now, if it had not.
+        await _until(lambda: all(c.ended is not None for c in conns), 10.0)
+    finally:
+        for conn in conns:
+            conn.close()
+    ends = sorted(c.ended - signalled for c in conns if c.ended is not None)
+    retries = [c.retries_after_mark() for c in conns]
+    hints = sorted(r[-1] for r in retries if r)
+    peak, lo = 0, 0
+    for hi, end in enumerate(ends):  # most stream ends in any 100 ms window
+        while end - ends[lo] > 0.1:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return {
+        "streams": streams,
+        "open_s": open_s,
+        "exit_s": exit_s,
+        "killed": not exited,
+        "returncode": proc.returncode,
+        "clean": sum(c.clean for c in conns) / streams,
+        "cut": sum(not c.clean for c in conns) / streams,
+        "farewell": sum(bool(r) for r in retries) / streams,
+        "first_close_s": ends[0] if ends else float("nan"),
+        "median_close_s": statistics.median(ends) if ends else float("nan"),
+        "last_close_s": ends[-1] if ends else float("nan"),
+        "close_spread_s": ends[-1] - ends[0] if ends else float("nan"),
+        "peak_100ms": peak / streams,
+        "events_after_signal": sum(c.body.count(DATA, c.mark) for c in conns),
+        "retry_ms": {"min": hints[0], "median": statistics.median(hints), "max": hints[-1]} if hints else None,
+        "not_chunked": sum(not c.chunked for c in conns),
+        "problems": sorted({c.problem for c in conns if c.problem}),
+        "never_ended": sum(c.ended is None for c in conns),
+    }
+
+
 def _max_seq(conns: list[SSEConnection]) -> int:
     return max((c.samples[-1][0] for c in conns if c.samples), default=-1)
 
@@ -304,6 +507,11 @@ class Plan:
     settle: float = 1.0
     cpu_window: float = 15.0
     concurrency: int = 200
+    drain_streams: int = 1000
+    drain_every: float = 1.0
+    drain_grace: float = 10.0
+    drain_server_timeout: int = 30
+    drain_cap: float = 45.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -319,4 +527,8 @@ class Plan:
             idle_warm=10,
             settle=0.3,
             cpu_window=1.0,
+            drain_streams=60,
+            drain_grace=2.0,
+            drain_server_timeout=4,
+            drain_cap=10.0,
         )

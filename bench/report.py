@@ -19,8 +19,9 @@ class Metric:
     scenario: str
     key: str
     label: str
-    better: str  # "higher" or "lower"
+    better: str  # "higher", "lower", or "none" (informative: no better side)
     fmt: str
+    ratio: bool = True  # shown as ratios (not for shares, which are often 0 at the floor)
 
     @property
     def id(self) -> str:
@@ -45,6 +46,14 @@ def metrics(plan: dict) -> list[Metric]:
                "{:.0f}"),
         Metric("idle", "hold_cpu_pct", f"idle: server CPU with {plan['idle_hold']:,} streams, %", "lower", "{:.2f}"),
         Metric("idle", "open_per_s", "idle: streams opened per s", "higher", "{:,.0f}"),
+        Metric("drain", "exit_s", f"drain: SIGTERM to server exit, s ({plan.get('drain_streams', 0):,} streams)",
+               "lower", "{:.2f}"),
+        Metric("drain", "clean", "drain: proper end of body (not cut), % of streams", "higher", "{:.1%}", False),
+        Metric("drain", "farewell", "drain: got a farewell (retry: after SIGTERM), %", "higher",
+               "{:.1%}", False),
+        Metric("drain", "first_close_s", "drain: first stream end after SIGTERM, s", "none", "{:.2f}", False),
+        Metric("drain", "last_close_s", "drain: last stream end after SIGTERM, s", "lower", "{:.2f}"),
+        Metric("drain", "peak_100ms", "drain: most stream ends within 100 ms, % of streams", "lower", "{:.1%}"),
     ]  # fmt: skip
 
 
@@ -117,6 +126,12 @@ def summarize(result: dict) -> dict:
         "values": values,
         "ratios": ratios,
         "targets": targets,
+        "killed": [
+            f"run {i} {s}: the server had not exited {r['exit_s']:.0f} s after SIGTERM and was killed"
+            for i, run in enumerate(runs, 1)
+            for s, scen in run.items()
+            if (r := scen.get("drain", {})).get("killed")
+        ],
         "errors": [
             f"run {i} {s} {name}: {r['error']}"
             for i, run in enumerate(runs, 1)
@@ -165,7 +180,10 @@ def machine() -> dict:
 
 
 def _metric_objs(summary: dict) -> list[Metric]:
-    return [Metric(m["scenario"], m["key"], m["label"], m["better"], m["fmt"]) for m in summary["metrics"]]
+    return [
+        Metric(m["scenario"], m["key"], m["label"], m["better"], m["fmt"], m.get("ratio", True))
+        for m in summary["metrics"]
+    ]
 
 
 def _fmt(metric: Metric, st: dict | None, spread: bool = False) -> str:
@@ -190,7 +208,7 @@ def console(summary: dict) -> str:
     rows = [[f"metric (median of {summary['repeat']} runs)", *systems]]
     for m in _shown(summary):
         rows.append([m.label, *(_fmt(m, summary["values"][s][m.id]) for s in systems)])
-        if m.key != "delivered":
+        if m.key != "delivered" and m.ratio:
             rows.append(["  vs floor", *(_ratio(summary["ratios"][s][m.id].get(FLOOR)) for s in systems)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
@@ -199,6 +217,7 @@ def console(summary: dict) -> str:
     for t in summary["targets"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"target {mark:6} {t['target']}: {_target_value(t)}")
+    lines += [f"drain: {k}" for k in summary.get("killed", [])]
     return "\n".join(lines)
 
 
@@ -234,7 +253,15 @@ def markdown(summary: dict, png_name: str) -> str:
         f"single-event latency {plan['latency_n']} events, one per {plan['latency_every'] * 1000:.0f} ms; "
         f"fan-out {plan['fanout_streams']:,} streams, tick {plan['tick'] * 1000:.0f} ms, "
         f"{plan['fanout_window']:.0f} s measured; idle {plan['idle_streams']:,} streams for memory per stream, "
-        f"{plan['idle_hold']:,} held for RSS and {plan['cpu_window']:.0f} s of idle CPU.",
+        f"{plan['idle_hold']:,} held for RSS and {plan['cpu_window']:.0f} s of idle CPU"
+        + (
+            f"; drain {plan['drain_streams']:,} streams (one event at once, then one per {plan['drain_every']:g} s), "
+            f"SIGTERM once every stream has its first event, uvicorn --timeout-graceful-shutdown "
+            f"{plan['drain_server_timeout']}, ssesup drain_grace {plan['drain_grace']:g} s, killed after "
+            f"{plan['drain_cap']:g} s."
+            if "drain" in summary["scenarios"]
+            else "."
+        ),
         "",
         "### Absolute figures (median over runs; min-max in brackets)",
         "",
@@ -249,13 +276,13 @@ def markdown(summary: dict, png_name: str) -> str:
         out += [
             "",
             f"### Ratio to {title} (median of the per-run ratios; "
-            "higher is better for throughput and open rate, lower for the rest)",
+            "higher is better for throughput and open rate, lower for the rest; the drain's are informative)",
             "",
             "| metric | " + " | ".join(labels[s] for s in systems) + " |",
             "|---|" + "---:|" * len(systems),
         ]
         for m in _shown(summary):
-            if m.key == "delivered":
+            if m.key == "delivered" or not m.ratio:
                 continue
             out.append(f"| {m.label} | " + " | ".join(_ratio(summary["ratios"][s][m.id].get(base)) for s in systems)
                        + " |")  # fmt: skip
@@ -264,6 +291,8 @@ def markdown(summary: dict, png_name: str) -> str:
         for t in summary["targets"]:
             mark = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
             out.append(f"| {t['target']} | {_target_value(t)} | {mark} |")
+    if summary.get("killed"):
+        out += ["", "Killed in the drain (the figure is the cap):", ""] + [f"- {k}" for k in summary["killed"]]
     if summary["errors"]:
         out += ["", "### Failures", ""] + [f"- {e}" for e in summary["errors"]]
     out += ["", f"![benchmark chart]({png_name})", ""]
@@ -278,7 +307,7 @@ def chart(summary: dict, path: Path) -> None:
 
     systems = list(summary["systems"])
     wanted = ["burst.events_per_s", "latency.p50_ms", "idle.kib_per_stream", "fanout.p99_ms", "fanout.cpu_pct",
-              "idle.hold_rss_mib"]  # fmt: skip
+              "idle.hold_rss_mib", "drain.exit_s", "drain.clean", "drain.farewell"]  # fmt: skip
     shown = [m for m in _shown(summary) if m.id in wanted]
     if not shown:
         return
@@ -290,7 +319,7 @@ def chart(summary: dict, path: Path) -> None:
         meds = [(summary["values"][s][m.id] or {}).get("median", 0.0) for s in systems]
         bars = ax.bar(range(len(systems)), meds, color=[colors.get(s, "#9467bd") for s in systems])
         for bar, s in zip(bars, systems, strict=True):
-            ratio = summary["ratios"][s][m.id].get(FLOOR)
+            ratio = summary["ratios"][s][m.id].get(FLOOR) if m.ratio else None
             text = m.fmt.format(bar.get_height()) + ("" if ratio is None else f"\n{ratio:.2f}x")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8)  # fmt: skip

@@ -3,7 +3,8 @@
 One server process per system and scenario (uvicorn, uvloop, httptools, one worker, loopback), started
 fresh so no scenario inherits another's memory. Repeats interleave the systems (run 1: every system,
 run 2: every system, ...) so slow drift of the machine hits them all alike; the report quotes the
-median over repeats, and ratios are taken within each run before their median is quoted.
+median over repeats, and ratios are taken within each run before their median is quoted. The drain
+scenario ends its server with SIGTERM and measures how it goes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench.client import Plan
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RAW = RESULTS / "raw"
-SCENARIOS = ("latency", "burst", "fanout", "idle")
+SCENARIOS = ("latency", "burst", "fanout", "idle", "drain")
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -71,21 +72,31 @@ def free_port() -> int:
 
 
 class Server:
-    """One uvicorn process serving one system, pinned to its own core when ``pin``."""
+    """One uvicorn process serving one system, pinned to its own core when ``pin``; ``args`` are more
+    uvicorn options, ``env`` more environment."""
 
-    def __init__(self, system: System, plan: Plan, pin: bool, log: Path, src: Path) -> None:
+    def __init__(
+        self,
+        system: System,
+        plan: Plan,
+        pin: bool,
+        log: Path,
+        src: Path,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+    ) -> None:
         self.system = system
         self.port = free_port()
         self.command = [
             sys.executable, "-m", "uvicorn", system.app,
             "--loop", "uvloop", "--http", "httptools", "--workers", "1",
             "--host", client.HOST, "--port", str(self.port),
-            "--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT),
+            "--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT), *args,
         ]  # fmt: skip
         # ``src`` first: the ssesup under test, whatever an editable install points at.
         path = os.pathsep.join(p for p in (str(src), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         self.env = {**os.environ, "PYTHONPATH": path, "BENCH_SIZE": str(plan.size), "BENCH_TICK": str(plan.tick)}
-        self.env |= system.env
+        self.env |= system.env | (env or {})
         self.pin = pin
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -197,6 +208,21 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
                 )  # fmt: skip
 
         attempt("idle", idle)
+    if "drain" in scenarios:
+
+        def drain() -> dict:
+            # uvicorn waits up to --timeout-graceful-shutdown for open connections, then cancels them;
+            # ssesup is given a drain grace shorter than that, as docs/deploying.md asks.
+            args = ("--timeout-graceful-shutdown", str(plan.drain_server_timeout))
+            env = {"BENCH_DRAIN_GRACE": str(plan.drain_grace)}
+            with Server(system, plan, pin, log, src, args, env) as server:
+                assert server.proc is not None
+                return run_client(
+                    client.drain(server.port, server.proc, plan.drain_streams, plan.drain_every, plan.settle,
+                                 plan.drain_cap, plan.size, plan.concurrency)
+                )  # fmt: skip
+
+        attempt("drain", drain)
     return out
 
 
@@ -217,6 +243,13 @@ def brief(name: str, r: dict) -> str:
         if "hold" in r:
             text += f"; {r['hold']} held: {r['hold_rss_mib']:.0f} MiB RSS, idle cpu {r['hold_cpu_pct']:.2f}%"
         return text
+    if name == "drain":
+        return (
+            f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, clean end {100 * r['clean']:.1f}%, "
+            f"farewell {100 * r['farewell']:.1f}%, ends {r['first_close_s']:.2f}-{r['last_close_s']:.2f} s "
+            f"after SIGTERM (spread {r['close_spread_s']:.2f} s, at most {100 * r['peak_100ms']:.1f}% in 100 ms; "
+            f"{r['streams']} streams)"
+        )
     return json.dumps(r)
 
 
@@ -250,6 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-streams", type=int, help="idle streams for the per-stream memory (8000)")
     p.add_argument("--idle-hold", type=int, help="idle streams held for total RSS and idle CPU (10000)")
     p.add_argument("--cpu-window", type=float, help="seconds of idle CPU with --idle-hold open (15)")
+    p.add_argument("--drain-streams", type=int, help="streams open when the server gets SIGTERM (1000)")
+    p.add_argument("--drain-grace", type=float, help="ssesup's drain_grace in the drain scenario (10)")
+    p.add_argument(
+        "--drain-server-timeout", type=int, help="uvicorn --timeout-graceful-shutdown in the drain scenario (30)"
+    )
+    p.add_argument("--drain-cap", type=float, help="seconds after SIGTERM at which the server is killed (45)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
     p.add_argument("--no-report", action="store_true", help="write no Markdown or PNG")
@@ -264,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(scenarios) - set(SCENARIOS):
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
     plan = Plan.smoke() if args.smoke else Plan()
-    for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window"):
+    for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
+                 "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     repeat = 1 if args.smoke and args.repeat == 3 else args.repeat
