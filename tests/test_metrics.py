@@ -312,6 +312,8 @@ def test_a_failure_to_record_is_logged_and_the_stream_goes_on(server, monkeypatc
         with raw_request(server.port, "/count?n=4") as sock:
             head, body = read_response(sock)
         wait_until(lambda: "completed" in server.recorder.reasons("/count"))
+        # What a stream sent is reported once it has ended its body: the last of the three calls.
+        wait_until(lambda: any(entry.get("method") == "sent" for entry in logs))
     assert head.startswith(b"HTTP/1.1 200")
     assert body.count(b"\r\n\r\n") == 4
     failures = [entry for entry in logs if entry["event"] == "observer.failed"]

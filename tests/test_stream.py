@@ -214,11 +214,32 @@ def test_a_stalled_stream_due_for_a_ping_does_not_starve_the_event_loop(core_ser
 def test_a_burst_is_coalesced_into_few_sends(core_server):
     recorder = core_server.recorder
     with recorder.lock:
-        recorder.chunks.clear()
+        recorder.body_sends.clear()
+    before = recorder.reported("/count")
     with raw_request(core_server.port, "/count?n=5000&size=100") as sock:
         _, body = read_response(sock)
     assert body.count(b"\r\n\r\n") == 5000
     with recorder.lock:
-        per_chunk = [events for route, events in recorder.chunks if route == "/count"]
-    assert sum(per_chunk) == 5000
-    assert len(per_chunk) < 5000 / 50, "events already made go out joined"
+        sends = [nbytes for path, nbytes in recorder.body_sends if path == "/count" and nbytes]
+    assert sum(sends) == len(body)
+    assert len(sends) < 5000 / 50, "events already made go out joined"
+
+    # The observers hear the same totals, in a few reports rather than one per send.
+    def heard() -> tuple[int, ...]:
+        return tuple(after - first for after, first in zip(recorder.reported("/count"), before, strict=True))
+
+    wait_until(lambda: heard()[0] >= 5000)
+    assert heard() == (5000, 0, len(body))
+
+
+def test_observers_hear_what_an_open_stream_sent_within_about_a_second(core_server):
+    """``sent`` is reported per stream at most a second late (not once per send), not only at its end."""
+    recorder = core_server.recorder
+    with raw_request(core_server.port, "/busy?n=500&every=0.01") as sock:
+        recv_until(sock, b"data: 0\r\n")
+        started = time.monotonic()
+        wait_until(lambda: recorder.reported("/busy")[0] >= 1, timeout=3)
+        heard_after = time.monotonic() - started
+        heard = recorder.reported("/busy")[0]
+    assert heard_after < 1.5
+    assert heard < 500, "the report came while the stream was still sending"

@@ -30,7 +30,10 @@ class StreamObserver:
         """A stream changed state; ``transition.close_reason`` is set when it closed."""
 
     def sent(self, stream: SupervisedStream, events: int, pings: int, nbytes: int) -> None:
-        """A body chunk went out: ``events`` events and ``pings`` pings in ``nbytes`` bytes."""
+        """Since ``stream`` was last reported, ``events`` events and ``pings`` pings went out in
+        ``nbytes`` bytes. Reported once per stream per second at most (``supervisor.REPORT_EVERY``)
+        while it sends, and once more when it ends, never once per send: counting stays off the path
+        of every event."""
 
     def rejected(self, reason: str) -> None:
         """A new stream was refused (``reason``: ``draining``)."""

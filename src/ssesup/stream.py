@@ -36,7 +36,7 @@ from ssesup._loop import wait, wake
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.states.machine import CLOSED
-from ssesup.supervisor import Supervisor, check_seconds, supervisor_for
+from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, supervisor_for
 from ssesup.timers import Timer
 
 log = structlog.get_logger("ssesup")
@@ -95,6 +95,7 @@ class SupervisedStream(Response):
         "_draining",
         "_iterator",
         "_last_activity",
+        "_live",
         "_machine",
         "_ping",
         "_ping_factory",
@@ -102,6 +103,7 @@ class SupervisedStream(Response):
         "_queue",
         "_queued_bytes",
         "_queued_pings",
+        "_reported",
         "_send_started",
         "_send_timeout",
         "_sender_running",
@@ -112,6 +114,7 @@ class SupervisedStream(Response):
         "_task_group",
         "_timer",
         "_transport_send",
+        "_unreported",
         "_wakeup",
         "bytes_sent",
         "client",
@@ -174,6 +177,9 @@ class SupervisedStream(Response):
         self.events_sent = 0
         self.pings_sent = 0
         self.bytes_sent = 0
+        self._reported = (0, 0, 0)  # events, pings, bytes the observers have heard of
+        self._unreported = False
+        self._live: LoopSupervision | None = None
         self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._queued_pings = 0
@@ -214,6 +220,16 @@ class SupervisedStream(Response):
         """Feed ``trigger`` to this stream's machine (the supervisor's way of asking it to drain or close)."""
         self._fire(trigger)
 
+    def take_unreported(self) -> tuple[int, int, int] | None:
+        """Events, pings and bytes sent since the last call (``None`` if none): the supervisor
+        reports them to the observers."""
+        self._unreported = False
+        sent = (self.events_sent, self.pings_sent, self.bytes_sent)
+        if sent == self._reported:
+            return None
+        (events, pings, nbytes), self._reported = self._reported, sent
+        return sent[0] - events, sent[1] - pings, sent[2] - nbytes
+
     @property
     def duration(self) -> float:
         """Seconds from registration to close (or until now, while open)."""
@@ -232,6 +248,7 @@ class SupervisedStream(Response):
             await self._refuse(supervisor, send)
             return
         self._settle(supervisor, scope)
+        self._live = live
         supervisor.register(self, live)
         self._clock = live.loop.clock
         self._wakeup = live.loop.wakeup
@@ -261,6 +278,7 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
+            supervisor.report_sent(self)  # every send is over: the observers hear the rest now
             budget = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else CLOSE_GRACE
             with anyio.move_on_after(budget, shield=True):
                 await self._close_iterator()
@@ -316,7 +334,7 @@ class SupervisedStream(Response):
                 if not queue and clock() - pulled_at > ARRIVED_ALONE and not self._sender_running:
                     # The generator waited for this event and nothing else is being sent: send it
                     # from here, without a hand-off. Only who sends changes, never when.
-                    await self._send_body(send, chunk, 1, 0)
+                    await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True}, 1)
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
@@ -348,7 +366,8 @@ class SupervisedStream(Response):
                         if self._producer_space is not None:
                             wake(self._producer_space)
                             self._producer_space = None
-                        if not await self._send_body(send, body, events, pings):
+                        message = {"type": "http.response.body", "body": body, "more_body": True}
+                        if not await self._send(send, message, events, pings):
                             return
                         continue
                     if self._machine.closed:
@@ -368,16 +387,6 @@ class SupervisedStream(Response):
             self._sender_running = True
             self._task_group.start_soon(self._send_queued, self._transport_send)
 
-    async def _send_body(self, send: Send, body: bytes, events: int, pings: int) -> bool:
-        """Send one body chunk holding ``events`` events and ``pings`` pings, and account for it."""
-        if not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
-            return False
-        self.events_sent += events
-        self.pings_sent += pings
-        self.bytes_sent += len(body)
-        self._supervisor.notify("sent", self, events, pings, len(body))
-        return True
-
     async def _listen(self, receive: Receive) -> None:
         while True:
             message = await receive()
@@ -387,8 +396,10 @@ class SupervisedStream(Response):
 
     # -- helpers of the roles ------------------------------------------------------------------------
 
-    async def _send(self, send: Send, message: Message) -> bool:
-        """Send under the send deadline; ``False`` when the client is gone."""
+    async def _send(self, send: Send, message: Message, events: int = 0, pings: int = 0) -> bool:
+        """Send under the send deadline; ``False`` when the client is gone. A body chunk holding
+        ``events`` events and ``pings`` pings is counted; the observers hear of it from the
+        supervisor within a second (not once per send)."""
         self._send_started = self._last_activity = self._clock()
         try:
             await send(message)
@@ -397,8 +408,15 @@ class SupervisedStream(Response):
             return False
         finally:
             self._send_started = None
-            if self._queue or self._machine.closed:
+            if self._sender_wake is not None and (self._queue or self._machine.state is CLOSED):
                 self._wake_sender()  # a sender that waited for this send to finish
+        if events or pings:
+            self.events_sent += events
+            self.pings_sent += pings
+            self.bytes_sent += len(message["body"])
+            if not self._unreported:
+                self._unreported = True
+                self._supervisor.sent_later(self, self._live)
         return True
 
     def _wake_sender(self) -> None:

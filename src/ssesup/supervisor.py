@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -45,6 +46,10 @@ log = structlog.get_logger("ssesup")
 
 SCOPE_KEY = "ssesup.supervisor"
 
+# Observers hear what streams sent (``sent``) at most this many seconds late, and at each stream's end:
+# once per stream per period, not once per send, so a send costs no observer call.
+REPORT_EVERY = 1.0
+
 
 class LoopSupervision:
     """The live part of a supervisor on one event loop."""
@@ -60,6 +65,8 @@ class LoopSupervision:
         self.drain_timers: list[Timer] = []
         self.listening_for_signals = False
         self.signals_seen = 0
+        self.unreported: list[SupervisedStream] = []
+        self.report_timer: Timer | None = None
 
 
 class Supervisor:
@@ -131,8 +138,33 @@ class Supervisor:
 
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         live.streams.discard(stream)
+        if not live.streams:
+            self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
         if live.draining and not live.streams and not live.drained.is_set():
             self._finish_drain(live)
+
+    # -- what streams sent ---------------------------------------------------------------------------
+
+    def sent_later(self, stream: SupervisedStream, live: LoopSupervision) -> None:
+        """``stream`` has sent bytes its observers have not heard of: report them within
+        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`)."""
+        live.unreported.append(stream)
+        if live.report_timer is None:
+            live.report_timer = live.timers.schedule(live.loop.clock() + REPORT_EVERY, partial(self._report_sent, live))
+
+    def report_sent(self, stream: SupervisedStream) -> None:
+        """Tell the observers what ``stream`` sent since it was last reported (nothing if nothing)."""
+        counts = stream.take_unreported()
+        if counts is not None:
+            self.notify("sent", stream, *counts)
+
+    def _report_sent(self, live: LoopSupervision, now: float | None = None) -> None:
+        if live.report_timer is not None:
+            live.report_timer.cancel()
+            live.report_timer = None
+        streams, live.unreported = live.unreported, []
+        for stream in streams:
+            self.report_sent(stream)
 
     # -- drain -------------------------------------------------------------------------------------------
 

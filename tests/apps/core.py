@@ -28,7 +28,8 @@ class Recorder(StreamObserver):
     finally_ran: list[str] = field(default_factory=list)
     background_ran: list[str] = field(default_factory=list)
     pulled: list[int] = field(default_factory=list)
-    chunks: list[tuple[str, int]] = field(default_factory=list)
+    reports: list[tuple[str, int, int, int]] = field(default_factory=list)
+    body_sends: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def transitioned(self, stream: Any, transition: Any) -> None:
@@ -39,7 +40,13 @@ class Recorder(StreamObserver):
 
     def sent(self, stream: Any, events: int, pings: int, nbytes: int) -> None:
         with self.lock:
-            self.chunks.append((stream.route, events))
+            self.reports.append((stream.route, events, pings, nbytes))
+
+    def reported(self, route: str) -> tuple[int, int, int]:
+        """Events, pings and bytes the observers heard of for ``route``."""
+        with self.lock:
+            rows = [row[1:] for row in self.reports if row[0] == route]
+        return tuple(sum(column) for column in zip(*rows, strict=True)) if rows else (0, 0, 0)  # type: ignore[return-value]
 
     def reasons(self, route: str | None = None) -> list[str]:
         with self.lock:
@@ -181,7 +188,31 @@ def make_app(supervisor: Supervisor | None = None) -> tuple[Starlette, Recorder]
             Route("/stats", stats),
         ]
     )
-    return app, recorder
+    return CountBodySends(app, recorder), recorder  # type: ignore[return-value]
+
+
+class CountBodySends:
+    """ASGI middleware: records every ``http.response.body`` message (path, bytes), i.e. every send."""
+
+    def __init__(self, app: Any, recorder: Recorder) -> None:
+        self.app = app
+        self.recorder = recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                with self.recorder.lock:
+                    self.recorder.body_sends.append((scope["path"], len(message.get("body", b""))))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 def _stream_options(request: Request) -> dict[str, Any]:
