@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import time
@@ -302,14 +303,28 @@ async def burst(port: int, n: int, size: int, runs: int, timeout: float = 60.0) 
 
 
 async def latency(port: int, n: int, every: float, size: int) -> dict:
-    """One stream, one timed event every ``every`` s: the delivery latency of single events."""
-    conn = await connect(port, f"/latency?n={n}&every={every}&size={size}", timed=True, expect=n)
-    try:
-        await asyncio.wait_for(asyncio.shield(conn.done), n * every + 15.0)
-    except (StreamError, TimeoutError) as exc:
-        raise StreamError(f"latency stream delivered {conn.count} of {n} events: {exc}") from exc
-    finally:
-        conn.close()
+    """One stream, one timed event every ``every`` s: the delivery latency of single events.
+
+    The client busy-polls its socket instead of sleeping in the event loop between events: its own
+    wake-up from idle varies by tens of microseconds from run to run and would drown the servers'
+    differences. (It blocks this process's loop for the scenario, which runs alone.)
+    """
+    conn = SSEConnection(request(f"/latency?n={n}&every={every}&size={size}", port), timed=True, expect=n)
+    deadline = time.monotonic() + n * every + 15.0
+    with socket.create_connection((HOST, port)) as sock:
+        sock.sendall(conn.request)
+        sock.setblocking(False)
+        while not conn.done.done():
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StreamError(f"latency stream delivered {conn.count} of {n} events in time") from None
+                continue
+            if not data:
+                raise StreamError(f"latency stream delivered {conn.count} of {n} events: connection closed")
+            conn.data_received(data)
+    conn.done.exception()  # a failure (an HTTP error) is raised here
     lat = [s[1] * 1000 for s in conn.samples]
     return {
         "p50_ms": statistics.median(lat),
