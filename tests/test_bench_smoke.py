@@ -1,0 +1,34 @@
+"""The benchmark's smoke mode, ssesup against the floor: the bench still runs end to end, nothing is lost,
+and a SIGTERM drain gives every stream its farewell and a proper end of body.
+
+Timings are not asserted here (CI machines are noisy); the figures live in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "floor,ssesup", "--no-report"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "all systems delivered every event" in out
+    drain = re.search(r"^\s*ssesup\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
+    assert drain is not None, out
+    assert (float(drain[1]), float(drain[2])) == (100.0, 100.0)
+    # The floor has no drain: its streams are cut when the server's graceful timeout runs out.
+    floor = re.search(r"^\s*floor\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
+    assert floor is not None, out
+    assert float(floor[2]) == 0.0
