@@ -83,6 +83,32 @@ def test_every_transition_is_one_event_with_the_streams_identity(server):
     assert "zoe" not in json.dumps(entries)
 
 
+def test_with_structlog_unconfigured_the_opening_debug_line_is_left_out(capsys):
+    """structlog's default prints every level: ssesup leaves its per-opening debug line out until an app
+    configures structlog, and still prints the close."""
+
+    @dataclass
+    class Stream:
+        stream_id: str = "9"
+        route: str = "/feed"
+        client: str = "127.0.0.1:5000"
+        duration: float = 1.5
+
+    machine = StreamMachine()
+    opened = machine.fire(Trigger.FIRST_SEND)
+    closed = machine.fire(Trigger.EXHAUSTED)
+    structlog.reset_defaults()
+    assert not structlog.is_configured()
+    log_transition(Stream(), opened)  # type: ignore[arg-type]
+    log_transition(Stream(), closed)  # type: ignore[arg-type]
+    printed = capsys.readouterr().out
+    assert "stream.closed" in printed and "close_reason=completed" in printed
+    assert "stream.transition" not in printed
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    log_transition(Stream(), opened)  # type: ignore[arg-type]
+    assert "stream.transition" in capsys.readouterr().out
+
+
 def test_a_failed_or_stalled_stream_closes_with_a_warning(server):
     with all_levels_captured() as entries:
         run(server, "/fail")

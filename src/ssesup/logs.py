@@ -7,7 +7,8 @@ reason and duration. Nothing in ssesup logs a line per event sent.
 
 Levels: a stream's opening moves (``stream.transition``, OPEN to STREAMING) are ``debug``, the start of
 its drain is ``info``, its close (``stream.closed``) is ``info``, or ``warning`` when a send timed out or
-the generator failed.
+the generator failed. While structlog is unconfigured (its default prints every level) the ``debug``
+lines are left out.
 
 ssesup logs through structlog and configures nothing on import: an app that has configured structlog
 gets ssesup's events its way. :func:`configure_logging` is the one-call set-up that routes structlog
@@ -36,6 +37,14 @@ _WARN_ON = frozenset({CloseReason.SEND_TIMEOUT, CloseReason.ERROR})
 
 
 def log_transition(stream: SupervisedStream, transition: Transition) -> None:
+    to_state = transition.to_state
+    drain_starts = to_state is State.DRAINING and transition.from_state is not State.DRAINING
+    debug = to_state is not State.CLOSED and not drain_starts  # the opening moves
+    if debug and not structlog.is_configured():
+        # structlog unconfigured prints every level to stdout: a debug line per opening stream would be
+        # noise nobody asked for (and, while thousands open, a sixth of a server's time). Once an app
+        # (or configure_logging) configures structlog, its levels decide.
+        return
     fields: dict[str, Any] = {
         "stream_id": stream.stream_id,
         "route": stream.route,
@@ -44,7 +53,7 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         "to_state": transition.to_state.value,
         "trigger": transition.trigger.value,
     }
-    if transition.to_state is State.CLOSED:
+    if to_state is State.CLOSED:
         reason = transition.close_reason
         level = logging.WARNING if reason in _WARN_ON else logging.INFO
         log.log(
@@ -54,10 +63,10 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
             duration_s=round(stream.duration, 6),
             **fields,
         )
-    elif transition.to_state is State.DRAINING and transition.from_state is not State.DRAINING:
-        log.info("stream.transition", **fields)
-    else:
+    elif debug:
         log.debug("stream.transition", **fields)
+    else:
+        log.info("stream.transition", **fields)
 
 
 # -- optional set-up ---------------------------------------------------------------------------------
