@@ -514,7 +514,7 @@ class Plan:
     latency_n: int = 150
     latency_every: float = 0.02
     fanout_streams: int = 1000
-    fanout_window: float = 10.0
+    fanout_window: float = 30.0
     tick: float = 0.2
     idle_streams: int = 8000
     idle_hold: int = 10_000

@@ -279,7 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--burst-n", type=int, help="events per burst (50000)")
     p.add_argument("--latency-n", type=int, help="timed single events, one per 20 ms (150)")
     p.add_argument("--fanout-streams", type=int, help="fan-out subscribers (1000)")
-    p.add_argument("--fanout-window", type=float, help="seconds of fan-out measured (10)")
+    p.add_argument("--fanout-window", type=float, help="seconds of fan-out measured (30)")
     p.add_argument("--idle-streams", type=int, help="idle streams for the per-stream memory (8000)")
     p.add_argument("--idle-hold", type=int, help="idle streams held for total RSS and idle CPU (10000)")
     p.add_argument("--cpu-window", type=float, help="seconds of idle CPU with --idle-hold open (15)")
