@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import math
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -47,10 +48,13 @@ Content = AsyncIterable[Item] | Iterable[Item]
 # The producer stops pulling once this many bytes wait for the sender: memory per stream stays bounded
 # however slow the client, and a burst is sent in chunks of about this size.
 HIGH_WATER = 64 * 1024
-# An event the generator took longer than this to make "arrived alone": the producer sends it itself
-# when the sender is idle. Faster ones are queued for the sender, which joins what is queued into one
-# send. Either way the event goes out at once; this only decides which task sends it.
+# An event made when nothing has been queued or sent for longer than this "arrived alone": the producer
+# sends it itself. Others are queued for the sender, which joins what is queued into one send. Either
+# way the event goes out at once; this only decides which task sends it.
 ARRIVED_ALONE = 100e-6
+# Not the loop's clock for that: uvloop's is libuv's cached millisecond time, under which every gap
+# shorter than a millisecond looks like none, and a lone event would wait for a hand-off.
+_clock = time.perf_counter
 # How long closing the generator may take once the stream has ended (its ``finally`` blocks run).
 CLOSE_GRACE = 5.0
 # How long a drained or force-closed stream may take to send its farewell and end its body, so that a
@@ -69,6 +73,8 @@ def current_stream() -> SupervisedStream:
 
 
 _END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+# Added unless the response sets them; one pair shared by every stream (thousands may be open).
+_DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"))
 _ids = itertools.count(1)
 
 # Reasons after which nothing more can or should be written to the client.
@@ -93,16 +99,19 @@ class SupervisedStream(Response):
         "_clock",
         "_drain_waiter",
         "_draining",
+        "_id",
         "_iterator",
         "_last_activity",
         "_live",
         "_machine",
+        "_peer",
         "_ping",
         "_ping_factory",
         "_producer_space",
         "_queue",
         "_queued_bytes",
         "_queued_pings",
+        "_quiet_since",
         "_reported",
         "_send_started",
         "_send_timeout",
@@ -117,13 +126,11 @@ class SupervisedStream(Response):
         "_unreported",
         "_wakeup",
         "bytes_sent",
-        "client",
         "ended_at",
         "events_sent",
         "pings_sent",
         "route",
         "started_at",
-        "stream_id",
     )
 
     def __init__(
@@ -156,9 +163,9 @@ class SupervisedStream(Response):
         self.background = background
         self.init_headers(headers)
         present = {name for name, _ in self.raw_headers}
-        for name, value in ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")):
-            if name not in present:
-                self.raw_headers.append((name, value))
+        for header in _DEFAULT_HEADERS:
+            if header[0] not in present:
+                self.raw_headers.append(header)
         self._ping = None if ping is None else check_seconds("ping", ping)
         self._send_timeout = None if send_timeout is None else check_seconds("send_timeout", send_timeout)
         self._sep = None if sep is None else check_separator(sep)
@@ -167,9 +174,9 @@ class SupervisedStream(Response):
         self._machine = StreamMachine()
         self._draining = False
         self._drain_waiter: anyio.Event | None = None
-        self.stream_id = ""
+        self._id = 0
         self.route = ""
-        self.client = ""
+        self._peer: tuple[str, int] | None = None
         self.started_at = 0.0
         self.ended_at: float | None = None
         self._clock: Callable[[], float] = anyio.current_time
@@ -183,6 +190,7 @@ class SupervisedStream(Response):
         self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._queued_pings = 0
+        self._quiet_since = 0.0  # when the last send ended: see _produce
         self._sender_wake: Any = None
         self._sender_running = False
         self._task_group: Any = None
@@ -194,6 +202,17 @@ class SupervisedStream(Response):
         self._cancel_scope: anyio.CancelScope | None = None
 
     # -- what observers and generators can read ------------------------------------------------------
+
+    @property
+    def stream_id(self) -> str:
+        """This process's id of the stream (hexadecimal), set when its response starts ("" before)."""
+        return f"{self._id:x}" if self._id else ""
+
+    @property
+    def client(self) -> str:
+        """The peer address as the server saw it (``host:port``), or "" when the server gave none."""
+        peer = self._peer
+        return f"{peer[0]}:{peer[1]}" if peer else ""
 
     @property
     def state(self) -> State:
@@ -298,11 +317,10 @@ class SupervisedStream(Response):
 
     def _settle(self, supervisor: Supervisor, scope: Scope) -> None:
         """Fix this stream's settings and identity at the start of the response."""
-        self.stream_id = f"{next(_ids):x}"
+        self._id = next(_ids)
         route = scope.get("route")
         self.route = getattr(route, "path", "") or ""
-        client = scope.get("client")
-        self.client = f"{client[0]}:{client[1]}" if client else ""
+        self._peer = scope.get("client")
         if self._ping is None:
             self._ping = supervisor.ping
         if self._send_timeout is None:
@@ -322,19 +340,17 @@ class SupervisedStream(Response):
         sep = self._sep
         assert sep is not None
         queue = self._queue
-        clock = self._clock
-        # When the current pull began; infinity while bytes are queued or sending (the clock is read
-        # only when the next event could be one that arrived alone, not per event of a burst).
-        pulled_at = clock()
+        self._quiet_since = _clock()  # the headers have just been sent
         try:
             async for item in self._iterator:
                 if machine.state is CLOSED:
                     break
                 chunk = encode_item(item, sep)
-                if not queue and clock() - pulled_at > ARRIVED_ALONE and not self._sender_running:
-                    # The generator waited for this event and nothing else is being sent: send it
-                    # from here, without a hand-off. Only who sends changes, never when.
+                if not queue and not self._sender_running and _clock() - self._quiet_since > ARRIVED_ALONE:
+                    # Nothing was queued or sent while the generator made this event: send it from
+                    # here, without a hand-off. Only who sends changes, never when.
                     await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True}, 1)
+                    self._quiet_since = _clock()
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
@@ -343,7 +359,6 @@ class SupervisedStream(Response):
                     if self._queued_bytes >= HIGH_WATER:
                         self._producer_space = space = self._wakeup()
                         await wait(space)
-                pulled_at = clock() if not queue else math.inf
         except Exception:
             log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
             self._fire(Trigger.ERROR)
@@ -379,6 +394,7 @@ class SupervisedStream(Response):
                 await wait(sender_wake)
         finally:
             self._sender_running = False
+            self._quiet_since = _clock()
 
     def _start_sender(self) -> None:
         """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
