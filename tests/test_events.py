@@ -842,3 +842,15 @@ def test_a_sequence_of_yielded_items_decodes_to_one_event_per_item(items: list[s
     assert [e.data for e in spec_parse(wire).events] == [
         normalize_newlines(item if isinstance(item, str) else item.data or "") for item in items
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("_fields", ("e\n\ndata: evil", None, None, None)), ("_data", SneakyStr("x"))]
+)
+def test_not_even_the_storage_of_an_event_can_be_changed(name: str, value: object) -> None:
+    ev = Event("x")
+    with pytest.raises(AttributeError, match="read-only"):
+        setattr(ev, name, value)
+    with pytest.raises(AttributeError, match="read-only"):
+        delattr(ev, name)
+    assert encode_item(ev, "\r\n") == b"data: x\r\n\r\n"

@@ -73,8 +73,9 @@ class Event:
     lines (``id`` may not contain NUL, which clients ignore); ``retry`` is the reconnection time in
     milliseconds; ``comment`` lines are ignored by clients and keep connections warm.
 
-    Read-only: the fields are checked once, when the event is made, and have no setters, so none can be
-    changed afterwards into something that would put a field or a second event on the wire.
+    Read-only: the fields are checked once, when the event is made; assigning or deleting an attribute
+    of an event raises, so none can be changed afterwards into something that would put a field or a
+    second event on the wire.
     """
 
     # Two slots, not five: an event of data alone (the common case, made once per event sent) stores
@@ -91,11 +92,21 @@ class Event:
         comment: str | None = None,
     ) -> None:
         if type(data) is str and event is None and id is None and retry is None and comment is None:
-            self._data: str | None = data
-            self._fields: tuple[str | None, str | None, int | None, str | None] | None = None
+            _set_data(self, data)
+            _set_fields(self, None)
         else:
-            self._data, event, id, retry, comment = _checked_fields(data, event, id, retry, comment)
-            self._fields = (event, id, retry, comment)
+            data, event, id, retry, comment = _checked_fields(data, event, id, retry, comment)
+            _set_data(self, data)
+            _set_fields(self, (event, id, retry, comment))
+
+    _data: str | None
+    _fields: tuple[str | None, str | None, int | None, str | None] | None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"an Event is read-only: it cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"an Event is read-only: it cannot delete {name!r}")
 
     @property
     def data(self) -> str | None:
@@ -167,29 +178,33 @@ class Event:
         parts.append(sep)
         return sep.join(parts).encode("utf-8")
 
-    def _key(self) -> tuple[Any, ...]:
-        return (self._data, self._fields or (None, None, None, None))
+    def _all(self) -> tuple[Any, ...]:
+        """data, event, id, retry, comment."""
+        return (self._data, *(self._fields or (None, None, None, None)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return self._key() == other._key()
+        return self._all() == other._all()
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(self._all())
 
     def __repr__(self) -> str:
         names = ("data", "event", "id", "retry", "comment")
-        values = (self._data, *(self._fields or (None, None, None, None)))
-        fields = ", ".join(f"{name}={value!r}" for name, value in zip(names, values, strict=True) if value is not None)
-        return f"Event({fields})"
+        shown = (f"{name}={value!r}" for name, value in zip(names, self._all(), strict=True) if value is not None)
+        return f"Event({', '.join(shown)})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, self._key())
+        return (_rebuild, self._all())  # the same five arguments as events pickled by earlier versions
 
 
-def _rebuild(data: Any, fields: tuple[Any, ...]) -> Event:
-    event, id, retry, comment = fields
+# The slots are written only here, when an event is made; assignments to an Event raise.
+_set_data = Event._data.__set__  # type: ignore[attr-defined]
+_set_fields = Event._fields.__set__  # type: ignore[attr-defined]
+
+
+def _rebuild(data: Any, event: Any, id: Any, retry: Any, comment: Any) -> Event:
     return Event(data, event=event, id=id, retry=retry, comment=comment)
 
 

@@ -8,7 +8,7 @@ reason and duration. Nothing in ssesup logs a line per event sent.
 Levels: a stream's opening moves (``stream.transition``, OPEN to STREAMING) are ``debug``, the start of
 its drain is ``info``, its close (``stream.closed``) is ``info``, or ``warning`` when a send timed out or
 the generator failed. While structlog is unconfigured (its default prints every level) the ``debug``
-lines are left out.
+transition lines are left out (a line per opening stream otherwise).
 
 ssesup logs through structlog and configures nothing on import: an app that has configured structlog
 gets ssesup's events its way. :func:`configure_logging` is the one-call set-up that routes structlog

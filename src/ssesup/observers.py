@@ -33,7 +33,9 @@ class StreamObserver:
         """Since ``stream`` was last reported, ``events`` events and ``pings`` pings went out in
         ``nbytes`` bytes. Reported once per stream per second at most (``supervisor.REPORT_EVERY``)
         while it sends, and once more when it ends, never once per send: counting stays off the path
-        of every event."""
+        of every event. The last report of a stream comes after its ``transitioned`` to CLOSED (its
+        farewell and end of body are sent after the close), so totals per stream are complete only
+        then."""
 
     def rejected(self, reason: str) -> None:
         """A new stream was refused (``reason``: ``draining``)."""

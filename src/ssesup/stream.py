@@ -347,8 +347,8 @@ class SupervisedStream(Response):
                     break
                 chunk = encode_item(item, sep)
                 if not queue and not self._sender_running and _clock() - self._quiet_since > ARRIVED_ALONE:
-                    # Nothing was queued or sent while the generator made this event: send it from
-                    # here, without a hand-off. Only who sends changes, never when.
+                    # Nothing was queued or sent in the last ARRIVED_ALONE: send it from here,
+                    # without a hand-off. Only who sends changes, never when.
                     await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True}, 1)
                     self._quiet_since = _clock()
                 else:

@@ -147,7 +147,8 @@ class Supervisor:
 
     def sent_later(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         """``stream`` has sent bytes its observers have not heard of: report them within
-        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`)."""
+        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`). A stream that ends reports
+        the rest itself and stays listed until then, harmlessly: at most a second of ended streams."""
         live.unreported.append(stream)
         if live.report_timer is None:
             live.report_timer = live.timers.schedule(live.loop.clock() + REPORT_EVERY, partial(self._report_sent, live))
@@ -297,8 +298,8 @@ class Supervisor:
                 log.exception("observer.failed", observer=type(observer).__qualname__, method=method)
 
     def _index_handlers(self) -> None:
-        """Per method, the observers that override it: ``notify`` runs once per chunk sent, so the
-        protocol's no-op methods are left out rather than called."""
+        """Per method, the observers that override it: ``notify`` runs for every transition and every
+        report of what streams sent, so the protocol's no-op methods are left out rather than called."""
         self._handlers = {
             name: [o for o in self._observers if getattr(type(o), name) is not getattr(StreamObserver, name)]
             for name in OBSERVER_METHODS
