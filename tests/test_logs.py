@@ -46,6 +46,16 @@ def server():
         yield running
 
 
+@dataclass
+class FakeStream:
+    """What log_transition reads of a stream."""
+
+    stream_id: str = "7"
+    route: str = "/ticks"
+    client: str = "10.0.0.1:5000"
+    duration: float = 1.0
+
+
 def all_levels_captured():
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     return structlog.testing.capture_logs()
@@ -87,25 +97,18 @@ def test_with_structlog_unconfigured_the_opening_debug_line_is_left_out(capsys):
     """structlog's default prints every level: ssesup leaves its per-opening debug line out until an app
     configures structlog, and still prints the close."""
 
-    @dataclass
-    class Stream:
-        stream_id: str = "9"
-        route: str = "/feed"
-        client: str = "127.0.0.1:5000"
-        duration: float = 1.5
-
     machine = StreamMachine()
     opened = machine.fire(Trigger.FIRST_SEND)
     closed = machine.fire(Trigger.EXHAUSTED)
     structlog.reset_defaults()
     assert not structlog.is_configured()
-    log_transition(Stream(), opened)  # type: ignore[arg-type]
-    log_transition(Stream(), closed)  # type: ignore[arg-type]
+    log_transition(FakeStream(), opened)  # type: ignore[arg-type]
+    log_transition(FakeStream(), closed)  # type: ignore[arg-type]
     printed = capsys.readouterr().out
     assert "stream.closed" in printed and "close_reason=completed" in printed
     assert "stream.transition" not in printed
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    log_transition(Stream(), opened)  # type: ignore[arg-type]
+    log_transition(FakeStream(), opened)  # type: ignore[arg-type]
     assert "stream.transition" in capsys.readouterr().out
 
 
@@ -121,19 +124,12 @@ def test_a_failed_or_stalled_stream_closes_with_a_warning(server):
 
 
 def test_the_start_of_a_drain_is_logged_at_info_and_its_first_send_at_debug():
-    @dataclass
-    class Stream:
-        stream_id: str = "7"
-        route: str = "/ticks"
-        client: str = "10.0.0.1:5000"
-        duration: float = 1.0
-
     machine = StreamMachine()
     transitions: list[Transition] = [machine.fire(Trigger.DRAIN), machine.fire(Trigger.FIRST_SEND)]
     transitions.append(machine.fire(Trigger.DRAIN_CLOSE))
     with all_levels_captured() as entries:
         for transition in transitions:
-            log_transition(Stream(), transition)
+            log_transition(FakeStream(), transition)  # type: ignore[arg-type]
     assert [(e["log_level"], e["from_state"], e["to_state"]) for e in entries] == [
         ("info", "open", "draining"),
         ("debug", "draining", "draining"),
