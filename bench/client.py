@@ -33,18 +33,52 @@ class StreamError(RuntimeError):
     pass
 
 
-class SSEConnection(asyncio.Protocol):
-    """One SSE response read off a raw socket: counts events, or parses timed events when ``timed``."""
+class _Response(asyncio.Protocol):
+    """A raw HTTP/1.1 response: sends ``request`` on connect; :meth:`_body` strips the head."""
 
-    def __init__(self, request: bytes, *, timed: bool = False, expect: int = 0) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, request: bytes) -> None:
         self.request = request
-        self.timed = timed
-        self.expect = expect
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.in_body = False
         self.status = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def _body(self, data: bytes) -> bytes | None:
+        """The body bytes in ``data``, once the head has ended (``None`` before, or on a status other
+        than 200, which fails the response). The head, lower-cased, stays in ``self.head``."""
+        if self.in_body:
+            return data if self.status == 200 else None
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        rest, self.head, self.in_body = self.head[end + 4 :], self.head[:end].lower(), True
+        self.status = int(self.head[: self.head.find(b"\r\n")].split()[1])
+        if self.status != 200:
+            self._fail(StreamError(f"HTTP {self.status}"))
+            return None
+        return rest
+
+    def _fail(self, error: Exception) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SSEConnection(_Response):
+    """One SSE response read off a raw socket: counts events, or parses timed events when ``timed``."""
+
+    def __init__(self, request: bytes, *, timed: bool = False, expect: int = 0) -> None:
+        super().__init__(request)
+        loop = asyncio.get_running_loop()
+        self.timed = timed
+        self.expect = expect
         self.tail = b""
         self.count = 0
         self.samples: list[tuple[int, float]] = []  # (seq, latency in seconds)
@@ -52,24 +86,12 @@ class SSEConnection(asyncio.Protocol):
         self.done: asyncio.Future[float] = loop.create_future()
         self.lost = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
     def data_received(self, data: bytes) -> None:
         now = time.time()
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status_line = self.head[: self.head.find(b"\r\n")]
-            self.status = int(status_line.split()[1])
-            if self.status != 200:
-                self._fail(StreamError(f"HTTP {self.status}"))
-                return
-            data, self.head, self.in_body = self.head[end + 4 :], b"", True
-        buf = self.tail + data
+        body = self._body(data)
+        if body is None:
+            return
+        buf = self.tail + body
         if self.timed:
             # Only whole lines: a data line whose end has arrived is parsed, the rest waits.
             cut = buf.rfind(b"\n") + 1
@@ -96,12 +118,8 @@ class SSEConnection(asyncio.Protocol):
                 future.set_exception(error)
                 future.exception()  # retrieved: a stream nobody awaits does not warn
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
-
-class DrainConnection(asyncio.Protocol):
+class DrainConnection(_Response):
     """One SSE response whose chunked body is decoded, to see how it ends.
 
     ``clean`` is set when the chunked terminator (``0\\r\\n`` and the empty trailer line) arrives;
@@ -113,10 +131,7 @@ class DrainConnection(asyncio.Protocol):
     SIZE, DATA, CRLF, TRAILER, DONE = range(5)
 
     def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.head = b""
-        self.in_body = False
+        super().__init__(request)
         self.chunked = False
         self.raw = b""  # undecoded bytes of the body
         self.state = self.SIZE
@@ -128,24 +143,15 @@ class DrainConnection(asyncio.Protocol):
         self.ended: float | None = None
         self.problem = ""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.head[:end].lower()
-            status = int(head[: head.find(b"\r\n")].split()[1])
-            if status != 200:
-                self._fail(StreamError(f"HTTP {status}"))
-                return
-            self.chunked = b"\r\ntransfer-encoding: chunked" in head
-            data, self.head, self.in_body = self.head[end + 4 :], b"", True
+        fresh = not self.in_body
+        body = self._body(data)
+        if body is None:
+            return
+        if fresh:
+            self.chunked = b"\r\ntransfer-encoding: chunked" in self.head
+        data = body
         if self.chunked:
             self._decode(self.raw + data, now)
         else:
@@ -214,10 +220,6 @@ class DrainConnection(asyncio.Protocol):
                 value = match.group(1).strip()
                 out.append(int(value) if value.isdigit() else -1)
         return out
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 def request(path: str, port: int) -> bytes:
