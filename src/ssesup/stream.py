@@ -190,7 +190,7 @@ class SupervisedStream(Response):
         self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._queued_pings = 0
-        self._quiet_since = 0.0  # when the last send ended: see _produce
+        self._quiet_since = 0.0  # when the last send (the headers' at first) ended: see _produce
         self._sender_wake: Any = None
         self._sender_running = False
         self._task_group: Any = None
@@ -297,7 +297,6 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
-            supervisor.report_sent(self)  # every send is over: the observers hear the rest now
             budget = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else CLOSE_GRACE
             with anyio.move_on_after(budget, shield=True):
                 await self._close_iterator()
@@ -340,7 +339,6 @@ class SupervisedStream(Response):
         sep = self._sep
         assert sep is not None
         queue = self._queue
-        self._quiet_since = _clock()  # the headers have just been sent
         try:
             async for item in self._iterator:
                 if machine.state is CLOSED:
@@ -350,7 +348,6 @@ class SupervisedStream(Response):
                     # Nothing was queued or sent in the last ARRIVED_ALONE: send it from here,
                     # without a hand-off. Only who sends changes, never when.
                     await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True}, 1)
-                    self._quiet_since = _clock()
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
@@ -394,7 +391,6 @@ class SupervisedStream(Response):
                 await wait(sender_wake)
         finally:
             self._sender_running = False
-            self._quiet_since = _clock()
 
     def _start_sender(self) -> None:
         """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
@@ -424,6 +420,7 @@ class SupervisedStream(Response):
             return False
         finally:
             self._send_started = None
+            self._quiet_since = _clock()
             if self._sender_wake is not None and (self._queue or self._machine.state is CLOSED):
                 self._wake_sender()  # a sender that waited for this send to finish
         if events or pings:

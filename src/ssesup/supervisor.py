@@ -137,18 +137,21 @@ class Supervisor:
         self.notify("opened", stream)
 
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
+        """Remove an ended ``stream``; its observers hear what it sent since its last report."""
         live.streams.discard(stream)
-        if not live.streams:
-            self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
-        if live.draining and not live.streams and not live.drained.is_set():
+        self.report_sent(stream)
+        if live.streams:
+            return
+        self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
+        if live.draining and not live.drained.is_set():
             self._finish_drain(live)
 
     # -- what streams sent ---------------------------------------------------------------------------
 
     def sent_later(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         """``stream`` has sent bytes its observers have not heard of: report them within
-        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`). A stream that ends reports
-        the rest itself and stays listed until then, harmlessly: at most a second of ended streams."""
+        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`). A stream that ends is reported
+        by :meth:`unregister` and stays listed until then, harmlessly: at most a second of ended streams."""
         live.unreported.append(stream)
         if live.report_timer is None:
             live.report_timer = live.timers.schedule(live.loop.clock() + REPORT_EVERY, partial(self._report_sent, live))
