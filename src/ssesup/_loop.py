@@ -15,15 +15,31 @@ a cheap one-shot wake-up for the actor's hot path. Everything else goes through 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sniffio
+
+def running_trio() -> bool:
+    """True when the current task runs under trio.
+
+    Not through ``sniffio``: anyio no longer installs it, and ssesup does not need it on asyncio. Trio
+    itself depends on sniffio, so where trio has been imported, sniffio is there to tell (it also
+    answers right under trio-asyncio, where both loops run in one thread).
+    """
+    if "trio" not in sys.modules:
+        return False
+    import sniffio
+
+    try:
+        return sniffio.current_async_library() == "trio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
 
 
 def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
     """Start ``fn()`` as a loop-wide task; return its handle (keep it: the owner owns the task)."""
-    if sniffio.current_async_library() == "trio":
+    if running_trio():
         import trio
 
         trio.lowlevel.spawn_system_task(fn)
@@ -37,7 +53,7 @@ class LoopPrimitives:
     __slots__ = ("clock", "wakeup")
 
     def __init__(self) -> None:
-        if sniffio.current_async_library() == "trio":
+        if running_trio():
             import trio
 
             self.clock: Callable[[], float] = trio.current_time

@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import sniffio
 import structlog
 from starlette.types import Receive, Scope, Send
+
+from ssesup._loop import running_trio
 
 if TYPE_CHECKING:
     from ssesup.supervisor import Supervisor
@@ -76,7 +77,7 @@ def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> bool:
 def _loop_notifier(on_signal: Callable[[int], Awaitable[None]]) -> Notify:
     """A callable safe to run in a signal handler: it starts ``on_signal(signum)`` as a task on the
     current loop (a task, so that the callback runs in async context), owned as ``spawn_owned`` says."""
-    if sniffio.current_async_library() == "trio":
+    if running_trio():
         import trio
 
         token = trio.lowlevel.current_trio_token()
