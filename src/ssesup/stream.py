@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ssesup._loop import wait, wake
 from ssesup.events import Event, check_separator, encode_item
+from ssesup.limits import Refusal
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.states.machine import CLOSED
 from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, supervisor_for
@@ -263,8 +264,11 @@ class SupervisedStream(Response):
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
         live = supervisor.live  # looked up once: it costs a backend lookup per call
-        if live.draining:
-            await self._refuse(supervisor, send)
+        refusal = supervisor.drain_refusal if live.draining else None
+        if refusal is None and live.admission is not None:
+            refusal = live.admission.admit(self, scope)
+        if refusal is not None:
+            await self._refuse(supervisor, send, refusal)
             return
         self._settle(supervisor, scope)
         self._live = live
@@ -304,15 +308,17 @@ class SupervisedStream(Response):
         if self.background is not None:
             await self.background()
 
-    async def _refuse(self, supervisor: Supervisor, send: Send) -> None:
-        """A new stream during a drain: 503 with Retry-After; it is never registered."""
-        supervisor.notify("rejected", "draining")
-        retry_after = str(supervisor.drain_settings.retry_after).encode()
-        headers = [(b"retry-after", retry_after), (b"content-type", b"text/plain; charset=utf-8")]
-        body = b"draining: reconnect later\n"
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, supervisor: Supervisor, send: Send, refusal: Refusal) -> None:
+        """A new stream refused (during a drain, or over a cap): the refusal's status with Retry-After;
+        it is never registered."""
+        supervisor.notify("rejected", refusal.reason)
+        headers = [
+            (b"retry-after", str(refusal.retry_after).encode()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(refusal.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": refusal.body})
 
     def _settle(self, supervisor: Supervisor, scope: Scope) -> None:
         """Fix this stream's settings and identity at the start of the response."""

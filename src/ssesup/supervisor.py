@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ssesup._loop import LoopPrimitives
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
+from ssesup.limits import Admission, Refusal, StreamLimits
 from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.signals import (
@@ -54,8 +55,9 @@ REPORT_EVERY = 1.0
 class LoopSupervision:
     """The live part of a supervisor on one event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: StreamLimits | None = None) -> None:
         self.streams: set[SupervisedStream] = set()
+        self.admission = Admission(limits) if limits is not None else None
         self.loop = LoopPrimitives()
         self.timers = TimerService()
         self.draining = False
@@ -81,6 +83,7 @@ class Supervisor:
     ``reconnect``: range in seconds of the jittered ``retry:`` hint every farewell carries.
     ``drain_on_signals``: drain on SIGTERM/SIGINT, chained to the server's own handlers.
     ``farewell``: ``farewell(stream)`` makes a last event for each drained stream (or ``None``).
+    ``limits``: caps on concurrent streams (:class:`~ssesup.limits.StreamLimits`); none by default.
     ``metrics``: record Prometheus metrics in prometheus-client's registry (``True``), in this
     registry, or not at all (``False``); see ``ssesup.metrics``.
     """
@@ -98,6 +101,7 @@ class Supervisor:
         reconnect: tuple[float, float] = DrainSettings.reconnect,
         drain_on_signals: bool = DrainSettings.on_signals,
         farewell: Callable[[SupervisedStream], Event | None] | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.ping = check_seconds("ping", ping)
         self.send_timeout = check_seconds("send_timeout", send_timeout)
@@ -105,6 +109,8 @@ class Supervisor:
         self.ping_factory = ping_factory
         self.drain_settings = DrainSettings(drain_grace, retry_after, tuple(reconnect), drain_on_signals)
         self.farewell = farewell
+        self.limits = limits
+        self.drain_refusal = Refusal(503, self.drain_settings.retry_after, "draining", b"draining: reconnect later\n")
         self._rng = random.Random()
         self._observers: list[StreamObserver] = [_LogObserver()]
         if metrics is not False:
@@ -121,7 +127,7 @@ class Supervisor:
         try:
             return self._live.get()
         except LookupError:
-            supervision = LoopSupervision()
+            supervision = LoopSupervision(self.limits)
             self._live.set(supervision)
             return supervision
 
@@ -139,6 +145,8 @@ class Supervisor:
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         """Remove an ended ``stream``; its observers hear what it sent since its last report."""
         live.streams.discard(stream)
+        if live.admission is not None:
+            live.admission.leave(stream)
         self.report_sent(stream)
         if live.streams:
             return
