@@ -1,0 +1,843 @@
+"""Testing SSE endpoints: read a Starlette or FastAPI app's event stream in-process, or serve it on a real
+uvicorn for tests that need sockets.
+
+Owns: the in-process client (:class:`AsyncSSEClient`, and :class:`SSEClient`, its blocking form on an
+anyio portal thread), the incremental event-stream parser it reads with (:class:`EventStreamParser`, the
+WHATWG HTML standard's "Parsing an event stream"), :func:`serve` (uvicorn in a thread on 127.0.0.1, on a
+port the OS picks) and the ``sse_server`` pytest fixture. Does not own: anything a stream does (the
+client only plays the part of the server and the browser around the app).
+
+The client drives the ASGI app itself, as a server would: one ``http.request``, then ``receive()``
+blocks until the client disconnects; every body chunk the app sends is parsed as it is sent, so an
+endless stream is read event by event. When the reading stops (``count`` events, an ``until``
+predicate, or the end of the body) the client disconnects, so a supervised stream ends with
+``client_disconnect``, and waits, bounded, for the app to end (the generator's ``finally`` has run).
+Nothing the client reads waits for the reader: sends never block, so a slow client is not something it
+can show (serve the app for that). The module imports neither pytest nor uvicorn when loaded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message
+
+from ssesup.states import CloseReason
+from ssesup.stream import SupervisedStream, current_stream
+
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = [
+    "AsyncSSEClient",
+    "AsyncSSEConnection",
+    "EventStreamParser",
+    "LiveServer",
+    "SSEClient",
+    "SSEConnection",
+    "SSEResponse",
+    "ServerSentEvent",
+    "StreamIncomplete",
+    "pytest_configure",
+    "serve",
+]
+
+# -- the parser -----------------------------------------------------------------------------------------
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    """One event as an ``EventSource`` dispatches it.
+
+    ``id`` is the stream's last event id when the event was dispatched (ids carry over to later events,
+    as the standard says); ``retry`` is the ``retry:`` field of this event's own lines, if it had one.
+    """
+
+    data: str
+    event: str = "message"
+    id: str = ""
+    retry: int | None = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON."""
+        return json.loads(self.data)
+
+
+class EventStreamParser:
+    """An incremental event-stream parser: ``feed(chunk)`` returns the events the chunk completed.
+
+    Follows the WHATWG HTML standard, "Parsing an event stream" and "Interpreting an event stream": UTF-8
+    with invalid bytes replaced, one leading BOM ignored, lines ended by CRLF, LF or CR (a chunk may end
+    between CR and LF), comments, the ``data``/``event``/``id``/``retry`` fields (others ignored), the
+    last event id kept across events (an ``id`` with NUL ignored), ``retry`` only when all ASCII digits,
+    and no event dispatched when no ``data`` line came. Comments and the reconnection time are kept.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._started = False
+        self._buffer = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._retry: int | None = None
+        self._last_event_id = ""
+        self.last_event_id = ""
+        """The last event id of the stream (the standard's "last event ID string")."""
+        self.retry: int | None = None
+        """The reconnection time in milliseconds the stream set last (``None``: never set)."""
+        self.comments: list[str] = []
+        """Every comment line's text, without the colon and one leading space (pings are ``"ping"``)."""
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        text = self._decoder.decode(chunk)
+        if not self._started:
+            if not text:
+                return []
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+        buffer = self._buffer + text
+        events: list[ServerSentEvent] = []
+        start = 0
+        for line_end in _LINE_END.finditer(buffer):
+            if line_end.group() == "\r" and line_end.end() == len(buffer):
+                break  # a CR that ends the chunk may be the first half of a CRLF
+            self._line(buffer[start : line_end.start()], events)
+            start = line_end.end()
+        self._buffer = buffer[start:]
+        return events
+
+    def close(self) -> None:
+        """The end of the stream: a last line ended by CR is read; an event left incomplete is discarded."""
+        self._buffer += self._decoder.decode(b"", final=True)
+        if self._buffer.endswith("\r"):
+            self._line(self._buffer[:-1], [])
+        self._buffer = ""
+
+    def _line(self, line: str, events: list[ServerSentEvent]) -> None:
+        if not line:
+            self._dispatch(events)
+            return
+        if line[0] == ":":
+            self.comments.append(line[2:] if line.startswith(": ") else line[1:])
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = self.retry = int(value)
+
+    def _dispatch(self, events: list[ServerSentEvent]) -> None:
+        self.last_event_id = self._last_event_id
+        if self._data:
+            events.append(
+                ServerSentEvent("\n".join(self._data), self._event or "message", self.last_event_id, self._retry)
+            )
+        self._data = []
+        self._event = ""
+        self._retry = None
+
+
+# -- what a client read ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class SSEResponse:
+    """What the client got: the status and headers, the events it read, and the raw body.
+
+    ``events`` are those the client read (a stop at ``count`` leaves later ones unread, though their bytes
+    are in ``body``). ``ended`` is true when the app ended the body, false when the client left first.
+    ``stream`` is the :class:`~ssesup.SupervisedStream` that answered (``None`` for other responses, or
+    when a middleware sends from a task of its own, as ``BaseHTTPMiddleware`` does).
+    """
+
+    status: int
+    headers: Headers
+    stream: SupervisedStream | None = None
+    events: list[ServerSentEvent] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    body: bytes = b""
+    ended: bool = False
+    retry: int | None = None
+    """The reconnection time (ms) the stream set last, e.g. by a drain's farewell."""
+    last_event_id: str = ""
+
+    @property
+    def is_event_stream(self) -> bool:
+        """A 200 with ``Content-Type: text/event-stream``: what an ``EventSource`` reads events from."""
+        media_type = self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        return self.status == 200 and media_type == "text/event-stream"
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """The supervised stream's close reason (``None`` while it is open, or for other responses)."""
+        return None if self.stream is None else self.stream.close_reason
+
+    def data(self) -> list[str]:
+        """The data of every event read."""
+        return [event.data for event in self.events]
+
+
+class StreamIncomplete(AssertionError):
+    """The reading stopped before its condition was met: the timeout, or the body ended. ``response``
+    holds what arrived; the message lists it."""
+
+    def __init__(self, why: str, response: SSEResponse | None) -> None:
+        self.response = response
+        if response is None:
+            super().__init__(why)
+            return
+        events = "".join(f"\n  {event!r}" for event in response.events[-20:]) or " none"
+        super().__init__(
+            f"{why}; status {response.status}, {len(response.events)} events read"
+            f"{' (last 20)' if len(response.events) > 20 else ''}:{events}\n  body so far: {response.body[-300:]!r}"
+        )
+
+
+# -- the in-process client ------------------------------------------------------------------------------
+
+HeaderItems = Mapping[str, str] | Sequence[tuple[str, str]]
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
+
+
+def _header_list(headers: HeaderItems | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
+
+class AsyncSSEClient:
+    """Reads SSE endpoints of an ASGI app in-process, under asyncio or trio (through anyio).
+
+    ``stream(path, count=..., until=..., timeout=...)`` reads and returns an :class:`SSEResponse`;
+    ``connect(path)`` opens a connection to read from step by step. ``headers`` go with every request;
+    ``lifespan=True`` runs the app's lifespan while the client is entered (``async with``), and its
+    state reaches every request. ``timeout``: default seconds a read may take; ``close_timeout``: how
+    long the app may take to end once the client disconnected. ``client``: the peer address the app sees.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        base_url: str = "http://testserver",
+        headers: HeaderItems | None = None,
+        lifespan: bool = False,
+        timeout: float = 5.0,
+        close_timeout: float = 10.0,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
+        raise_app_exceptions: bool = True,
+    ) -> None:
+        self.app = app
+        self.base_url = base_url
+        self.headers = _header_list(headers)
+        self.lifespan = lifespan
+        self.timeout = timeout
+        self.close_timeout = close_timeout
+        self.client = client
+        self.raise_app_exceptions = raise_app_exceptions
+        self.state: dict[str, Any] = {}
+        self._lifespan: _Lifespan | None = None
+
+    async def __aenter__(self) -> AsyncSSEClient:
+        if self.lifespan:
+            self._lifespan = _Lifespan(self.app, self.state, self.close_timeout)
+            await self._lifespan.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is not None:
+            await lifespan.__aexit__(*exc_info)
+
+    def connect(
+        self,
+        path: str,
+        *,
+        params: Params | None = None,
+        headers: HeaderItems | None = None,
+        last_event_id: str | None = None,
+    ) -> AsyncSSEConnection:
+        """A connection to ``path`` (``async with``): the app runs from entry (which returns once the
+        response has started) until exit, which disconnects and waits for the app to end."""
+        if self.lifespan and self._lifespan is None:
+            raise RuntimeError("lifespan=True runs the lifespan while the client is entered: `async with` it first")
+        extra = _header_list(headers)
+        if last_event_id is not None:
+            extra.append(("last-event-id", last_event_id))
+        return AsyncSSEConnection(self, self._scope(path, params, extra))
+
+    async def stream(
+        self,
+        path: str,
+        *,
+        count: int | None = None,
+        until: Callable[[ServerSentEvent], bool] | None = None,
+        timeout: float | None = None,
+        params: Params | None = None,
+        headers: HeaderItems | None = None,
+        last_event_id: str | None = None,
+    ) -> SSEResponse:
+        """GET ``path`` and read: ``count`` events, up to the first event ``until(event)`` is true of, or
+        (with neither) to the end of the body; then disconnect and wait for the app to end.
+
+        Raises :class:`StreamIncomplete` when ``timeout`` (default: the client's) runs out or the body
+        ends first. A response that is not an event stream (a 503, a JSON error) is read to its end.
+        """
+        async with self.connect(path, params=params, headers=headers, last_event_id=last_event_id) as connection:
+            await connection.read(count=count, until=until, timeout=timeout)
+        return connection.response
+
+    def _scope(self, path: str, params: Params | None, extra: list[tuple[str, str]]) -> dict[str, Any]:
+        base = urlsplit(self.base_url)
+        url = urlsplit(path)
+        scheme, netloc = url.scheme or base.scheme, url.netloc or base.netloc
+        query = url.query
+        if params:
+            query = "&".join(part for part in (query, urlencode(params, doseq=True)) if part)
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+        default_port = 443 if scheme == "https" else 80
+        given = {name.lower() for name, _ in (*self.headers, *extra)}
+        headers = [("host", netloc)]
+        headers += [(name, value) for name, value in _DEFAULT_REQUEST_HEADERS if name not in given]
+        headers += [*self.headers, *extra]
+        raw_path = url.path or "/"
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": scheme,
+            "path": unquote(raw_path),
+            "raw_path": quote(raw_path, safe=_URL_SAFE).encode("ascii"),
+            "query_string": quote(query, safe=_URL_SAFE).encode("ascii"),
+            "root_path": "",
+            "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+            "client": self.client,
+            "server": (host or netloc, int(port) if port else default_port),
+            "state": dict(self.state),
+        }
+
+
+_URL_SAFE = "/%:@!$&'()*+,;=?"  # kept as they are in a path or query: what is already encoded stays so
+_DEFAULT_REQUEST_HEADERS = (("accept", "text/event-stream"), ("cache-control", "no-cache"))
+
+
+class AsyncSSEConnection:
+    """One request to the app, read step by step: ``read()``, ``next_event()``, ``async for``.
+
+    ``response`` fills in as the client reads. Leaving the ``async with`` (or ``disconnect()``) ends it.
+    """
+
+    def __init__(self, client: AsyncSSEClient, scope: dict[str, Any]) -> None:
+        self._client = client
+        self._scope = scope
+        self._timeout = client.timeout
+        self._parser = EventStreamParser()
+        self._pending: deque[ServerSentEvent] = deque()
+        chunks_in, chunks_out = anyio.create_memory_object_stream[bytes](math.inf)
+        self._chunks_in: MemoryObjectSendStream[bytes] = chunks_in
+        self._chunks_out: MemoryObjectReceiveStream[bytes] = chunks_out
+        self._started = anyio.Event()
+        self._gone = anyio.Event()  # the client left, or the body ended: receive() answers http.disconnect
+        self._app_done = anyio.Event()
+        self._app_error: BaseException | None = None
+        self._request_sent = False
+        self._disconnected = False
+        self._closed = False
+        self._response: SSEResponse | None = None
+
+    @property
+    def response(self) -> SSEResponse:
+        if self._response is None:
+            raise RuntimeError("the response has not started")
+        return self._response
+
+    async def __aenter__(self) -> AsyncSSEConnection:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._run_app)
+        try:
+            with anyio.move_on_after(self._timeout):
+                await self._started.wait()
+            if self._response is None:
+                if self._app_error is not None:
+                    raise self._app_error
+                why = "the app ended without a response" if self._app_done.is_set() else "no response"
+                raise StreamIncomplete(f"{why} within {self._timeout:g} s", None)
+        except BaseException as exc:
+            await self._end(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._end(exc)
+        if exc is None and self._app_error is not None and self._client.raise_app_exceptions:
+            raise self._app_error
+
+    async def _end(self, exc: BaseException | None) -> None:
+        """Disconnect, wait for the app, close the task group. What the reader raised is not handed to
+        the task group (it would come out wrapped in an exception group), except a cancellation."""
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            return
+        try:
+            await self.disconnect()
+        finally:
+            await self._task_group.__aexit__(None, None, None)
+
+    async def read(
+        self,
+        *,
+        count: int | None = None,
+        until: Callable[[ServerSentEvent], bool] | None = None,
+        timeout: float | None = None,
+    ) -> list[ServerSentEvent]:
+        """Read ``count`` events, up to the first ``until(event)``, or (with neither) to the end of the
+        body; return the events this call read. Raises :class:`StreamIncomplete` when ``timeout``
+        (default: the client's) runs out or the body ends before the condition is met. A response that
+        is not an event stream is read to its end and gives no events."""
+        response = self.response
+        timeout = self._timeout if timeout is None else timeout
+        goal = count is not None or until is not None
+        read: list[ServerSentEvent] = []
+        if count is not None and count <= 0:
+            return read
+        with anyio.move_on_after(timeout) as scope:
+            while True:
+                if response.is_event_stream:
+                    while self._pending:
+                        event = self._pending.popleft()
+                        read.append(event)
+                        response.events.append(event)
+                        if (count is not None and len(read) >= count) or (until is not None and until(event)):
+                            return read
+                if not await self._receive_chunk():
+                    if goal and response.is_event_stream:
+                        raise StreamIncomplete("the body ended before the stop condition was met", response)
+                    return read
+        assert scope.cancelled_caught
+        raise StreamIncomplete(f"timed out after {timeout:g} s", response)
+
+    async def next_event(self, timeout: float | None = None) -> ServerSentEvent:
+        """The next event (:class:`StreamIncomplete` if none comes within ``timeout``)."""
+        return (await self.read(count=1, timeout=timeout))[0]
+
+    async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
+        """Every event until the body ends (each within the client's timeout)."""
+        while True:
+            try:
+                yield await self.next_event()
+            except StreamIncomplete:
+                if self.response.ended:
+                    return
+                raise
+
+    async def disconnect(self) -> None:
+        """Leave (the app's ``receive()`` answers ``http.disconnect``) and wait, within the client's
+        ``close_timeout``, for the app to end. Does nothing the second time."""
+        if self._closed:
+            return
+        self._closed = True
+        self._disconnected = True
+        self._gone.set()
+        self._chunks_out.close()
+        with anyio.move_on_after(self._client.close_timeout):
+            await self._app_done.wait()
+        if not self._app_done.is_set():
+            self._task_group.cancel_scope.cancel()
+            raise AssertionError(f"the app did not end within {self._client.close_timeout:g} s of the disconnect")
+
+    async def _receive_chunk(self) -> bool:
+        """Take the next body chunk into the response; ``False`` at the end of the body."""
+        try:
+            chunk = await self._chunks_out.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._response is not None and self._response.is_event_stream:
+                self._parser.close()
+                self._sync_parser_state()
+            return False
+        response = self.response
+        response.body += chunk
+        if response.is_event_stream:
+            self._pending.extend(self._parser.feed(chunk))
+            self._sync_parser_state()
+        return True
+
+    def _sync_parser_state(self) -> None:
+        response, parser = self.response, self._parser
+        response.retry = parser.retry
+        response.last_event_id = parser.last_event_id
+        response.comments = parser.comments
+
+    # -- the server's side: what the app calls ---------------------------------------------------------
+
+    async def _run_app(self) -> None:
+        try:
+            await self._client.app(self._scope, self._receive, self._send)
+        except Exception as exc:
+            self._app_error = exc
+        finally:
+            self._app_done.set()
+            self._started.set()
+            self._chunks_in.close()
+
+    async def _receive(self) -> Message:
+        if not self._request_sent:
+            self._request_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if self._disconnected:
+            return  # the client has gone: what is sent is lost, as on a real server
+        kind = message["type"]
+        response = self._response
+        if kind == "http.response.start":
+            if response is not None:
+                raise RuntimeError("the app sent http.response.start twice")
+            headers = Headers(raw=[(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", [])])
+            self._response = SSEResponse(message["status"], headers, _current_stream())
+            self._started.set()
+        elif kind == "http.response.body":
+            if response is None or response.ended:
+                raise RuntimeError("the app sent a body without a response start, or after the end of the body")
+            body = bytes(message.get("body", b""))
+            if body:
+                self._chunks_in.send_nowait(body)
+            if not message.get("more_body", False):
+                response.ended = True
+                self._chunks_in.close()
+                self._gone.set()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+
+def _current_stream() -> SupervisedStream | None:
+    """The supervised stream sending the response start, if one does (it sends from its own context)."""
+    try:
+        return current_stream()
+    except LookupError:
+        return None
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol around the client's life: startup on entry, shutdown on exit."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any], timeout: float) -> None:
+        self.app = app
+        self.state = state
+        self.timeout = timeout
+        self._to_app, self._app_in = anyio.create_memory_object_stream[Message](math.inf)
+        self._app_out, self._from_app = anyio.create_memory_object_stream[Message](math.inf)
+        self._exit_stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> None:
+        task_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        task_group.start_soon(self._run)
+        try:
+            await self._exchange("startup")
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await self._exit_stack.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._exchange("shutdown")
+        finally:
+            await self._exit_stack.__aexit__(None, None, None)
+
+    async def _exchange(self, phase: str) -> None:
+        self._to_app.send_nowait({"type": f"lifespan.{phase}"})
+        with anyio.fail_after(self.timeout):
+            try:
+                message = await self._from_app.receive()
+            except anyio.EndOfStream:
+                raise RuntimeError(f"the app ended its lifespan without answering {phase}") from None
+        if message["type"] != f"lifespan.{phase}.complete":
+            raise RuntimeError(f"lifespan {phase} failed: {message.get('message', '')}")
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+        with self._app_out:
+            try:
+                await self.app(scope, self._app_in.receive, self._app_out.send)
+            except Exception as exc:
+                await self._app_out.send({"type": "lifespan.error", "message": repr(exc)})
+
+
+# -- the blocking form ----------------------------------------------------------------------------------
+
+
+class SSEClient:
+    """:class:`AsyncSSEClient` for plain (sync) tests: the app runs on an event loop in a thread of its
+    own (an anyio blocking portal, as Starlette's ``TestClient`` does), ``backend`` ``"asyncio"`` or
+    ``"trio"``. Used in ``with``, one loop serves every call (and the lifespan runs); used without,
+    each call starts one. ``call(fn)`` runs ``fn`` on that loop (a supervisor's ``drain``, say)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        backend: str = "asyncio",
+        backend_options: dict[str, Any] | None = None,
+        base_url: str = "http://testserver",
+        headers: HeaderItems | None = None,
+        lifespan: bool = False,
+        timeout: float = 5.0,
+        close_timeout: float = 10.0,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
+        raise_app_exceptions: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.backend_options = backend_options
+        self.async_client = AsyncSSEClient(
+            app,
+            base_url=base_url,
+            headers=headers,
+            lifespan=lifespan,
+            timeout=timeout,
+            close_timeout=close_timeout,
+            client=client,
+            raise_app_exceptions=raise_app_exceptions,
+        )
+        self._portal: BlockingPortal | None = None
+        self._exit_stack = contextlib.ExitStack()
+
+    def __enter__(self) -> SSEClient:
+        with contextlib.ExitStack() as stack:
+            self._portal = stack.enter_context(start_blocking_portal(self.backend, self.backend_options))
+            stack.enter_context(self._portal.wrap_async_context_manager(self.async_client))
+            self._exit_stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._exit_stack.__exit__(*exc_info)
+        finally:
+            self._portal = None
+
+    @contextlib.contextmanager
+    def _loop(self) -> Iterator[BlockingPortal]:
+        if self._portal is not None:
+            yield self._portal
+            return
+        with start_blocking_portal(self.backend, self.backend_options) as portal:
+            yield portal
+
+    def stream(
+        self,
+        path: str,
+        *,
+        count: int | None = None,
+        until: Callable[[ServerSentEvent], bool] | None = None,
+        timeout: float | None = None,
+        params: Params | None = None,
+        headers: HeaderItems | None = None,
+        last_event_id: str | None = None,
+    ) -> SSEResponse:
+        """As :meth:`AsyncSSEClient.stream`."""
+        read = partial(
+            self.async_client.stream,
+            path,
+            count=count,
+            until=until,
+            timeout=timeout,
+            params=params,
+            headers=headers,
+            last_event_id=last_event_id,
+        )
+        with self._loop() as portal:
+            return portal.call(read)
+
+    @contextlib.contextmanager
+    def connect(
+        self,
+        path: str,
+        *,
+        params: Params | None = None,
+        headers: HeaderItems | None = None,
+        last_event_id: str | None = None,
+    ) -> Iterator[SSEConnection]:
+        """As :meth:`AsyncSSEClient.connect`, in ``with``."""
+        with self._loop() as portal:
+            connection = self.async_client.connect(path, params=params, headers=headers, last_event_id=last_event_id)
+            with portal.wrap_async_context_manager(connection):
+                yield SSEConnection(connection, portal)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the client's event loop (awaited if it is async); needs ``with``."""
+        if self._portal is None:
+            raise RuntimeError("call() runs on the client's loop, which lives while the client is in `with`")
+        return self._portal.call(fn, *args)
+
+
+class SSEConnection:
+    """:class:`AsyncSSEConnection` for sync tests (from :meth:`SSEClient.connect`)."""
+
+    def __init__(self, connection: AsyncSSEConnection, portal: BlockingPortal) -> None:
+        self._connection = connection
+        self._portal = portal
+
+    @property
+    def response(self) -> SSEResponse:
+        return self._connection.response
+
+    def read(
+        self,
+        *,
+        count: int | None = None,
+        until: Callable[[ServerSentEvent], bool] | None = None,
+        timeout: float | None = None,
+    ) -> list[ServerSentEvent]:
+        """As :meth:`AsyncSSEConnection.read`."""
+        return self._portal.call(partial(self._connection.read, count=count, until=until, timeout=timeout))
+
+    def next_event(self, timeout: float | None = None) -> ServerSentEvent:
+        return self._portal.call(self._connection.next_event, timeout)
+
+    def __iter__(self) -> Iterator[ServerSentEvent]:
+        """Every event until the body ends (each within the client's timeout)."""
+        while True:
+            try:
+                yield self.next_event()
+            except StreamIncomplete:
+                if self.response.ended:
+                    return
+                raise
+
+    def disconnect(self) -> None:
+        self._portal.call(self._connection.disconnect)
+
+
+# -- a real server --------------------------------------------------------------------------------------
+
+
+class LiveServer:
+    """uvicorn serving an app in a thread of its own, on 127.0.0.1: ``url`` is its base URL."""
+
+    def __init__(self, app: ASGIApp, config: dict[str, Any]) -> None:
+        try:
+            import uvicorn
+        except ModuleNotFoundError as missing:
+            raise ModuleNotFoundError(
+                "ssesup.testing.serve needs uvicorn: pip install 'ssesup[uvicorn]'", name=missing.name
+            ) from missing
+        import socket
+
+        config.setdefault("log_level", "warning")
+        config.setdefault("timeout_graceful_shutdown", 5)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))  # the OS picks a free port: no race with other tests
+        self._socket.listen(1024)
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, **config))
+        self._loop: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self._socket])
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # reported by start() or stop(): a thread cannot raise to the test
+            self._error = exc
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"uvicorn did not start within {timeout:g} s") from self._error
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._socket.close()
+        if self._thread.is_alive():
+            raise RuntimeError(f"uvicorn did not stop within {timeout:g} s")
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
+        """Run ``fn(*args)`` on the server's event loop (awaited if it is async) and return its result:
+        ``server.call(supervisor.drain)`` drains the streams this server holds."""
+        import asyncio
+        import inspect
+
+        async def run() -> Any:
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+
+@contextlib.contextmanager
+def serve(app: ASGIApp, **config: Any) -> Iterator[LiveServer]:
+    """Serve ``app`` on uvicorn (``config``: ``uvicorn.Config`` options) on 127.0.0.1 on a free port
+    while in ``with``; stops it after (open streams get ``timeout_graceful_shutdown``, 5 s by default)."""
+    server = LiveServer(app, config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest's hook, for ``pytest_plugins = ["ssesup.testing"]``: adds the ``sse_server`` fixture."""
+    import pytest
+
+    class _Fixtures:
+        @pytest.fixture
+        def sse_server(self) -> Iterable[Callable[..., LiveServer]]:
+            """``sse_server(app, **uvicorn_config)`` serves ``app`` on a real uvicorn on 127.0.0.1 and
+            returns the :class:`LiveServer` (``.url``); every server is stopped after the test."""
+            with contextlib.ExitStack() as stack:
+                yield lambda app, **options: stack.enter_context(serve(app, **options))
+
+    if not config.pluginmanager.has_plugin("ssesup.testing.fixtures"):
+        config.pluginmanager.register(_Fixtures(), "ssesup.testing.fixtures")
