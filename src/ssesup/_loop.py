@@ -48,9 +48,14 @@ def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
 
 
 class LoopPrimitives:
-    """The clock and the wake-up of one event loop."""
+    """The clock and the wake-up of one event loop, and (asyncio only) its own task factory.
 
-    __slots__ = ("clock", "wakeup")
+    ``create_task`` is asyncio's: a task whose cancellation is delivered once (edge-triggered), so a
+    generator cancelled in it can still await its cleanup. Trio has no such task (``None``): there,
+    cancellation is level-triggered by design.
+    """
+
+    __slots__ = ("clock", "create_task", "wakeup")
 
     def __init__(self) -> None:
         if running_trio():
@@ -58,10 +63,23 @@ class LoopPrimitives:
 
             self.clock: Callable[[], float] = trio.current_time
             self.wakeup: Callable[[], Any] = trio.Event
+            self.create_task: Callable[..., asyncio.Task] | None = None
         else:
             loop = asyncio.get_running_loop()
             self.clock = loop.time
             self.wakeup = loop.create_future
+            self.create_task = loop.create_task
+
+
+def abandon_task(task: asyncio.Task) -> None:
+    """Stop counting ``task`` among the loop's tasks, so that the loop's shutdown does not wait for it.
+
+    For a task that refuses to end (a generator whose cleanup swallows every cancellation): ``asyncio.run``
+    cancels and awaits every task it knows before it closes the loop, and would wait forever.
+    """
+    unregister = getattr(asyncio.tasks, "_unregister_task", None)
+    if unregister is not None:
+        unregister(task)
 
 
 async def wait(wakeup: Any) -> None:

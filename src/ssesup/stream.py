@@ -19,6 +19,7 @@ An idle stream therefore costs two tasks, as a bare ``StreamingResponse`` does.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import math
@@ -33,12 +34,13 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ssesup._loop import wait, wake
+from ssesup._loop import abandon_task, wait, wake
+from ssesup.connection import Connection, find_connection
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.limits import Refusal
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.states.machine import CLOSED
-from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, supervisor_for
+from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, check_size, supervisor_for
 from ssesup.timers import Timer
 
 log = structlog.get_logger("ssesup")
@@ -56,8 +58,6 @@ ARRIVED_ALONE = 100e-6
 # Not the loop's clock for that: uvloop's is libuv's cached millisecond time, under which every gap
 # shorter than a millisecond looks like none, and a lone event would wait for a hand-off.
 _clock = time.perf_counter
-# How long closing the generator may take once the stream has ended (its ``finally`` blocks run).
-CLOSE_GRACE = 5.0
 # How long a drained or force-closed stream may take to send its farewell and end its body, so that a
 # process exits within its drain grace plus a second even when a client has stopped reading.
 FAREWELL_BUDGET = 0.5
@@ -78,8 +78,10 @@ _END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body":
 _DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"))
 _ids = itertools.count(1)
 
+# The client closed the connection itself: there is nothing to release.
+_GONE = frozenset({CloseReason.CLIENT_DISCONNECT})
 # Reasons after which nothing more can or should be written to the client.
-_ABANDON = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.SEND_TIMEOUT})
+_ABANDON = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.SEND_TIMEOUT, CloseReason.DEAD_PEER})
 # Reasons that are the supervisor's doing: the client gets a farewell (reconnect hint) before the end.
 _FAREWELL = frozenset({CloseReason.DRAINED, CloseReason.SHUTDOWN})
 
@@ -96,8 +98,12 @@ class SupervisedStream(Response):
     media_type = "text/event-stream"
     # Slots, not a dict, for the actor's own state: thousands of idle streams each carry it.
     __slots__ = (
+        "_body_ended",
         "_cancel_scope",
         "_clock",
+        "_close_grace",
+        "_connection",
+        "_dead_peer_timeout",
         "_drain_waiter",
         "_draining",
         "_id",
@@ -105,20 +111,25 @@ class SupervisedStream(Response):
         "_last_activity",
         "_live",
         "_machine",
+        "_max_event_size",
         "_peer",
         "_ping",
         "_ping_factory",
+        "_producer",
         "_producer_space",
         "_queue",
         "_queued_bytes",
         "_queued_pings",
         "_quiet_since",
         "_reported",
+        "_response_started",
         "_send_started",
         "_send_timeout",
         "_sender_running",
         "_sender_wake",
         "_sep",
+        "_stalled_since",
+        "_stopping",
         "_supervisor",
         "_sync_iterator",
         "_task_group",
@@ -146,6 +157,9 @@ class SupervisedStream(Response):
         send_timeout: float | None = None,
         sep: str | None = None,
         ping_factory: Callable[[], Event] | None = None,
+        dead_peer_timeout: float | None = None,
+        close_grace: float | None = None,
+        max_event_size: int | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         if isinstance(content, AsyncIterable):
@@ -167,10 +181,13 @@ class SupervisedStream(Response):
         for header in _DEFAULT_HEADERS:
             if header[0] not in present:
                 self.raw_headers.append(header)
-        self._ping = None if ping is None else check_seconds("ping", ping)
-        self._send_timeout = None if send_timeout is None else check_seconds("send_timeout", send_timeout)
+        self._ping = _optional_seconds("ping", ping)
+        self._send_timeout = _optional_seconds("send_timeout", send_timeout)
         self._sep = None if sep is None else check_separator(sep)
         self._ping_factory = ping_factory
+        self._dead_peer_timeout = _optional_seconds("dead_peer_timeout", dead_peer_timeout)
+        self._close_grace = _optional_seconds("close_grace", close_grace)
+        self._max_event_size = check_size("max_event_size", max_event_size)
         self._supervisor = supervisor
         self._machine = StreamMachine()
         self._draining = False
@@ -201,6 +218,12 @@ class SupervisedStream(Response):
         self._last_activity = 0.0
         self._timer: Timer | None = None
         self._cancel_scope: anyio.CancelScope | None = None
+        self._producer: asyncio.Task | None = None
+        self._stopping = False
+        self._response_started = False
+        self._body_ended = False
+        self._connection: Connection | None = None
+        self._stalled_since: float | None = None
 
     # -- what observers and generators can read ------------------------------------------------------
 
@@ -276,7 +299,7 @@ class SupervisedStream(Response):
         self._clock = live.loop.clock
         self._wakeup = live.loop.wakeup
         now = self.started_at = self._last_activity = self._clock()
-        if self._ping or self._send_timeout:
+        if self._ping or self._send_timeout or self._dead_peer_timeout:
             self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
         token = _current.set(self)  # the tasks below inherit it: current_stream() in the generator
         try:
@@ -290,8 +313,16 @@ class SupervisedStream(Response):
                     "headers": self.raw_headers,
                 }
                 if await self._send(send, start):
+                    self._response_started = True
                     self._fire(Trigger.FIRST_SEND)
-                    task_group.start_soon(self._produce, send)
+                    if scope.get("method") == "HEAD":
+                        self._fire(Trigger.EXHAUSTED)  # headers only: the generator is never started
+                    elif live.loop.create_task is not None:
+                        # asyncio: the producer is a task of the stream's own, outside the task group,
+                        # so that stopping it is one cancellation and its generator can await cleanup.
+                        self._producer = live.loop.create_task(self._produce(send))
+                    else:
+                        task_group.start_soon(self._produce, send)
                     # The request's own task listens until the client leaves or the body has ended.
                     await self._listen(receive)
         finally:
@@ -301,9 +332,9 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
-            budget = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else CLOSE_GRACE
-            with anyio.move_on_after(budget, shield=True):
-                await self._close_iterator()
+            if self._response_started and not self._body_ended and self.close_reason not in _GONE:
+                self._release()  # bytes left unsent: free the connection now, not when its peer reads
+            await self._stop_generator()
             supervisor.unregister(self, live)
         if self.background is not None:
             await self.background()
@@ -334,6 +365,12 @@ class SupervisedStream(Response):
             self._sep = supervisor.sep
         if self._ping_factory is None:
             self._ping_factory = supervisor.ping_factory
+        if self._dead_peer_timeout is None:
+            self._dead_peer_timeout = supervisor.dead_peer_timeout
+        if self._close_grace is None:
+            self._close_grace = supervisor.close_grace
+        if self._max_event_size is None:
+            self._max_event_size = supervisor.max_event_size
 
     # -- the three roles -----------------------------------------------------------------------------
 
@@ -345,11 +382,14 @@ class SupervisedStream(Response):
         sep = self._sep
         assert sep is not None
         queue = self._queue
+        max_size = self._max_event_size
         try:
             async for item in self._iterator:
                 if machine.state is CLOSED:
                     break
                 chunk = encode_item(item, sep)
+                if max_size is not None and len(chunk) > max_size:
+                    raise EventTooLarge(f"an event of {len(chunk)} bytes exceeds max_event_size ({max_size} bytes)")
                 if not queue and not self._sender_running and _clock() - self._quiet_since > ARRIVED_ALONE:
                     # Nothing was queued or sent in the last ARRIVED_ALONE: send it from here,
                     # without a hand-off. Only who sends changes, never when.
@@ -363,8 +403,13 @@ class SupervisedStream(Response):
                         self._producer_space = space = self._wakeup()
                         await wait(space)
         except Exception:
-            log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
+            if machine.state is not CLOSED:  # a generator cut short by its stream's end is no failure
+                log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
             self._fire(Trigger.ERROR)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            asyncio.current_task().uncancel()  # the stream stopped its own producer: an ordinary end
         else:
             self._fire(Trigger.EXHAUSTED)
 
@@ -389,7 +434,8 @@ class SupervisedStream(Response):
                             return
                         continue
                     if self._machine.closed:
-                        await self._send(send, _END_OF_BODY)
+                        if await self._send(send, _END_OF_BODY):
+                            self._body_ended = True
                         self._cancel_scope.cancel()
                         return
                     return
@@ -418,11 +464,21 @@ class SupervisedStream(Response):
         """Send under the send deadline; ``False`` when the client is gone. A body chunk holding
         ``events`` events and ``pings`` pings is counted; the observers hear of it from the
         supervisor within a second (not once per send)."""
+        body = message.get("body")
+        if body is not None and len(body) > HIGH_WATER:
+            return await self._send_slices(send, body, events, pings)
         self._send_started = self._last_activity = self._clock()
         try:
             await send(message)
         except OSError:
             self._fire(Trigger.CLIENT_DISCONNECT)
+            return False
+        except Exception:
+            # Not the client's doing: the server refused what was sent (an invalid header, say).
+            log.exception("stream.send_failed", stream_id=self.stream_id, route=self.route)
+            self._fire(Trigger.ERROR)
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
             return False
         finally:
             self._send_started = None
@@ -436,6 +492,22 @@ class SupervisedStream(Response):
             if not self._unreported:
                 self._unreported = True
                 self._supervisor.sent_later(self, self._live)
+        return True
+
+    async def _send_slices(self, send: Send, body: bytes, events: int, pings: int) -> bool:
+        """A chunk larger than the high-water mark goes out in slices of that size, each under the
+        send deadline: the server never buffers more than a slice of it (memory stays bounded)."""
+        view = memoryview(body)
+        for start in range(0, len(body), HIGH_WATER):
+            piece = {"type": "http.response.body", "body": bytes(view[start : start + HIGH_WATER]), "more_body": True}
+            if not await self._send(send, piece):
+                return False
+        self.events_sent += events
+        self.pings_sent += pings
+        self.bytes_sent += len(body)
+        if (events or pings) and not self._unreported:
+            self._unreported = True
+            self._supervisor.sent_later(self, self._live)
         return True
 
     def _wake_sender(self) -> None:
@@ -480,6 +552,8 @@ class SupervisedStream(Response):
                 self._queued_bytes += len(farewell)
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
+        elif scope is not None and self._send_timeout:
+            scope.deadline = now + self._send_timeout  # what is queued is flushed under the send deadline
         self._start_sender()
 
     def _next_check(self, now: float) -> float:
@@ -497,6 +571,10 @@ class SupervisedStream(Response):
                 # (a send is then caught within 1.25x the timeout). With a ping check at least that
                 # often, the check that finds a send in flight schedules its exact deadline.
                 deadline = min(deadline, now + timeout / 4)
+        dead_peer = self._dead_peer_timeout
+        if dead_peer:
+            stalled = self._stalled_since
+            deadline = min(deadline, now + dead_peer / 2 if stalled is None else stalled + dead_peer)
         return deadline
 
     def _on_timer(self, now: float) -> float | None:
@@ -506,6 +584,9 @@ class SupervisedStream(Response):
         started = self._send_started
         if started is not None and self._send_timeout and now - started >= self._send_timeout:
             self._fire(Trigger.SEND_TIMEOUT)
+            return None
+        if self._dead_peer_timeout and self._peer_is_dead(now):
+            self._fire(Trigger.DEAD_PEER)
             return None
         if self._ping and now - self._last_activity >= self._ping:
             # Due: ping if idle; a stream with a send in flight or bytes queued is not idle.
@@ -518,6 +599,34 @@ class SupervisedStream(Response):
             self._last_activity = now
         return self._next_check(now)
 
+    def _peer_is_dead(self, now: float) -> bool:
+        """Whether the kernel has been retransmitting unacknowledged bytes for the dead-peer timeout:
+        the first check that finds them marks the start, a check that finds none clears it."""
+        if self._connection is None:
+            if self._transport_send is None:
+                return False
+            self._connection = find_connection(self._transport_send)
+            if self._connection is None:
+                self._dead_peer_timeout = 0.0  # not a server whose connection ssesup can read
+                return False
+        if not self._connection.unacknowledged():
+            self._stalled_since = None
+            return False
+        if self._stalled_since is None:
+            self._stalled_since = now
+        return now - self._stalled_since >= self._dead_peer_timeout
+
+    def _release(self) -> None:
+        """Close the connection now (reset), discarding what is unsent: see ``ssesup.connection``."""
+        connection = self._connection
+        if connection is None and self._transport_send is not None:
+            connection = self._connection = find_connection(self._transport_send)
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:
+                log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
+
     def _ping_bytes(self) -> bytes:
         """The ping: the factory's event, or a comment (also when the factory fails: it is logged)."""
         sep = self._sep or "\r\n"
@@ -528,8 +637,32 @@ class SupervisedStream(Response):
                 log.exception("stream.ping_factory_failed", stream_id=self.stream_id, route=self.route)
         return b": ping" + sep.encode() * 2
 
+    async def _stop_generator(self) -> None:
+        """Stop the producer and close the generator so that its ``finally`` blocks run, within the
+        close grace (the farewell budget after a force close); past it, the cleanup is cut and logged.
+
+        On asyncio the producer is cancelled once, so a generator waiting inside an ``await`` can still
+        await its cleanup; one that keeps running past the grace is abandoned (it no longer holds up
+        its stream or the loop's shutdown). A failure in the cleanup is logged, never raised.
+        """
+        grace = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else (self._close_grace or 0.0)
+        deadline = self._clock() + grace
+        producer = self._producer
+        if producer is not None and not producer.done():
+            self._stopping = True
+            producer.cancel()
+            with anyio.move_on_after(grace, shield=True):
+                await asyncio.wait((producer,))
+            if not producer.done():
+                log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
+                abandon_task(producer)
+                return
+        with anyio.move_on_after(max(0.0, deadline - self._clock()), shield=True) as scope:
+            await self._close_iterator()
+        if scope.cancelled_caught:
+            log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
+
     async def _close_iterator(self) -> None:
-        """Close the generator so its ``finally`` blocks run; a failure there is logged, never raised."""
         try:
             aclose = getattr(self._iterator, "aclose", None)
             if aclose is not None:
@@ -539,3 +672,11 @@ class SupervisedStream(Response):
                 await anyio.to_thread.run_sync(close)
         except Exception:
             log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
+
+
+def _optional_seconds(name: str, value: float | None) -> float | None:
+    return None if value is None else check_seconds(name, value)
+
+
+class EventTooLarge(ValueError):
+    """An encoded event exceeds the stream's ``max_event_size``."""

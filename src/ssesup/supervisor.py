@@ -76,6 +76,11 @@ class Supervisor:
 
     ``ping``: seconds of idleness before a keep-alive comment is sent (0 disables).
     ``send_timeout``: seconds a single send may take before the stream is closed (0 disables).
+    ``dead_peer_timeout``: seconds that sent bytes may stay unacknowledged by the peer (the kernel
+    retransmitting them) before the stream is closed with ``dead_peer`` (0 disables).
+    ``close_grace``: seconds a generator's cleanup (its ``finally``) may take once its stream ended.
+    ``max_event_size``: bytes an encoded event may have (``None``: no limit); a larger one ends the
+    stream with ``error``.
     ``sep``: line separator, ``"\\r\\n"`` (default), ``"\\n"`` or ``"\\r"``.
     ``ping_factory``: makes the ping event instead of the default comment.
     ``drain_grace``: seconds a drain lets streams end in order before force-closing the rest.
@@ -93,6 +98,9 @@ class Supervisor:
         *,
         ping: float = 15.0,
         send_timeout: float = 30.0,
+        dead_peer_timeout: float = 30.0,
+        close_grace: float = 5.0,
+        max_event_size: int | None = None,
         sep: str = "\r\n",
         ping_factory: Callable[[], Event] | None = None,
         metrics: bool | CollectorRegistry = True,
@@ -105,6 +113,9 @@ class Supervisor:
     ) -> None:
         self.ping = check_seconds("ping", ping)
         self.send_timeout = check_seconds("send_timeout", send_timeout)
+        self.dead_peer_timeout = check_seconds("dead_peer_timeout", dead_peer_timeout)
+        self.close_grace = check_seconds("close_grace", close_grace)
+        self.max_event_size = check_size("max_event_size", max_event_size)
         self.sep = check_separator(sep)
         self.ping_factory = ping_factory
         self.drain_settings = DrainSettings(drain_grace, retry_after, tuple(reconnect), drain_on_signals)
@@ -339,6 +350,12 @@ def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[floa
             stream.trigger(trigger)
 
     return close
+
+
+def check_size(name: str, value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a number of bytes > 0, or None for no limit, not {value!r}")
+    return value
 
 
 def check_seconds(name: str, value: float) -> float:

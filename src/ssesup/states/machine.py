@@ -33,6 +33,8 @@ class Trigger(enum.Enum):
     """The client went away."""
     SEND_TIMEOUT = "send_timeout"
     """A send did not complete within the send deadline."""
+    DEAD_PEER = "dead_peer"
+    """What was sent stayed unacknowledged by the peer past the dead-peer timeout (it vanished)."""
     ERROR = "error"
     """The generator raised, or yielded something that cannot be sent."""
     DRAIN = "drain"
@@ -49,6 +51,7 @@ class CloseReason(enum.Enum):
     COMPLETED = "completed"
     CLIENT_DISCONNECT = "client_disconnect"
     SEND_TIMEOUT = "send_timeout"
+    DEAD_PEER = "dead_peer"
     ERROR = "error"
     DRAINED = "drained"
     SHUTDOWN = "shutdown"
@@ -63,6 +66,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (OPEN, T.FIRST_SEND): (STREAMING, None),
     (OPEN, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (OPEN, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
+    (OPEN, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (OPEN, T.ERROR): (CLOSED, R.ERROR),
     (OPEN, T.DRAIN): (DRAINING, None),
     (OPEN, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
@@ -70,6 +74,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (STREAMING, T.EXHAUSTED): (CLOSED, R.COMPLETED),
     (STREAMING, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (STREAMING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
+    (STREAMING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (STREAMING, T.ERROR): (CLOSED, R.ERROR),
     (STREAMING, T.DRAIN): (DRAINING, None),
     (STREAMING, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
@@ -82,6 +87,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (DRAINING, T.GRACE_EXPIRED): (CLOSED, R.SHUTDOWN),
     (DRAINING, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (DRAINING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
+    (DRAINING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (DRAINING, T.ERROR): (CLOSED, R.ERROR),
     (DRAINING, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
 }

@@ -1,0 +1,113 @@
+"""The network's edge: the TCP connection behind a stream's ASGI ``send``.
+
+Owns: finding the server's connection object behind an ASGI ``send`` callable, releasing it (closed at
+once with a reset, so its socket, file descriptor and kernel buffers are freed even when the peer
+reads nothing or has vanished), and reading whether the peer still acknowledges what was sent. Does
+not own: deciding when (the actor asks, after its machine closed the stream) or why.
+
+ASGI gives an application no handle on its connection, and a server that is asked to close a
+connection whose peer does not read waits for its buffers to drain, forever for a stuck or vanished
+peer. Every server keeps that handle behind the ``send`` it passes, through a short chain of closures
+and bound methods (the app's middlewares wrap ``send`` in closures of their own). The servers known
+here, and what each gives:
+
+* uvicorn (httptools and h11, asyncio and uvloop; also as gunicorn's worker): ``send`` is a method of
+  its request cycle, whose ``transport`` is the asyncio (or uvloop) transport.
+* hypercorn on asyncio: ``send`` leads to its TCP server, whose ``writer`` holds the transport.
+* hypercorn on trio: ``send`` leads to its TCP server, whose ``stream`` holds the trio socket.
+
+Releasing sets ``SO_LINGER`` to zero (a close then discards unsent bytes and resets the connection)
+and aborts the transport; on trio, where the server owns the socket's closing, the socket is shut down
+so that the server's own reader and writer end and close it. Where no connection can be found (another
+server), nothing is done and the server closes the connection as it would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+# How many objects the search behind ``send`` looks at before it gives up (uvicorn's transport is
+# three steps from a Starlette route's ``send``; each middleware adds one or two).
+_SEARCH_BUDGET = 64
+# Attributes through which the servers above lead from ``send`` to their connection.
+_LEADS = ("transport", "writer", "stream", "send", "app_send", "protocol_send", "_send")
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+# struct tcp_info: u8 state, ca_state, retransmits, ...; u32 rto, ato, snd_mss, rcv_mss, unacked.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_HEAD = struct.Struct("=BBBBBBBBIIIII")
+
+
+class Connection:
+    """The server's connection of one stream: a transport (asyncio, uvloop) or a trio socket."""
+
+    __slots__ = ("_socket", "_transport")
+
+    def __init__(self, transport: Any, sock: Any) -> None:
+        self._transport = transport
+        self._socket = sock
+
+    def release(self) -> None:
+        """Close the connection now, unsent bytes discarded (a reset), so nothing of it is left."""
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        if self._transport is not None:
+            self._transport.abort()
+        elif sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def unacknowledged(self) -> bool | None:
+        """True while sent bytes wait for the peer's acknowledgement and the kernel is retransmitting
+        them (the peer did not answer within a retransmission timeout); None where unknown."""
+        sock = self._socket
+        if sock is None or _TCP_INFO is None:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_HEAD.size)
+        except (OSError, ValueError):
+            return None
+        if len(info) < _TCP_INFO_HEAD.size:
+            return None
+        fields = _TCP_INFO_HEAD.unpack(info)
+        retransmits, unacked = fields[2], fields[12]
+        return unacked > 0 and retransmits > 0
+
+
+def find_connection(send: Callable[..., Any]) -> Connection | None:
+    """The connection behind an ASGI ``send`` of a server this module knows, or ``None``."""
+    seen: set[int] = set()
+    queue: list[Any] = [send]
+    while queue and len(seen) < _SEARCH_BUDGET:
+        node = queue.pop(0)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found = _as_connection(node)
+        if found is not None:
+            return found
+        owner = getattr(node, "__self__", None)
+        if owner is not None:
+            queue.append(owner)
+        for cell in getattr(node, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                queue.append(cell.cell_contents)
+        if owner is None and not hasattr(node, "__code__") and not isinstance(node, type):
+            for name in _LEADS:  # an object of the server's: follow its known leads
+                value = getattr(node, name, None)
+                if value is not None:
+                    queue.append(value)
+    return None
+
+
+def _as_connection(node: Any) -> Connection | None:
+    if callable(getattr(node, "abort", None)) and callable(getattr(node, "get_extra_info", None)):
+        return Connection(node, node.get_extra_info("socket"))
+    if type(node).__module__.startswith("trio") and type(node).__name__ == "SocketStream":
+        return Connection(None, node.socket)
+    return None
