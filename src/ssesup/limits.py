@@ -1,20 +1,51 @@
 """Admission of new streams: caps on concurrent streams, globally and per client.
 
 Owns: deciding whether a new stream may open (:meth:`Admission.admit`) and counting the streams it let
-in until they leave (:meth:`Admission.leave`); the :class:`Refusal` a refused stream answers with.
-Does not own: the drain's refusal (the supervisor's), sending the refusal (the actor's), metrics or
-logs of refusals (the supervisor's observers hear ``rejected``).
+in until they leave (:meth:`Admission.leave`); the :class:`Refusal` a refused stream answers with; the
+client a stream counts for (the peer address, or ``X-Forwarded-For`` from a trusted proxy); the log of
+refusals, one line per reason per interval (:class:`~ssesup.logs.SummaryLog`). Does not own: the
+drain's refusal (the supervisor's), sending the refusal (the actor's), the metric of refusals (the
+supervisor's observers hear ``rejected``).
+
+Counts are per event loop, like the rest of the live supervision: with several loops (threads) or
+worker processes, each has its own caps. With no :class:`StreamLimits` there is no :class:`Admission`
+and nothing is counted.
+
+The client. ``scope["client"][0]`` is the peer as the server reports it, and the server may already
+have replaced it from ``X-Forwarded-For``: uvicorn does so for peers it trusts (``--proxy-headers``,
+on by default, and ``--forwarded-allow-ips``, by default ``127.0.0.1``). Behind a proxy on the same
+host that is what you want; but then anything that connects from 127.0.0.1 names its own client, and
+may spread its streams over as many invented clients as it likes. Where that matters, give the server
+the proxies it may trust (``--forwarded-allow-ips``) or turn its rewriting off (``--no-proxy-headers``)
+and list the proxies in :attr:`StreamLimits.trusted_proxies` instead. ssesup reads
+``X-Forwarded-For`` only when the peer it sees is one of those, and then counts the stream for the
+rightmost address that is not a trusted proxy (the one the last trusted proxy saw); addresses left of
+it were written by the client and are ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.types import Scope
 
+from ssesup._loop import LoopPrimitives
+from ssesup.logs import SummaryLog, escape
+
 if TYPE_CHECKING:
     from ssesup.stream import SupervisedStream
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# One warning per refusal reason per this many seconds, with the count refused meanwhile.
+LOG_EVERY = 10.0
+# A client key longer than this (a forwarded value that is no address) is cut: keys are held while
+# streams are counted.
+_MAX_KEY = 64
 
 
 @dataclass(frozen=True)
@@ -30,18 +61,152 @@ class Refusal:
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """Caps on concurrent streams (``None``: no cap)."""
+    """Caps on concurrent streams (``None``: no cap), counted per event loop.
+
+    ``max_streams``: streams open at once; a stream over it is refused with ``503``
+    (reason ``max_streams``). ``max_streams_per_client``: streams open at once for one client; over it,
+    ``429`` (reason ``max_streams_per_client``). ``trusted_proxies``: addresses or networks
+    (``"10.0.0.0/8"``) whose ``X-Forwarded-For`` names the client (see the module's docstring).
+    ``retry_after``: the ``Retry-After`` seconds of both refusals.
+    """
+
+    max_streams: int | None = None
+    max_streams_per_client: int | None = None
+    trusted_proxies: Iterable[str | Network | ipaddress.IPv4Address | ipaddress.IPv6Address] = ()
+    retry_after: int = 5
+    networks: tuple[Network, ...] = field(init=False, repr=False, compare=False)
+    """``trusted_proxies`` parsed."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_streams", "max_streams_per_client"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None (no cap), not {value!r}")
+        if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
+            raise ValueError(f"retry_after must be an int of seconds >= 0, not {self.retry_after!r}")
+        if isinstance(self.trusted_proxies, (str, bytes)):
+            raise TypeError(
+                f"trusted_proxies is a list of addresses or networks, not one string: [{self.trusted_proxies!r}]"
+            )
+        networks = []
+        for proxy in self.trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(proxy, strict=False))
+            except (TypeError, ValueError):
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an IP address or network") from None
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        object.__setattr__(self, "networks", tuple(networks))
 
 
 class Admission:
-    """One event loop's count of admitted streams, under one :class:`StreamLimits`."""
+    """One event loop's count of admitted streams, under one :class:`StreamLimits`.
 
-    def __init__(self, limits: StreamLimits) -> None:
+    Made by the loop's supervision, on its loop (``clock``: that loop's clock unless given).
+    """
+
+    def __init__(self, limits: StreamLimits, clock: Callable[[], float] | None = None) -> None:
         self.limits = limits
+        self.total = 0
+        """Streams admitted and not yet left."""
+        self.per_client: dict[str, int] = {}
+        """Streams admitted and not yet left, by client key (clients with none are absent)."""
+        # The client key each admitted stream counts for (None: per-client caps are off).
+        self._counted: dict[SupervisedStream, str | None] = {}
+        self._max_total = limits.max_streams
+        self._max_per_client = limits.max_streams_per_client
+        self._networks = limits.networks
+        self._trusts: dict[str, bool] = {}
+        self.busy = Refusal(503, limits.retry_after, "max_streams", b"server busy: reconnect later\n")
+        self.too_many = Refusal(
+            429, limits.retry_after, "max_streams_per_client", b"too many streams from this client: reconnect later\n"
+        )
+        self._log = SummaryLog(
+            "stream.refused", clock=clock or LoopPrimitives().clock, interval=LOG_EVERY, level=logging.WARNING
+        )
 
     def admit(self, stream: SupervisedStream, scope: Scope) -> Refusal | None:
         """``None`` when ``stream`` may open (it is counted until :meth:`leave`), else the refusal."""
+        if self._max_total is not None and self.total >= self._max_total:
+            self._log.note(self.busy.reason, reason=self.busy.reason, limit=self._max_total, status=503)
+            return self.busy
+        key = None
+        if self._max_per_client is not None:
+            key = self.client_key(scope)
+            count = self.per_client.get(key, 0)
+            if count >= self._max_per_client:
+                self._log.note(
+                    self.too_many.reason,
+                    reason=self.too_many.reason,
+                    limit=self._max_per_client,
+                    status=429,
+                    client=escape(key),
+                )
+                return self.too_many
+            self.per_client[key] = count + 1
+        self.total += 1
+        self._counted[stream] = key
         return None
 
     def leave(self, stream: SupervisedStream) -> None:
         """``stream`` has ended: it no longer counts."""
+        try:
+            key = self._counted.pop(stream)
+        except KeyError:
+            return
+        self.total -= 1
+        if key is not None:
+            left = self.per_client[key] - 1
+            if left:
+                self.per_client[key] = left
+            else:
+                del self.per_client[key]
+        self._log.flush()
+
+    def client_key(self, scope: Scope) -> str:
+        """The client a stream of ``scope`` counts for: the peer address, or, when the peer is a trusted
+        proxy, the rightmost ``X-Forwarded-For`` address that is not one ("" when the server gave none)."""
+        client = scope.get("client")
+        peer: str = client[0] if client else ""
+        if not self._networks or not self._trusted(peer):
+            return _normal(peer)
+        forwarded = [value for name, value in scope.get("headers", ()) if name == b"x-forwarded-for"]
+        if not forwarded:
+            return _normal(peer)
+        hops = [hop.strip() for hop in b",".join(forwarded).decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            host = _host(hop)
+            if host and not self._trusted(host):
+                return _normal(host)
+        return _normal(peer)  # every hop is a trusted proxy: the request began at one of them
+
+    def _trusted(self, host: str) -> bool:
+        trusted = self._trusts.get(host)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(address in network for network in self._networks)
+            if len(self._trusts) >= 4096:
+                self._trusts.clear()
+            self._trusts[host] = trusted
+        return trusted
+
+
+def _host(hop: str) -> str:
+    """The address of one ``X-Forwarded-For`` entry, without a port (``1.2.3.4:80``, ``[::1]:80``)."""
+    if hop.startswith("["):
+        return hop[1:].partition("]")[0]
+    if hop.count(":") == 1:
+        return hop.partition(":")[0]
+    return hop
+
+
+def _normal(host: str) -> str:
+    """One key per address however it is written (``::FFFF:0a00:1`` and ``::ffff:10.0.0.1``), bounded
+    in length when it is not an address."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host[:_MAX_KEY]

@@ -16,12 +16,23 @@ through the standard library (levels, handlers and filters of ``logging`` apply,
 ``ssesup``) and renders every record as console text, or with ``json=True`` as one JSON object a line.
 An app with its own ``logging.config.dictConfig`` calls :func:`configure_structlog` and uses
 :func:`log_formatter` as its handler's formatter.
+
+Values from the network (the client address, which a proxy header may have set, header values, paths)
+are escaped with :func:`escape` before they reach structlog: a control character (C0, DEL, C1), a lone
+surrogate, a line or paragraph separator or a bidirectional override is written as ``\\xNN`` or
+``\\uNNNN``, so no value can move a terminal's cursor, colour it or forge a line. :func:`log_formatter`
+escapes the top-level text values of every record it renders as well (a plain record's message among
+them, such as a server's), so nothing reaches the output raw. Events that can be repeated by anyone
+who can connect (refused streams, failed authentications) are logged through :class:`SummaryLog`: one
+line per kind per interval with the count, never one per occurrence.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,6 +46,31 @@ log = structlog.get_logger("ssesup")
 
 _WARN_ON = frozenset({CloseReason.SEND_TIMEOUT, CloseReason.ERROR})
 
+# What escape() rewrites: C0 controls, DEL, C1 controls, lone surrogates, the line and paragraph
+# separators, and the bidirectional embeddings, overrides and isolates (text that reads reversed).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(value: str) -> str:
+    """``value`` safe to log: each unsafe character (see the module's docstring) as ``\\xNN`` or
+    ``\\uNNNN``; other text, and a value that is already escaped, unchanged.
+
+    Cheap when there is nothing to do (one ``str.isprintable()``): it runs on every transition logged.
+    """
+    if value.isprintable():
+        return value
+    return _UNSAFE.sub(_escaped, value)
+
+
+def escape_bytes(value: bytes) -> str:
+    """A header value (bytes, as ASGI gives it) as escaped text: bytes that are not UTF-8 as ``\\xNN``."""
+    return escape(value.decode("utf-8", "backslashreplace"))
+
 
 def log_transition(stream: SupervisedStream, transition: Transition) -> None:
     to_state = transition.to_state
@@ -47,8 +83,8 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         return
     fields: dict[str, Any] = {
         "stream_id": stream.stream_id,
-        "route": stream.route,
-        "client": stream.client,
+        "route": escape(stream.route),
+        "client": escape(stream.client),  # the server may have taken it from X-Forwarded-For
         "from_state": transition.from_state.value,
         "to_state": transition.to_state.value,
         "trigger": transition.trigger.value,
@@ -67,6 +103,76 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         log.debug("stream.transition", **fields)
     else:
         log.info("stream.transition", **fields)
+
+
+_NEVER = float("inf")
+
+
+class SummaryLog:
+    """One log line per key per interval for something anyone who can connect may repeat at will.
+
+    The first occurrence of a key is logged at once (``count=1``); later ones within ``interval``
+    seconds are counted, and the line that closes the interval says how many (``count``) over how long
+    (``interval_s``), with the fields of the last occurrence. A key quiet for a whole interval starts
+    over. Nothing runs on its own: an interval is closed by the next :meth:`note` or :meth:`flush`,
+    so the line for the tail of a burst comes with the next occurrence or flush after the interval,
+    never more often. Keys are a small fixed set (reasons), so memory stays bounded.
+
+    Callers escape what came from the network (:func:`escape`). Not thread-safe: one per event loop,
+    or the caller locks.
+    """
+
+    __slots__ = ("_clock", "_due", "_event", "_interval", "_level", "_windows")
+
+    def __init__(
+        self, event: str, *, clock: Callable[[], float], interval: float = 10.0, level: int = logging.WARNING
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be a number of seconds > 0, not {interval!r}")
+        self._event = event
+        self._clock = clock
+        self._interval = float(interval)
+        self._level = level
+        # key -> [interval start, occurrences since the last line, fields of the last occurrence]
+        self._windows: dict[str, list[Any]] = {}
+        self._due = _NEVER  # when the earliest open interval ends
+
+    def note(self, key: str, **fields: Any) -> None:
+        """One occurrence of ``key``; ``fields`` describe it (escaped by the caller, and naming the key:
+        the key itself is not logged)."""
+        now = self._clock()
+        if now >= self._due:
+            self.flush(now)
+        window = self._windows.get(key)
+        if window is None:
+            self._windows[key] = [now, 0, fields]
+            self._due = min(self._due, now + self._interval)
+            log.log(self._level, self._event, count=1, interval_s=0.0, **fields)
+        else:
+            window[1] += 1
+            window[2] = fields
+
+    def flush(self, now: float | None = None) -> None:
+        """Close the intervals that have ended: a line for each with occurrences, and a new interval.
+        Costs one comparison while no interval is open."""
+        if self._due == _NEVER:
+            return
+        if now is None:
+            now = self._clock()
+        if now < self._due:
+            return
+        due = _NEVER
+        for key, window in list(self._windows.items()):
+            started, count, fields = window
+            if now < started + self._interval:
+                due = min(due, started + self._interval)
+            elif count:
+                log.log(self._level, self._event, count=count, interval_s=round(now - started, 3), **fields)
+                window[0], window[1] = now, 0
+                due = min(due, now + self._interval)
+            else:
+                del self._windows[key]
+        self._due = due
 
 
 # -- optional set-up ---------------------------------------------------------------------------------
@@ -115,8 +221,17 @@ def log_formatter(json: bool = False) -> logging.Formatter:
         renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _escape_values, *renderer],
     )
+
+
+def _escape_values(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The last guard before rendering: every top-level text value escaped (a server's own record,
+    whose message may hold a forwarded address, included). Escaped text passes unchanged."""
+    for key, value in event_dict.items():
+        if type(value) is str and not value.isprintable():
+            event_dict[key] = escape(value)
+    return event_dict
 
 
 class _Handler(logging.StreamHandler):

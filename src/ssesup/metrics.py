@@ -46,6 +46,11 @@ STREAM_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0,
 DRAIN_DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, float("inf"))
 
 _ACTIVE_STATES = (State.OPEN, State.STREAMING, State.DRAINING)
+# Why new streams are refused: a drain (503), the cap on streams (503), the cap per client (429).
+REJECT_REASONS = ("draining", "max_streams", "max_streams_per_client")
+# Why the drain endpoint refused a request: no bearer token (401), a wrong one (403), or it came during
+# the back-off after wrong ones and its token was not looked at (429).
+AUTH_FAILURE_REASONS = ("missing_token", "wrong_token", "backoff")
 
 
 class _RouteSeries:
@@ -102,6 +107,11 @@ class StreamMetrics(StreamObserver):
             "ssesup_state_transitions", "Stream state transitions.", ("from_state", "to_state")
         )
         self.streams_rejected = counter("ssesup_streams_rejected", "New streams refused, by reason.", ("reason",))
+        self.drain_auth_failures = counter(
+            "ssesup_drain_auth_failures",
+            "Requests to the drain endpoint refused: no bearer token, a wrong one, or during a back-off.",
+            ("reason",),
+        )
         self.draining = gauge("ssesup_draining", "1 while this process drains its streams, else 0.", mode="livemax")
         self.drain_grace = gauge(
             "ssesup_drain_grace_seconds", "The grace of the current or last drain.", mode="livemax"
@@ -120,7 +130,8 @@ class StreamMetrics(StreamObserver):
             (state, to_state): self.state_transitions.labels(state.value, to_state.value)
             for (state, _), (to_state, _) in TRANSITIONS.items()
         }
-        self._rejected = {"draining": self.streams_rejected.labels("draining")}
+        self._rejected = {reason: self.streams_rejected.labels(reason) for reason in REJECT_REASONS}
+        self._auth_failures = {reason: self.drain_auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
         self._drains = 0
         self._drain_lock = threading.Lock()
         self.draining.set(0)
@@ -170,6 +181,13 @@ class StreamMetrics(StreamObserver):
         child = self._rejected.get(reason)
         if child is None:
             child = self._rejected.setdefault(reason, self.streams_rejected.labels(reason))
+        child.inc()
+
+    def drain_auth_failed(self, reason: str) -> None:
+        """The drain endpoint refused a request (``reason``: one of :data:`AUTH_FAILURE_REASONS`)."""
+        child = self._auth_failures.get(reason)
+        if child is None:
+            child = self._auth_failures.setdefault(reason, self.drain_auth_failures.labels(reason))
         child.inc()
 
     def drain_started(self, grace: float) -> None:
