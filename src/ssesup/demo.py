@@ -1,53 +1,180 @@
-"""The embedded demo app: ``ssesup demo`` serves it, ``curl -N`` shows its events.
+"""The embedded demo app: ``ssesup demo`` serves it; a browser shows its events at ``/``, ``curl -N`` too.
 
-Owns: a small Starlette app with ticking streams, ``/metrics``, ``/ready`` and ``/live``.
-Does not own: anything the library does.
+Owns: a small Starlette app with its own supervisor (a short drain and short reconnect hints, so a
+restart of the demo is over in seconds), streams that exercise every kind of event, the browser page
+(``demo.html``, plain ``EventSource``), ``/metrics``, ``/ready``, ``/live`` and, when it is given a
+token, the drain endpoint; and :data:`ENDPOINTS`, the one list of them that ``ssesup demo`` prints.
+Does not own: anything the library does, or the command line (``ssesup.cli``).
+
+Every stream numbers its events (``id: 0``, ``1``, ...) and resumes after the ``Last-Event-ID`` a
+reconnecting client sends, so a browser that reconnects to a restarted demo goes on where it was.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import AsyncIterator
+from importlib.resources import files
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.routing import Mount, Route
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
-from ssesup import Event, SupervisedStream, default_supervisor, metrics_app
+from ssesup import Event, SupervisedStream, Supervisor, metrics_app
+
+DRAIN_TOKEN_ENV = "SSESUP_DRAIN_TOKEN"
+"""Where ``ssesup demo`` (and ``ssesup drain``) take the drain token from."""
+
+supervisor = Supervisor(drain_grace=5, reconnect=(0.5, 2.0))
+"""The demo's supervisor: a drain lasts at most 5 s, and farewells ask clients back within 0.5-2 s."""
+
+LARGE_EVENT_LINES = 4096
+"""The large event: this many data lines of 64 characters, 256 KiB."""
 
 
-async def ticks(request: Request) -> SupervisedStream:
-    """``/ticks?every=1&count=10``: one event a tick; count 0 streams until the client leaves."""
-    every = float(request.query_params.get("every", "1"))
-    count = int(request.query_params.get("count", "0"))
+def _large_data() -> str:
+    filler = "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq"
+    return "\n".join(f"line {i:04d} {filler}" for i in range(LARGE_EVENT_LINES))
 
-    async def gen():
-        numbers = itertools.count() if count <= 0 else range(count)
-        for i in numbers:
-            yield Event.json({"tick": i}, id=str(i), event="tick")
+
+KINDS: tuple[Event, ...] = (
+    Event("plain data: no event name, so the browser's onmessage gets it", id="0"),
+    Event("héllo wörld · 你好世界 · Привет · مرحبا · emoji 🎉🚀 · maths ∑ ≠ ∞", event="unicode", id="1"),
+    Event("line one\nline two after LF\r\nline three after CRLF\rline four after CR", event="multiline", id="2"),
+    Event(" a leading space, a: colon\nevent: not-a-field\nid: 999\n\ndata: not an event", event="tricky", id="3"),
+    Event.json({"kind": "json", "nested": {"ok": True, "n": [1, 2, 3]}, "text": "ünïcödé"}, event="json", id="4"),
+    Event(_large_data(), event="large", id="5"),
+    Event("this event carries retry: 1000, the reconnect delay from now on", event="retry", id="6", retry=1000),
+)
+"""What ``/kinds`` sends first, in order, with ids ``0`` to ``len(KINDS) - 1``; ticks follow."""
+
+EVENT_NAMES: tuple[str, ...] = ("tick", *sorted({kind.event for kind in KINDS if kind.event is not None}))
+"""Every event name the demo sends: the page listens for each (``EventSource`` dispatches named events
+only to listeners of that name)."""
+
+ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("/", "the browser page: events as they arrive, connection state, reconnects, last id (?src=PATH)"),
+    ("/kinds?every=1", "every kind of event once (unicode, multi-line, 256 KiB, named, JSON, retry:), then ticks"),
+    ("/ticks?every=1&count=0&retry=MS", "a tick every `every` s; `count` per connection (0: no end); `retry:` hint"),
+    ("/users/{user_id}/ticks", "a tick a second for one user (metrics label it by the route template)"),
+    ("/metrics", "Prometheus metrics"),
+    ("/ready", "readiness: 200, or 503 from the first moment of a drain"),
+    ("/live", "liveness: 200 while the process runs"),
+    ("/drain", "POST with Authorization: Bearer TOKEN drains the demo (ssesup drain URL --token TOKEN)"),
+)
+"""Each endpoint of the demo, with one line on what it does (``ssesup demo`` lists them)."""
+
+
+class BadQuery(ValueError):
+    """A query parameter the demo cannot use."""
+
+
+def _number(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be a number") from None
+    if not 0 <= value <= 86400:
+        raise BadQuery(f"{name} must be between 0 and 86400")
+    return value
+
+
+def _resume_from(request: Request) -> int:
+    """The number of the first event to send: one after the client's ``Last-Event-ID``, else 0."""
+    last = request.headers.get("last-event-id", "")
+    return int(last) + 1 if last.isdecimal() and len(last) < 19 else 0
+
+
+def _bad_query(error: BadQuery) -> Response:
+    return PlainTextResponse(f"{error}\n", status_code=400)
+
+
+async def page(request: Request) -> Response:
+    """``/``: the page that shows a stream (``?src=/ticks``; ``/kinds`` by default)."""
+    return HTMLResponse(PAGE, headers={"cache-control": "no-store"})
+
+
+async def kinds(request: Request) -> Response:
+    """``/kinds?every=1``: each of :data:`KINDS`, then a tick every ``every`` seconds."""
+    try:
+        every = _number(request, "every", 1.0)
+    except BadQuery as error:
+        return _bad_query(error)
+
+    async def gen() -> AsyncIterator[Event]:
+        for i in itertools.count(_resume_from(request)):
+            if i < len(KINDS):
+                yield KINDS[i]
+            else:
+                await anyio.sleep(every)
+                yield Event.json({"tick": i - len(KINDS)}, id=str(i), event="tick")
+
+    return SupervisedStream(gen())
+
+
+async def ticks(request: Request) -> Response:
+    """``/ticks?every=1&count=10&retry=MS``: one event a tick; count 0 streams until the client leaves."""
+    try:
+        every = _number(request, "every", 1.0)
+        count = int(_number(request, "count", 0))
+        retry = request.query_params.get("retry")
+        retry_ms = None if retry is None else int(_number(request, "retry", 0))
+    except BadQuery as error:
+        return _bad_query(error)
+    start = _resume_from(request)
+
+    async def gen() -> AsyncIterator[Event]:
+        numbers = itertools.count(start) if count <= 0 else range(start, start + count)
+        for n, i in enumerate(numbers):
+            yield Event.json({"tick": i}, id=str(i), event="tick", retry=retry_ms if n == 0 else None)
             await anyio.sleep(every)
 
     return SupervisedStream(gen())
 
 
-async def user_ticks(request: Request) -> SupervisedStream:
+async def user_ticks(request: Request) -> Response:
     """``/users/{user_id}/ticks``: ticks for one user (the metrics label it by the route template)."""
     user_id = request.path_params["user_id"]
+    start = _resume_from(request)
 
-    async def gen():
-        for i in itertools.count():
+    async def gen() -> AsyncIterator[Event]:
+        for i in itertools.count(start):
             yield Event.json({"user": user_id, "tick": i}, id=str(i), event="tick")
             await anyio.sleep(1)
 
     return SupervisedStream(gen())
 
 
-app = Starlette(
-    routes=[
+def _page() -> str:
+    template = files("ssesup").joinpath("demo.html").read_text(encoding="utf-8")
+    return template.replace("/*EVENT_NAMES*/[]", json.dumps(list(EVENT_NAMES)))
+
+
+PAGE = _page()
+
+
+def build_app(drain_token: str | None = None) -> Starlette:
+    """The demo app; with ``drain_token`` (16 characters or more) it serves ``POST /drain`` too."""
+    routes = [
+        Route("/", page),
+        Route("/kinds", kinds),
         Route("/ticks", ticks),
         Route("/users/{user_id}/ticks", user_ticks),
         Route("/metrics", metrics_app()),
-        Mount("/ready", default_supervisor.readiness()),
-        Mount("/live", default_supervisor.liveness()),
+        Route("/ready", supervisor.readiness()),
+        Route("/live", supervisor.liveness()),
     ]
-)
+    if drain_token is not None:
+        routes.append(Route("/drain", supervisor.drain_endpoint(drain_token)))
+    return supervisor.install(Starlette(routes=routes))
+
+
+app = build_app()
+"""The demo for ``uvicorn ssesup.demo:app``, without the drain endpoint: ``ssesup demo`` serves that,
+with the token it prints."""

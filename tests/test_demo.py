@@ -1,0 +1,143 @@
+"""``ssesup`` on the command line and the demo it serves, as a subprocess on 127.0.0.1, read with real
+sockets (the browser's view is tests/test_browser.py): ``--version``, the endpoints listed in ``--help``
+and at start, the drain token, ``ssesup drain`` against the demo, resuming after ``Last-Event-ID``,
+and what the page may load."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+import ssesup
+from procs import free_port, serve
+from servers import raw_request, read_response, recv_until
+from ssesup.demo import ENDPOINTS, EVENT_NAMES, KINDS, PAGE
+
+CLI = [sys.executable, "-m", "ssesup.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_version_prints_the_installed_version():
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ssesup {ssesup.__version__}"
+    assert ssesup.__version__ == importlib.metadata.version("ssesup")
+
+
+def test_demo_help_lists_every_endpoint():
+    result = run_cli("demo", "--help")
+    assert result.returncode == 0, result.stderr
+    for path, what in ENDPOINTS:
+        assert re.search(rf"^  {re.escape(path)} +{re.escape(what)}$", result.stdout, re.MULTILINE), path
+
+
+def test_the_demo_lists_its_endpoints_and_drain_token_at_start_and_ssesup_drain_drains_it(tmp_path):
+    port = free_port()
+    with serve([*CLI, "demo", "--port", str(port)], port, tmp_path) as server:
+        started = server.log()
+        for path, _ in ENDPOINTS:
+            assert f"{server.url}{path}" in started
+        token = re.search(r"^drain token: (\S+)$", started, re.MULTILINE).group(1)
+        assert len(token) >= 16
+        assert f"ssesup drain {server.url}/drain --token {token}" in started
+
+        with raw_request(port, "/ticks?every=0.1") as sock:
+            recv_until(sock, b'data: {"tick":1}', timeout=10)
+            assert run_cli("drain", f"{server.url}/drain", "--token", "not-the-token-0123456789").returncode == 1
+            drained = run_cli("drain", f"{server.url}/drain", "--token", token)
+            assert drained.returncode == 0, drained.stderr
+            assert drained.stdout.startswith("drained in")
+            ended = recv_until(sock, b"\r\n0\r\n\r\n", timeout=10)  # the farewell, then a clean end of body
+        hint = int(re.search(rb"\r\nretry: (\d+)\r\n\r\n\r\n0\r\n\r\n$", ended).group(1))
+        assert 500 <= hint <= 2000  # the demo's supervisor asks clients back within 0.5-2 s
+        assert get(f"{server.url}/ready")[0] == 503
+        assert get(f"{server.url}/ticks")[0] == 503
+        assert get(f"{server.url}/live")[0] == 200
+
+
+def test_the_demo_takes_its_drain_token_from_the_environment_and_refuses_a_short_one(tmp_path):
+    port = free_port()
+    env = {"SSESUP_DRAIN_TOKEN": "token-from-the-environment-0123"}
+    with serve([*CLI, "demo", "--port", str(port)], port, tmp_path, env=env) as server:
+        assert "drain token: token-from-the-environment-0123\n" in server.log()
+        assert get(f"{server.url}/drain")[0] == 405
+    short = run_cli("demo", "--port", str(free_port()), env={"SSESUP_DRAIN_TOKEN": "short", "PATH": ""})
+    assert short.returncode == 2
+    assert "SSESUP_DRAIN_TOKEN must be at least 16 characters" in short.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    port = free_port()
+    with serve([*CLI, "demo", "--port", str(port)], port, tmp_path_factory.mktemp("demo")) as server:
+        yield server
+
+
+def read_stream(url: str, until: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """The body of an event stream (de-chunked) up to the end of ``until``."""
+    import httpx
+
+    body = b""
+    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            body += chunk
+            if until in body:
+                return body[: body.index(until) + len(until)]
+    raise AssertionError(f"the stream ended before {until!r}")
+
+
+def test_kinds_sends_every_kind_then_ticks_and_resumes_after_the_last_event_id(demo_server):
+    first_tick = f"event: tick\r\nid: {len(KINDS)}\r\n".encode() + b'data: {"tick":0}\r\n\r\n'
+    received = read_stream(f"{demo_server.url}/kinds?every=0.05", first_tick)
+    assert received == b"".join(kind.encode() for kind in KINDS) + first_tick
+    resumed = read_stream(f"{demo_server.url}/kinds?every=0.05", first_tick, {"Last-Event-ID": "5"})
+    assert resumed == KINDS[6].encode() + first_tick
+
+
+def test_ticks_count_per_connection_retry_hint_and_resume(demo_server):
+    with raw_request(demo_server.port, "/ticks?every=0&count=2&retry=250", extra="Last-Event-ID: 41\r\n") as sock:
+        head, body = read_response(sock, timeout=10)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == (
+        b'event: tick\r\nid: 42\r\nretry: 250\r\ndata: {"tick":42}\r\n\r\n'
+        b'event: tick\r\nid: 43\r\ndata: {"tick":43}\r\n\r\n'
+    )
+    with raw_request(demo_server.port, "/users/ada/ticks", extra="Last-Event-ID: not-a-number\r\n") as sock:
+        assert b'id: 0\r\ndata: {"user":"ada","tick":0}' in recv_until(sock, b'"tick":0}', timeout=10)
+
+
+@pytest.mark.parametrize("query", ["/ticks?every=soon", "/ticks?count=-1", "/kinds?every=1e9", "/ticks?retry=x"])
+def test_a_bad_query_is_refused_with_400(demo_server, query):
+    status, _, body = get(f"{demo_server.url}{query}")
+    assert status == 400
+    assert body.endswith(b"\n") and b"Traceback" not in body
+
+
+def test_the_page_is_plain_html_that_loads_nothing_from_elsewhere(demo_server):
+    status, headers, body = get(f"{demo_server.url}/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert body.decode() == PAGE
+    assert "new EventSource(" in PAGE
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", PAGE)  # no CDN, no other host
+    assert "@import" not in PAGE and "url(" not in PAGE
+    assert f"const EVENT_NAMES = {list(EVENT_NAMES)!r};".replace("'", '"') in PAGE
+    assert {kind.event for kind in KINDS if kind.event} <= set(EVENT_NAMES)
