@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# One warning per refusal reason per this many seconds, with the count refused meanwhile.
+# By default, one warning per refusal reason per this many seconds, with the count refused meanwhile.
 LOG_EVERY = 10.0
 # A client key longer than this (a forwarded value that is no address) is cut: keys are held while
 # streams are counted.
@@ -67,13 +67,15 @@ class StreamLimits:
     (reason ``max_streams``). ``max_streams_per_client``: streams open at once for one client; over it,
     ``429`` (reason ``max_streams_per_client``). ``trusted_proxies``: addresses or networks
     (``"10.0.0.0/8"``) whose ``X-Forwarded-For`` names the client (see the module's docstring).
-    ``retry_after``: the ``Retry-After`` seconds of both refusals.
+    ``retry_after``: the ``Retry-After`` seconds of both refusals. ``log_every``: seconds between two
+    ``stream.refused`` warnings of one reason (each says how many were refused since the last).
     """
 
     max_streams: int | None = None
     max_streams_per_client: int | None = None
     trusted_proxies: Iterable[str | Network | ipaddress.IPv4Address | ipaddress.IPv6Address] = ()
     retry_after: int = 5
+    log_every: float = LOG_EVERY
     networks: tuple[Network, ...] = field(init=False, repr=False, compare=False)
     """``trusted_proxies`` parsed."""
 
@@ -84,6 +86,8 @@ class StreamLimits:
                 raise ValueError(f"{name} must be an int >= 1 or None (no cap), not {value!r}")
         if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
             raise ValueError(f"retry_after must be an int of seconds >= 0, not {self.retry_after!r}")
+        if isinstance(self.log_every, bool) or not isinstance(self.log_every, (int, float)) or not self.log_every > 0:
+            raise ValueError(f"log_every must be a number of seconds > 0, not {self.log_every!r}")
         if isinstance(self.trusted_proxies, (str, bytes)):
             raise TypeError(
                 f"trusted_proxies is a list of addresses or networks, not one string: [{self.trusted_proxies!r}]"
@@ -121,7 +125,7 @@ class Admission:
             429, limits.retry_after, "max_streams_per_client", b"too many streams from this client: reconnect later\n"
         )
         self._log = SummaryLog(
-            "stream.refused", clock=clock or LoopPrimitives().clock, interval=LOG_EVERY, level=logging.WARNING
+            "stream.refused", clock=clock or LoopPrimitives().clock, interval=limits.log_every, level=logging.WARNING
         )
 
     def admit(self, stream: SupervisedStream, scope: Scope) -> Refusal | None:
