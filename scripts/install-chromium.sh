@@ -1,22 +1,33 @@
 #!/bin/sh
 # Install Debian's Chromium for the browser tests (tests/test_browser.py drives it with Playwright's
-# `executable_path`; no browser is ever downloaded). Idempotent: does nothing when /usr/bin/chromium
-# exists. Run as root on Debian.
+# `executable_path`; no browser is ever downloaded), and fonts for the CJK and emoji the demo page shows
+# (without them its screenshot shows empty boxes). Idempotent: does nothing when all are installed.
+# Run as root on Debian.
 set -eu
 
-if [ -x /usr/bin/chromium ]; then
+PACKAGES="chromium fonts-wqy-microhei fonts-noto-color-emoji"
+
+installed() {
+    [ -x /usr/bin/chromium ] || return 1
+    for package in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || return 1
+    done
+}
+
+if installed; then
     echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install-chromium.sh: run as root (apt-get install chromium)" >&2
+    echo "install-chromium.sh: run as root (apt-get install $PACKAGES)" >&2
     exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-# The package lists may be missing on a fresh image (or too old to name the current package).
-apt-get install -y --no-install-recommends chromium || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+# The package lists may be missing on a fresh image (or too old to name the current packages).
+# shellcheck disable=SC2086
+apt-get install -y --no-install-recommends $PACKAGES || { apt-get update && apt-get install -y --no-install-recommends $PACKAGES; }
 
-test -x /usr/bin/chromium
+installed
 echo "installed: $(/usr/bin/chromium --version 2>/dev/null)"

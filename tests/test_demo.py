@@ -141,3 +141,21 @@ def test_the_page_is_plain_html_that_loads_nothing_from_elsewhere(demo_server):
     assert "@import" not in PAGE and "url(" not in PAGE
     assert f"const EVENT_NAMES = {list(EVENT_NAMES)!r};".replace("'", '"') in PAGE
     assert {kind.event for kind in KINDS if kind.event} <= set(EVENT_NAMES)
+
+
+def test_the_built_wheel_ships_the_page(tmp_path):
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", str(root)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("ssesup-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("ssesup/demo.html") == (root / "src" / "ssesup" / "demo.html").read_bytes()
