@@ -1,7 +1,9 @@
 """The event model and the spec-exact wire encoder. Pure: no I/O, no state.
 
-Owns: :class:`Event`, the JSON form, turning what a generator yields into bytes, and the rule that
-user data can never inject a field or a second event. Does not own: sending, pings, timing.
+Owns: :class:`Event`, the JSON form, turning what a generator yields into bytes (objects into JSON data
+with the values FastAPI's ``fastapi.sse`` sends), and the rule that user data can never inject a field or
+a second event. Does not own: sending, pings, timing. Imports neither pydantic nor FastAPI: their objects
+are recognised by what they offer (``model_dump_json``) or through modules already imported.
 
 Encoding follows the WHATWG HTML standard, "Server-sent events", section "Parsing an event stream":
 lines end with CRLF, LF or CR; a field is ``name: value``; a blank line dispatches the event.
@@ -9,9 +11,19 @@ lines end with CRLF, LF or CR; a field is ``name: value``; a blank line dispatch
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
+import ipaddress
 import json
+import math
 import re
+import sys
+import uuid
+from collections import deque
 from collections.abc import Mapping
+from pathlib import PurePath
+from types import GeneratorType
 from typing import Any, Final
 
 LINE_SEPARATORS: Final = ("\r\n", "\n", "\r")
@@ -152,7 +164,10 @@ class Event:
         """An event from a dict of its fields (``data``, ``event``, ``id``, ``retry``, ``comment``)."""
         unknown = set(fields) - _FIELDS
         if unknown:
-            raise ValueError(f"unknown event fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
+            raise ValueError(
+                f"unknown event fields {sorted(unknown)}; known: {sorted(_FIELDS)} "
+                "(to send a dict as JSON data: {'data': obj} or Event.json(obj))"
+            )
         return cls(**fields)
 
     def encode(self, sep: str = "\r\n") -> bytes:
@@ -238,11 +253,114 @@ def encode_item(item: object, sep: str) -> bytes:
     if isinstance(item, (bytearray, memoryview)):
         return bytes(item)
     if isinstance(item, Mapping):
+        data = item.get("data")
+        if data is not None and not isinstance(data, str):
+            item = {**item, "data": json_data(data)}
         return Event.from_mapping(item).encode(sep)
-    raise TypeError(
-        f"a SupervisedStream generator yielded {type(item).__name__}; "
-        "it may yield Event, str (sent as data), bytes or memoryview (sent as is), or a dict of event fields"
+    fastapi_sse = sys.modules.get("fastapi.sse")
+    if fastapi_sse is not None and isinstance(item, fastapi_sse.ServerSentEvent):
+        return _from_fastapi_event(item).encode(sep)
+    try:
+        text = json_data(item)
+    except TypeError as exc:
+        raise TypeError(
+            f"a SupervisedStream generator yielded {type(item).__name__}; it may yield Event, str (sent as data), "
+            "bytes or memoryview (sent as is), a dict of event fields, or a pydantic model, a dataclass or "
+            f"JSON-able data (sent as JSON data); {exc}"
+        ) from None
+    return encode_data_line(text, sep)
+
+
+# --------------------------------------------------------------------------------------------------
+# Objects as JSON data, with the values fastapi.sse sends (its jsonable_encoder, non-finite floats null)
+# --------------------------------------------------------------------------------------------------
+
+_IP_TYPES: Final = (
+    ipaddress.IPv4Address,
+    ipaddress.IPv4Interface,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Address,
+    ipaddress.IPv6Interface,
+    ipaddress.IPv6Network,
+)
+
+
+def json_data(obj: object) -> str:
+    """``obj`` as compact JSON text: the data of the event sent for an object a generator yields.
+
+    A pydantic model is written by its own ``model_dump_json(by_alias=True)``; anything else by ``json``,
+    which takes what it cannot write itself to :func:`_jsonable`. The values are those FastAPI's
+    ``fastapi.sse`` sends; NaN and infinities become ``null``, as there and in JavaScript's
+    ``JSON.stringify``. ``TypeError`` names what is not JSON-able.
+    """
+    dump = getattr(obj, "model_dump_json", None)
+    if dump is not None and not isinstance(obj, type):
+        return dump(by_alias=True)
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable)
+    except ValueError as exc:
+        if not str(exc).startswith("Out of range float"):
+            raise
+    # Rare: a NaN or an infinity. Written again with every float that json or _jsonable meets made finite.
+    return json.dumps(
+        _finite(obj),
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=lambda value: _finite(_jsonable(value)),
     )
+
+
+def _jsonable(obj: Any) -> Any:
+    """One step towards JSON for what ``json`` cannot write, as FastAPI's ``jsonable_encoder`` takes it."""
+    if hasattr(obj, "model_dump") and not isinstance(obj, type):  # a pydantic model inside other data
+        return obj.model_dump(mode="json", by_alias=True)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    if isinstance(obj, (datetime.date, datetime.time)):  # datetime is a date
+        return obj.isoformat()
+    if isinstance(obj, datetime.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (set, frozenset, deque, GeneratorType)):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode()
+    if isinstance(obj, re.Pattern):
+        return obj.pattern
+    if isinstance(obj, (uuid.UUID, PurePath, *_IP_TYPES)):
+        return str(obj)
+    decimal = sys.modules.get("decimal")  # a Decimal exists only once its module is imported
+    if decimal is not None and isinstance(obj, decimal.Decimal):
+        exponent = obj.as_tuple().exponent
+        return int(obj) if isinstance(exponent, int) and exponent >= 0 else float(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-able")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity in its dicts and lists (and tuples) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def _from_fastapi_event(item: Any) -> Event:
+    """A ``fastapi.sse.ServerSentEvent`` as fastapi.sse sends it: ``data`` as JSON, ``raw_data`` as is.
+
+    fastapi.sse writes a model in ``data`` with ``model_dump_json()``: by field name, not by alias.
+    """
+    if item.raw_data is not None:
+        data = item.raw_data
+    elif hasattr(item.data, "model_dump_json"):
+        data = item.data.model_dump_json()
+    else:
+        data = None if item.data is None else json_data(item.data)
+    return Event(data, event=item.event, id=item.id, retry=item.retry, comment=item.comment)
 
 
 def check_separator(sep: str) -> str:
