@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.datastructures import Headers
@@ -127,12 +126,15 @@ class EventStreamParser:
         self._buffer = buffer[start:]
         return events
 
-    def close(self) -> None:
-        """The end of the stream: a last line ended by CR is read; an event left incomplete is discarded."""
-        self._buffer += self._decoder.decode(b"", final=True)
-        if self._buffer.endswith("\r"):
-            self._line(self._buffer[:-1], [])
+    def close(self) -> list[ServerSentEvent]:
+        """The end of the stream: returns the event a last line ended by CR completes, if it does; an
+        event left incomplete is discarded, as the standard says."""
+        buffer = self._buffer + self._decoder.decode(b"", final=True)
         self._buffer = ""
+        events: list[ServerSentEvent] = []
+        if buffer.endswith("\r"):
+            self._line(buffer[:-1], events)
+        return events
 
     def _line(self, line: str, events: list[ServerSentEvent]) -> None:
         if not line:
@@ -188,6 +190,7 @@ class SSEResponse:
     retry: int | None = None
     """The reconnection time (ms) the stream set last, e.g. by a drain's farewell."""
     last_event_id: str = ""
+    """The last event id as of the last event read: what a browser would send when it reconnects."""
 
     @property
     def is_event_stream(self) -> bool:
@@ -374,6 +377,7 @@ class AsyncSSEConnection:
         self._app_done = anyio.Event()
         self._app_error: BaseException | None = None
         self._request_sent = False
+        self._body_ended = False  # the reader has seen the end of the body (or its own disconnect)
         self._disconnected = False
         self._closed = False
         self._response: SSEResponse | None = None
@@ -444,12 +448,16 @@ class AsyncSSEConnection:
                         event = self._pending.popleft()
                         read.append(event)
                         response.events.append(event)
+                        response.last_event_id = event.id
+                        if event.retry is not None:
+                            response.retry = event.retry
                         if (count is not None and len(read) >= count) or (until is not None and until(event)):
                             return read
-                if not await self._receive_chunk():
+                if self._body_ended:
                     if goal and response.is_event_stream:
                         raise StreamIncomplete("the body ended before the stop condition was met", response)
                     return read
+                await self._receive_chunk()
         assert scope.cancelled_caught
         raise StreamIncomplete(f"timed out after {timeout:g} s", response)
 
@@ -482,27 +490,31 @@ class AsyncSSEConnection:
             self._task_group.cancel_scope.cancel()
             raise AssertionError(f"the app did not end within {self._client.close_timeout:g} s of the disconnect")
 
-    async def _receive_chunk(self) -> bool:
-        """Take the next body chunk into the response; ``False`` at the end of the body."""
+    async def _receive_chunk(self) -> None:
+        """Take the next body chunk into the response, or see the end of the body."""
+        response = self.response
         try:
             chunk = await self._chunks_out.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._response is not None and self._response.is_event_stream:
-                self._parser.close()
-                self._sync_parser_state()
-            return False
-        response = self.response
+            self._body_ended = True
+            if response.is_event_stream:
+                self._pending.extend(self._parser.close())
+                self._take_parser_state()
+            return
         response.body += chunk
         if response.is_event_stream:
             self._pending.extend(self._parser.feed(chunk))
-            self._sync_parser_state()
-        return True
+            self._take_parser_state()
 
-    def _sync_parser_state(self) -> None:
+    def _take_parser_state(self) -> None:
+        """Comments as they are parsed; the last event id and reconnection time once every event parsed
+        has been read (until then, reading an event sets them: a read that stops at ``count`` leaves
+        the ids of unread events out)."""
         response, parser = self.response, self._parser
-        response.retry = parser.retry
-        response.last_event_id = parser.last_event_id
         response.comments = parser.comments
+        if not self._pending:
+            response.retry = parser.retry
+            response.last_event_id = parser.last_event_id
 
     # -- the server's side: what the app calls ---------------------------------------------------------
 
