@@ -11,6 +11,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from servers import raw_request, read_response, recv_until
 from ssesup.demo import ENDPOINTS, EVENT_NAMES, KINDS, PAGE
 
 CLI = [sys.executable, "-m", "ssesup.cli"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -144,12 +147,8 @@ def test_the_page_is_plain_html_that_loads_nothing_from_elsewhere(demo_server):
 
 
 def test_the_built_wheel_ships_the_page(tmp_path):
-    import zipfile
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", str(ROOT)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -158,4 +157,10 @@ def test_the_built_wheel_ships_the_page(tmp_path):
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("ssesup-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("ssesup/demo.html") == (root / "src" / "ssesup" / "demo.html").read_bytes()
+        assert archive.read("ssesup/demo.html") == (ROOT / "src" / "ssesup" / "demo.html").read_bytes()
+
+
+def test_docs_demo_lists_every_endpoint():
+    doc = (ROOT / "docs" / "demo.md").read_text()
+    for path, _ in ENDPOINTS:
+        assert f"| `{path}` |" in doc, path
