@@ -123,8 +123,7 @@ async def ticks(request: Request) -> Response:
     try:
         every = _number(request, "every", 1.0)
         count = int(_number(request, "count", 0))
-        retry = request.query_params.get("retry")
-        retry_ms = None if retry is None else int(_number(request, "retry", 0))
+        retry_ms = int(_number(request, "retry", 0)) if "retry" in request.query_params else None
     except BadQuery as error:
         return _bad_query(error)
     start = _resume_from(request)
