@@ -299,6 +299,53 @@ def test_resume_sends_last_event_id(app_and_seen: tuple[Starlette, Any]) -> None
     assert rest.data() == ["item 3", "item 4", "item 5"]
 
 
+def test_the_request_carries_headers_params_and_the_client_address() -> None:
+    async def echo(request: Request) -> SupervisedStream:
+        async def gen():
+            seen = {
+                "accept": request.headers["accept"],
+                "token": request.headers["x-token"],
+                "trace": request.headers["x-trace"],
+                "query": sorted(request.query_params.multi_items()),
+                "client": [request.client.host, request.client.port],
+                "name": request.path_params["name"],
+                "raw_path": request.scope["raw_path"].decode(),
+                "host": request.url.netloc,
+            }
+            yield Event.json(seen)
+
+        return SupervisedStream(gen())
+
+    app = Starlette(routes=[Route("/echo/{name}", echo)])
+    client = SSEClient(app, base_url="http://example.test:8080", headers={"x-token": "t"}, client=("10.0.0.1", 4242))
+    response = client.stream("/echo/caf%C3%A9?a=1", params=[("b", "2"), ("b", "3")], headers=[("X-Trace", "on")])
+    assert response.events[0].json() == {
+        "accept": "text/event-stream",
+        "token": "t",
+        "trace": "on",
+        "query": [["a", "1"], ["b", "2"], ["b", "3"]],
+        "client": ["10.0.0.1", 4242],
+        "name": "café",
+        "raw_path": "/echo/caf%C3%A9",
+        "host": "example.test:8080",
+    }
+
+
+def test_pings_are_kept_as_comments() -> None:
+    async def quiet(request: Request) -> SupervisedStream:
+        async def gen():
+            yield Event("a")
+            await anyio.sleep(0.4)
+            yield Event("b")
+
+        return SupervisedStream(gen(), ping=0.05)
+
+    response = SSEClient(Starlette(routes=[Route("/", quiet)])).stream("/")
+    assert response.data() == ["a", "b"]
+    assert response.comments[:2] == ["ping", "ping"]
+    assert set(response.comments) == {"ping"}
+
+
 def test_other_responses_are_read_whole(app_and_seen: tuple[Starlette, Any]) -> None:
     app, _ = app_and_seen
     with SSEClient(app) as client:

@@ -185,7 +185,8 @@ class SSEResponse:
     stream: SupervisedStream | None = None
     events: list[ServerSentEvent] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
-    body: bytes = b""
+    raw_body: bytearray = field(default_factory=bytearray, repr=False)
+    """Every body byte received so far (``body`` as bytes)."""
     ended: bool = False
     retry: int | None = None
     """The reconnection time (ms) the stream set last, e.g. by a drain's farewell."""
@@ -199,8 +200,12 @@ class SSEResponse:
         return self.status == 200 and media_type == "text/event-stream"
 
     @property
+    def body(self) -> bytes:
+        return bytes(self.raw_body)
+
+    @property
     def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+        return self.raw_body.decode("utf-8", errors="replace")
 
     @property
     def close_reason(self) -> CloseReason | None:
@@ -221,10 +226,12 @@ class StreamIncomplete(AssertionError):
         if response is None:
             super().__init__(why)
             return
-        events = "".join(f"\n  {event!r}" for event in response.events[-20:]) or " none"
+        read = response.events
+        listed = "".join(f"\n  {event!r}" for event in read[-20:]) or " none"
+        tail = bytes(response.raw_body[-300:])
         super().__init__(
-            f"{why}; status {response.status}, {len(response.events)} events read"
-            f"{' (last 20)' if len(response.events) > 20 else ''}:{events}\n  body so far: {response.body[-300:]!r}"
+            f"{why}; status {response.status}, {len(read)} events read{' (last 20)' if len(read) > 20 else ''}:"
+            f"{listed}\n  body so far (last 300 bytes): {tail!r}"
         )
 
 
@@ -501,7 +508,7 @@ class AsyncSSEConnection:
                 self._pending.extend(self._parser.close())
                 self._take_parser_state()
             return
-        response.body += chunk
+        response.raw_body += chunk
         if response.is_event_stream:
             self._pending.extend(self._parser.feed(chunk))
             self._take_parser_state()
