@@ -46,6 +46,8 @@ LOG_EVERY = 10.0
 # A client key longer than this (a forwarded value that is no address) is cut: keys are held while
 # streams are counted.
 _MAX_KEY = 64
+# Addresses whose key and trust are remembered (emptied when full: the next ones are parsed again).
+_MAX_CACHED = 4096
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Admission:
         self._max_total = limits.max_streams
         self._max_per_client = limits.max_streams_per_client
         self._networks = limits.networks
-        self._trusts: dict[str, bool] = {}
+        self._hosts: dict[str, tuple[str, bool]] = {}
         self.busy = Refusal(503, limits.retry_after, "max_streams", b"server busy: reconnect later\n")
         self.too_many = Refusal(
             429, limits.retry_after, "max_streams_per_client", b"too many streams from this client: reconnect later\n"
@@ -170,47 +172,38 @@ class Admission:
         """The client a stream of ``scope`` counts for: the peer address, or, when the peer is a trusted
         proxy, the rightmost ``X-Forwarded-For`` address that is not one ("" when the server gave none)."""
         client = scope.get("client")
-        peer: str = client[0] if client else ""
-        if not self._networks or not self._trusted(peer):
-            return _normal(peer)
+        peer, trusted = self._host(client[0] if client else "")
+        if not trusted:
+            return peer
         forwarded = [value for name, value in scope.get("headers", ()) if name == b"x-forwarded-for"]
-        if not forwarded:
-            return _normal(peer)
-        hops = [hop.strip() for hop in b",".join(forwarded).decode("latin-1").split(",")]
-        for hop in reversed(hops):
-            host = _host(hop)
-            if host and not self._trusted(host):
-                return _normal(host)
-        return _normal(peer)  # every hop is a trusted proxy: the request began at one of them
+        for hop in reversed(b",".join(forwarded).decode("latin-1").split(",")):
+            host, trusted = self._host(_without_port(hop.strip()))
+            if host and not trusted:
+                return host
+        return peer  # no header, or every hop is a trusted proxy: the request began at one of them
 
-    def _trusted(self, host: str) -> bool:
-        trusted = self._trusts.get(host)
-        if trusted is None:
+    def _host(self, host: str) -> tuple[str, bool]:
+        """``host`` as a key (one per address however it is written, ``::FFFF:0a00:1`` as
+        ``::ffff:10.0.0.1``; cut when it is no address), and whether it is a trusted proxy. Cached:
+        parsing an address costs microseconds, and a client's streams come from few addresses."""
+        known = self._hosts.get(host)
+        if known is None:
             try:
                 address = ipaddress.ip_address(host)
             except ValueError:
-                trusted = False
+                known = (host[:_MAX_KEY], False)
             else:
-                trusted = any(address in network for network in self._networks)
-            if len(self._trusts) >= 4096:
-                self._trusts.clear()
-            self._trusts[host] = trusted
-        return trusted
+                known = (address.compressed, any(address in network for network in self._networks))
+            if len(self._hosts) >= _MAX_CACHED:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
 
 
-def _host(hop: str) -> str:
+def _without_port(hop: str) -> str:
     """The address of one ``X-Forwarded-For`` entry, without a port (``1.2.3.4:80``, ``[::1]:80``)."""
     if hop.startswith("["):
         return hop[1:].partition("]")[0]
     if hop.count(":") == 1:
         return hop.partition(":")[0]
     return hop
-
-
-def _normal(host: str) -> str:
-    """One key per address however it is written (``::FFFF:0a00:1`` and ``::ffff:10.0.0.1``), bounded
-    in length when it is not an address."""
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        return host[:_MAX_KEY]

@@ -81,10 +81,11 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         # noise nobody asked for (and, while thousands open, a sixth of a server's time). Once an app
         # (or configure_logging) configures structlog, its levels decide.
         return
+    route, client = stream.route, stream.client  # the server may have taken client from X-Forwarded-For
     fields: dict[str, Any] = {
         "stream_id": stream.stream_id,
-        "route": escape(stream.route),
-        "client": escape(stream.client),  # the server may have taken it from X-Forwarded-For
+        "route": route if route.isprintable() else escape(route),  # escape()'s own test, without a call
+        "client": client if client.isprintable() else escape(client),
         "from_state": transition.from_state.value,
         "to_state": transition.to_state.value,
         "trigger": transition.trigger.value,
