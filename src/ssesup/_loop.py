@@ -48,14 +48,15 @@ def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
 
 
 class LoopPrimitives:
-    """The clock and the wake-up of one event loop, and (asyncio only) its own task factory.
+    """The clock, the wake-up and the thread-safe call of one event loop, and (asyncio only) its own
+    task factory.
 
     ``create_task`` is asyncio's: a task whose cancellation is delivered once (edge-triggered), so a
     generator cancelled in it can still await its cleanup. Trio has no such task (``None``): there,
     cancellation is level-triggered by design.
     """
 
-    __slots__ = ("clock", "create_task", "wakeup")
+    __slots__ = ("call_soon_threadsafe", "clock", "create_task", "wakeup")
 
     def __init__(self) -> None:
         if running_trio():
@@ -64,11 +65,13 @@ class LoopPrimitives:
             self.clock: Callable[[], float] = trio.current_time
             self.wakeup: Callable[[], Any] = trio.Event
             self.create_task: Callable[..., asyncio.Task] | None = None
+            self.call_soon_threadsafe: Callable[..., Any] = trio.lowlevel.current_trio_token().run_sync_soon
         else:
             loop = asyncio.get_running_loop()
             self.clock = loop.time
             self.wakeup = loop.create_future
             self.create_task = loop.create_task
+            self.call_soon_threadsafe = loop.call_soon_threadsafe
 
 
 def abandon_task(task: asyncio.Task) -> None:

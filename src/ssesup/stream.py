@@ -30,7 +30,6 @@ from typing import Any
 import anyio
 import structlog
 from starlette.background import BackgroundTask
-from starlette.concurrency import iterate_in_threadpool
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -41,6 +40,7 @@ from ssesup.limits import Refusal
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.states.machine import CLOSED
 from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, check_size, supervisor_for
+from ssesup.sync_source import SyncSource
 from ssesup.timers import Timer
 
 log = structlog.get_logger("ssesup")
@@ -61,6 +61,9 @@ _clock = time.perf_counter
 # How long a drained or force-closed stream may take to send its farewell and end its body, so that a
 # process exits within its drain grace plus a second even when a client has stopped reading.
 FAREWELL_BUDGET = 0.5
+# How long a generator whose cleanup was cut (cancelled past its close grace) may take to end before
+# it is left behind.
+CUT_WAIT = 0.1
 
 _current: contextvars.ContextVar[SupervisedStream] = contextvars.ContextVar("ssesup.current_stream")
 
@@ -78,10 +81,18 @@ _END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body":
 _DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"))
 _ids = itertools.count(1)
 
+
+async def _not_started_yet() -> AsyncIterator[Item]:
+    return
+    yield
+
+
+_NOT_STARTED: AsyncIterator[Item] = _not_started_yet()
+
 # The client closed the connection itself: there is nothing to release.
 _GONE = frozenset({CloseReason.CLIENT_DISCONNECT})
-# Reasons after which nothing more can or should be written to the client.
-_ABANDON = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.SEND_TIMEOUT, CloseReason.DEAD_PEER})
+# Endings after which nothing more can or should be written to the client.
+_ABANDON = frozenset({Trigger.CLIENT_DISCONNECT, Trigger.SEND_TIMEOUT, Trigger.DEAD_PEER, Trigger.SEND_FAILED})
 # Reasons that are the supervisor's doing: the client gets a farewell (reconnect hint) before the end.
 _FAREWELL = frozenset({CloseReason.DRAINED, CloseReason.SHUTDOWN})
 
@@ -167,7 +178,7 @@ class SupervisedStream(Response):
             self._sync_iterator: Iterator | None = None
         elif isinstance(content, Iterable) and not isinstance(content, (str, bytes, Mapping)):
             self._sync_iterator = iter(content)
-            self._iterator = iterate_in_threadpool(self._sync_iterator)
+            self._iterator = _NOT_STARTED  # a SyncSource on the stream's loop, made when it starts
         else:
             raise TypeError(
                 f"SupervisedStream content must be an async or sync iterable of events, not {type(content).__name__}"
@@ -294,6 +305,8 @@ class SupervisedStream(Response):
             await self._refuse(supervisor, send, refusal)
             return
         self._settle(supervisor, scope)
+        if self._sync_iterator is not None:
+            self._iterator = SyncSource(self._sync_iterator, live.sync_limiter, live.loop)
         self._live = live
         supervisor.register(self, live)
         self._clock = live.loop.clock
@@ -476,9 +489,7 @@ class SupervisedStream(Response):
         except Exception:
             # Not the client's doing: the server refused what was sent (an invalid header, say).
             log.exception("stream.send_failed", stream_id=self.stream_id, route=self.route)
-            self._fire(Trigger.ERROR)
-            if self._cancel_scope is not None:
-                self._cancel_scope.cancel()
+            self._fire(Trigger.SEND_FAILED)
             return False
         finally:
             self._send_started = None
@@ -538,7 +549,7 @@ class SupervisedStream(Response):
         now = self.ended_at = self._clock()
         reason = transition.close_reason
         scope = self._cancel_scope
-        if reason in _ABANDON:
+        if transition.trigger in _ABANDON:
             if scope is not None:
                 scope.cancel()
             return
@@ -655,7 +666,11 @@ class SupervisedStream(Response):
                 await asyncio.wait((producer,))
             if not producer.done():
                 log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
-                abandon_task(producer)
+                producer.cancel()  # cut the cleanup; one that swallows this too is left behind
+                with anyio.move_on_after(CUT_WAIT, shield=True):
+                    await asyncio.wait((producer,))
+                if not producer.done():
+                    abandon_task(producer)
                 return
         with anyio.move_on_after(max(0.0, deadline - self._clock()), shield=True) as scope:
             await self._close_iterator()
@@ -667,9 +682,6 @@ class SupervisedStream(Response):
             aclose = getattr(self._iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
-            close = getattr(self._sync_iterator, "close", None)
-            if close is not None:
-                await anyio.to_thread.run_sync(close)
         except Exception:
             log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
 

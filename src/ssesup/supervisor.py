@@ -55,8 +55,9 @@ REPORT_EVERY = 1.0
 class LoopSupervision:
     """The live part of a supervisor on one event loop."""
 
-    def __init__(self, limits: StreamLimits | None = None) -> None:
+    def __init__(self, limits: StreamLimits | None = None, sync_threads: int = 40) -> None:
         self.streams: set[SupervisedStream] = set()
+        self.sync_limiter = anyio.CapacityLimiter(sync_threads)
         self.admission = Admission(limits) if limits is not None else None
         self.loop = LoopPrimitives()
         self.timers = TimerService()
@@ -88,6 +89,8 @@ class Supervisor:
     ``reconnect``: range in seconds of the jittered ``retry:`` hint every farewell carries.
     ``drain_on_signals``: drain on SIGTERM/SIGINT, chained to the server's own handlers.
     ``farewell``: ``farewell(stream)`` makes a last event for each drained stream (or ``None``).
+    ``sync_threads``: how many sync generators may be pulled at once on one event loop, each in a
+    daemon thread of ssesup's own (not the app's thread pool); see ``ssesup.sync_source``.
     ``limits``: caps on concurrent streams (:class:`~ssesup.limits.StreamLimits`); none by default.
     ``metrics``: record Prometheus metrics in prometheus-client's registry (``True``), in this
     registry, or not at all (``False``); see ``ssesup.metrics``.
@@ -110,6 +113,7 @@ class Supervisor:
         drain_on_signals: bool = DrainSettings.on_signals,
         farewell: Callable[[SupervisedStream], Event | None] | None = None,
         limits: StreamLimits | None = None,
+        sync_threads: int = 40,
     ) -> None:
         self.ping = check_seconds("ping", ping)
         self.send_timeout = check_seconds("send_timeout", send_timeout)
@@ -121,6 +125,9 @@ class Supervisor:
         self.drain_settings = DrainSettings(drain_grace, retry_after, tuple(reconnect), drain_on_signals)
         self.farewell = farewell
         self.limits = limits
+        if isinstance(sync_threads, bool) or not isinstance(sync_threads, int) or sync_threads < 1:
+            raise ValueError(f"sync_threads must be a whole number >= 1, not {sync_threads!r}")
+        self.sync_threads = sync_threads
         self.drain_refusal = Refusal(503, self.drain_settings.retry_after, "draining", b"draining: reconnect later\n")
         self._rng = random.Random()
         self._observers: list[StreamObserver] = [_LogObserver()]
@@ -138,7 +145,7 @@ class Supervisor:
         try:
             return self._live.get()
         except LookupError:
-            supervision = LoopSupervision(self.limits)
+            supervision = LoopSupervision(self.limits, self.sync_threads)
             self._live.set(supervision)
             return supervision
 

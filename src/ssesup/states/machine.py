@@ -37,6 +37,8 @@ class Trigger(enum.Enum):
     """What was sent stayed unacknowledged by the peer past the dead-peer timeout (it vanished)."""
     ERROR = "error"
     """The generator raised, or yielded something that cannot be sent."""
+    SEND_FAILED = "send_failed"
+    """The server refused a send for a reason of its own (not a disconnect): nothing more is written."""
     DRAIN = "drain"
     """The supervisor started a drain."""
     DRAIN_CLOSE = "drain_close"
@@ -68,6 +70,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (OPEN, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (OPEN, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (OPEN, T.ERROR): (CLOSED, R.ERROR),
+    (OPEN, T.SEND_FAILED): (CLOSED, R.ERROR),
     (OPEN, T.DRAIN): (DRAINING, None),
     (OPEN, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
     #
@@ -76,6 +79,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (STREAMING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (STREAMING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (STREAMING, T.ERROR): (CLOSED, R.ERROR),
+    (STREAMING, T.SEND_FAILED): (CLOSED, R.ERROR),
     (STREAMING, T.DRAIN): (DRAINING, None),
     (STREAMING, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
     #
@@ -89,6 +93,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (DRAINING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (DRAINING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
     (DRAINING, T.ERROR): (CLOSED, R.ERROR),
+    (DRAINING, T.SEND_FAILED): (CLOSED, R.ERROR),
     (DRAINING, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
 }
 
