@@ -220,3 +220,20 @@ def test_loading_ssesup_imports_neither_pydantic_nor_fastapi() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "item, data",
+    [
+        (None, b"null"),
+        (1, b"1"),
+        (1.5, b"1.5"),
+        (True, b"true"),
+        (["data"], b'["data"]'),
+        (("data",), b'["data"]'),
+        ({"data"}, b'["data"]'),
+    ],
+    ids=["None", "int", "float", "bool", "list", "tuple", "set"],
+)
+def test_json_able_values_once_refused_are_now_sent_as_json_data(item: Any, data: bytes) -> None:
+    assert encode_item(item, "\r\n") == b"data: " + data + b"\r\n\r\n"
