@@ -529,6 +529,15 @@ class Plan:
     drain_grace: float = 10.0
     drain_server_timeout: int = 30
     drain_cap: float = 45.0
+    deploy_healthy: int = 20
+    deploy_stuck: int = 10
+    deploy_vanished: int = 10
+    deploy_grace: float = 5.0
+    deploy_cap: float = 40.0
+    churn_rounds: int = 10
+    churn_per_round: int = 50
+    churn_settle: float = 12.0
+    churn_ssesup: str = '{"ping": 1, "send_timeout": 3, "dead_peer_timeout": 3}'
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -548,4 +557,12 @@ class Plan:
             drain_grace=2.0,
             drain_server_timeout=4,
             drain_cap=10.0,
+            deploy_healthy=3,
+            deploy_stuck=3,
+            deploy_vanished=2,
+            deploy_grace=2.0,
+            deploy_cap=15.0,
+            churn_rounds=2,
+            churn_per_round=10,
+            churn_settle=8.0,
         )

@@ -4,7 +4,9 @@ One server process per system and scenario (uvicorn, uvloop, httptools, one work
 fresh so no scenario inherits another's memory. Repeats interleave the systems (run 1: every system,
 run 2: every system, ...) so slow drift of the machine hits them all alike; the report quotes the
 median over repeats, and ratios are taken within each run before their median is quoted. The drain
-scenario ends its server with SIGTERM and measures how it goes.
+scenario ends its server with SIGTERM and measures how it goes. The network scenarios (``deploy``,
+``churn``: bench/network.py) run the server in a network namespace with stuck and vanished peers; they
+need root and run only when named in ``--scenarios``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RAW = RESULTS / "raw"
 SCENARIOS = ("latency", "burst", "fanout", "idle", "drain")
+NETWORK_SCENARIOS = ("deploy", "churn")
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -145,11 +148,12 @@ def run_client(coro) -> dict:
         return runner.run(coro)
 
 
-def snapshot_src(tag: str) -> tuple[Path, str]:
-    """Copy this tree's ``src/ssesup`` aside, so that every server of the run imports the same code
-    even while the tree is being edited; its path and a digest of its files."""
+def snapshot_src(tag: str, tree: Path = ROOT / "src") -> tuple[Path, str]:
+    """Copy ``tree``'s ``ssesup`` (this tree's ``src`` unless ``--src`` names another) aside, so that
+    every server of the run imports the same code even while the tree is being edited; its path and a
+    digest of its files."""
     dest = RAW / f"{tag}-src"
-    shutil.copytree(ROOT / "src" / "ssesup", dest / "ssesup", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tree / "ssesup", dest / "ssesup", ignore=shutil.ignore_patterns("__pycache__"))
     digest = hashlib.sha256()
     for path in sorted((dest / "ssesup").rglob("*.py")):
         digest.update(path.relative_to(dest).as_posix().encode() + b"\0" + path.read_bytes())
@@ -223,6 +227,24 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
                 )  # fmt: skip
 
         attempt("drain", drain)
+    if "deploy" in scenarios or "churn" in scenarios:
+        from bench import network
+
+        path = os.pathsep.join(p for p in (str(src), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {"PYTHONPATH": path, "BENCH_SIZE": str(plan.size), "BENCH_TICK": str(plan.tick)} | system.env
+        if "deploy" in scenarios:
+            attempt(
+                "deploy",
+                lambda: network.deploy(system.app, env | {"BENCH_DRAIN_GRACE": str(plan.deploy_grace)}, log,
+                                       plan.deploy_healthy, plan.deploy_stuck, plan.deploy_vanished, plan.deploy_cap),
+            )  # fmt: skip
+        if "churn" in scenarios:
+            churn_env = env | ({"BENCH_SSESUP_SUPERVISOR": plan.churn_ssesup} if system.key == "ssesup" else {})
+            attempt(
+                "churn",
+                lambda: network.churn(system.app, churn_env, log, plan.churn_rounds, plan.churn_per_round,
+                                      plan.churn_settle),
+            )  # fmt: skip
     return out
 
 
@@ -250,6 +272,23 @@ def brief(name: str, r: dict) -> str:
             f"after SIGTERM (spread {r['close_spread_s']:.2f} s, at most {100 * r['peak_100ms']:.1f}% in 100 ms; "
             f"{r['streams']} streams)"
         )
+    if name == "deploy":
+        return (
+            f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, healthy farewell "
+            f"{100 * r['farewell']:.0f}%, clean end {100 * r['clean']:.0f}%; socket fds {r['fds_before']} before, "
+            f"{r['fds_open']} open, {r['fds_last']} at the end; send queue {r['send_q_open_kib']:.0f} -> "
+            f"{r['send_q_last_kib']:.0f} KiB; {r['asgi_incomplete']} incomplete-response errors "
+            f"({r['healthy']} healthy, {r['stuck']} stuck, {r['vanished']} vanished)"
+        )
+    if name == "churn":
+        b, a = r["before"], r["after"]
+        return (
+            f"{r['streams']} streams in {r['churn_s']:.1f} s, then {r['settle_s']:.0f} s: "
+            f"RSS {b['rss_kib'] / 1024:.1f} -> {a['rss_kib'] / 1024:.1f} MiB, socket fds {b['fds']} -> {a['fds']}, "
+            f"tasks {b['tasks']} -> {a['tasks']}, "
+            f"timers {b['timers']} -> {a['timers']}; {r['held_after']} connections held "
+            f"({r['send_q_after_kib']:.0f} KiB queued)"
+        )
     return json.dumps(r)
 
 
@@ -273,7 +312,11 @@ def failures(runs: list[dict]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma list of {', '.join(SCENARIOS + NETWORK_SCENARIOS)} (default: all but the network ones)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs of every system; medians are quoted (default 3)")
     p.add_argument("--smoke", action="store_true", help="seconds, few connections; exit 1 if any event is lost")
     p.add_argument("--burst-n", type=int, help="events per burst (50000)")
@@ -289,6 +332,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--drain-server-timeout", type=int, help="uvicorn --timeout-graceful-shutdown in the drain scenario (30)"
     )
     p.add_argument("--drain-cap", type=float, help="seconds after SIGTERM at which the server is killed (45)")
+    p.add_argument("--deploy-grace", type=float, help="ssesup's drain_grace in the deploy scenario (5)")
+    p.add_argument(
+        "--churn-ssesup", help="ssesup's Supervisor keyword arguments in the churn scenario, as JSON (short deadlines)"
+    )
+    p.add_argument("--src", help="the directory holding the ssesup package to measure (default: this tree's src)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
     p.add_argument("--no-report", action="store_true", help="write no Markdown or PNG")
@@ -300,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     systems = [SYSTEMS[k.strip()] for k in args.systems.split(",") if k.strip()]
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-    if unknown := set(scenarios) - set(SCENARIOS):
+    if unknown := set(scenarios) - set(SCENARIOS + NETWORK_SCENARIOS):
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
-                 "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap"):  # fmt: skip
+                 "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap", "deploy_grace",
+                 "churn_ssesup"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     repeat = 1 if args.smoke and args.repeat == 3 else args.repeat
@@ -319,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report  # matplotlib only when a chart is drawn
 
     mach = report.machine()
-    src, mach["src_digest"] = snapshot_src(tag)
+    src, mach["src_digest"] = snapshot_src(tag, Path(args.src) if args.src else ROOT / "src")
     runs: list[dict] = []
     for i in range(repeat):
         say(f"run {i + 1}/{repeat}")

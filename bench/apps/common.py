@@ -1,4 +1,4 @@
-"""What every bench app shares: payloads, the fan-out broadcaster, the file limit."""
+"""What every bench app shares: payloads, the fan-out broadcaster, the file limit, ``/stats``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
 SIZE = int(os.environ.get("BENCH_SIZE", "100"))
 TICK = float(os.environ.get("BENCH_TICK", "0.2"))
 
@@ -18,6 +21,17 @@ def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def loop_stats(timers: int | None = None) -> dict:
+    """What ``/stats`` answers (the churn scenario): the loop's asyncio tasks, and the library's pending
+    timers where it has any (``None`` else)."""
+    return {"tasks": len(asyncio.all_tasks()), "timers": timers}
+
+
+async def stats(request: Request) -> JSONResponse:
+    """``/stats`` of the apps that have no timers of their own."""
+    return JSONResponse(loop_stats())
 
 
 def filler(size: int) -> str:

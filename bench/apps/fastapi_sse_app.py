@@ -13,7 +13,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from bench.apps.common import SIZE, Broadcaster, filler, timed
+from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, timed
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 broadcaster = Broadcaster()
@@ -55,3 +55,8 @@ async def fanout() -> AsyncIterable[ServerSentEvent]:
             yield ServerSentEvent(raw_data=await queue.get())
     finally:
         broadcaster.unsubscribe(queue)
+
+
+@app.get("/stats")
+async def stats() -> dict:
+    return loop_stats()

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, frame, timed
+from bench.apps.common import SIZE, Broadcaster, filler, frame, stats, timed
 
 MEDIA = "text/event-stream"
 broadcaster = Broadcaster(make=frame)
@@ -85,5 +85,6 @@ app = Starlette(
         Route("/idle", idle),
         Route("/ticks", ticks),
         Route("/fanout", fanout),
+        Route("/stats", stats),
     ]
 )

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, timed
+from bench.apps.common import SIZE, Broadcaster, filler, stats, timed
 
 broadcaster = Broadcaster()
 
@@ -84,5 +84,6 @@ app = Starlette(
         Route("/idle", idle),
         Route("/ticks", ticks),
         Route("/fanout", fanout),
+        Route("/stats", stats),
     ]
 )

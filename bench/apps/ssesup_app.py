@@ -2,22 +2,26 @@
 
 ``BENCH_SSESUP_BARE=1`` turns pings and the send deadline off (``ping=0, send_timeout=0``), to see
 what they cost. ``BENCH_DRAIN_GRACE=<seconds>`` installs a ``Supervisor(drain_grace=...)`` (the drain
-scenario: a grace shorter than uvicorn's ``--timeout-graceful-shutdown``); unset, the app runs on the
-default supervisor with no middleware, as an application with zero configuration would.
+scenario: a grace shorter than uvicorn's ``--timeout-graceful-shutdown``), ``BENCH_SSESUP_SUPERVISOR``
+a supervisor of those keyword arguments (a JSON object; the churn scenario's short deadlines); unset,
+the app runs on the default supervisor with no middleware, as an application with zero configuration
+would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, timed
-from ssesup import Event, SupervisedStream, Supervisor
+from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, timed
+from ssesup import Event, SupervisedStream, Supervisor, default_supervisor
 
 OPTIONS = {"ping": 0, "send_timeout": 0} if os.environ.get("BENCH_SSESUP_BARE") == "1" else {}
 broadcaster = Broadcaster()
@@ -85,6 +89,10 @@ async def fanout(request: Request) -> SupervisedStream:
     return SupervisedStream(gen(), **OPTIONS)
 
 
+async def stats(request: Request) -> JSONResponse:
+    return JSONResponse(loop_stats(supervisor.live.timers.pending))
+
+
 app = Starlette(
     routes=[
         Route("/burst", burst),
@@ -92,7 +100,12 @@ app = Starlette(
         Route("/idle", idle),
         Route("/ticks", ticks),
         Route("/fanout", fanout),
+        Route("/stats", stats),
     ]
 )
+settings = json.loads(os.environ.get("BENCH_SSESUP_SUPERVISOR", "{}"))
 if grace := os.environ.get("BENCH_DRAIN_GRACE"):
-    Supervisor(drain_grace=float(grace)).install(app)
+    settings["drain_grace"] = float(grace)
+supervisor = Supervisor(**settings) if settings else default_supervisor
+if settings:
+    supervisor.install(app)
