@@ -63,7 +63,11 @@ def run_drain(url: str, token: str, timeout: float) -> int:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             report = json.load(response)
     except urllib.error.HTTPError as error:
-        print(f"drain refused: HTTP {error.code}", file=sys.stderr)
+        if error.code == 429:
+            retry_after = error.headers.get("Retry-After")
+            print(f"drain refused: HTTP 429, retry after {retry_after} s (too many wrong tokens)", file=sys.stderr)
+        else:
+            print(f"drain refused: HTTP {error.code}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, TimeoutError, OSError) as error:
         print(f"drain failed: {error}", file=sys.stderr)

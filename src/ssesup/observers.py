@@ -38,7 +38,7 @@ class StreamObserver:
         then."""
 
     def rejected(self, reason: str) -> None:
-        """A new stream was refused (``reason``: ``draining``)."""
+        """A new stream was refused (``reason``: ``draining``, ``max_streams``, ``max_streams_per_client``)."""
 
     def drain_started(self, grace: float) -> None:
         """This loop's supervisor began a drain."""
@@ -46,8 +46,19 @@ class StreamObserver:
     def drain_finished(self, duration: float) -> None:
         """The drain ended: every stream is closed."""
 
+    def drain_auth_failed(self, reason: str) -> None:
+        """The drain endpoint refused a request (``reason``: ``missing_token``, ``wrong_token``, ``backoff``)."""
 
-OBSERVER_METHODS = ("opened", "transitioned", "sent", "rejected", "drain_started", "drain_finished")
+
+OBSERVER_METHODS = (
+    "opened",
+    "transitioned",
+    "sent",
+    "rejected",
+    "drain_started",
+    "drain_finished",
+    "drain_auth_failed",
+)
 
 
 class _TransitionCallback(StreamObserver):

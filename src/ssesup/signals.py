@@ -249,15 +249,7 @@ class DrainEndpoint:
     def _refused(self, peer: str, reason: str) -> None:
         with self._lock:
             self._log.note(reason, reason=reason, peer=escape(peer))
-        # Every observer that keeps this count (ssesup's metrics do), as the supervisor's notify would.
-        for observer in getattr(self.supervisor, "_observers", ()):
-            record = getattr(observer, "drain_auth_failed", None)
-            if record is None:
-                continue
-            try:
-                record(reason)
-            except Exception:
-                log.exception("observer.failed", observer=type(observer).__qualname__, method="drain_auth_failed")
+        self.supervisor.notify("drain_auth_failed", reason)
 
 
 class _FailedAttempts:

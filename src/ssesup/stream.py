@@ -304,16 +304,20 @@ class SupervisedStream(Response):
         if refusal is not None:
             await self._refuse(supervisor, send, refusal)
             return
-        self._settle(supervisor, scope)
-        if self._sync_iterator is not None:
-            self._iterator = SyncSource(self._sync_iterator, live.sync_limiter, live.loop)
-        self._live = live
-        supervisor.register(self, live)
-        self._clock = live.loop.clock
-        self._wakeup = live.loop.wakeup
-        now = self.started_at = self._last_activity = self._clock()
-        if self._ping or self._send_timeout or self._dead_peer_timeout:
-            self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
+        try:
+            self._settle(supervisor, scope)
+            if self._sync_iterator is not None:
+                self._iterator = SyncSource(self._sync_iterator, live.sync_limiter, live.loop)
+            self._live = live
+            supervisor.register(self, live)
+            self._clock = live.loop.clock
+            self._wakeup = live.loop.wakeup
+            now = self.started_at = self._last_activity = self._clock()
+            if self._ping or self._send_timeout or self._dead_peer_timeout:
+                self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
+        except BaseException:
+            supervisor.unregister(self, live)  # admitted (and maybe registered): counted no longer
+            raise
         token = _current.set(self)  # the tasks below inherit it: current_stream() in the generator
         try:
             async with anyio.create_task_group() as task_group:
