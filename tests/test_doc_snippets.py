@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,9 @@ def declared_paths(app: Any, routes: Any) -> list[str]:
 
 
 def run_program(program: Path, result: Path) -> None:
-    namespace: dict[str, Any] = {"__name__": "__snippet__"}
+    module = types.ModuleType("__snippet__")  # a real module, so dataclasses and pickling find it
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
     for part in json.loads(program.read_text()):
         # Blank lines in front, so that tracebacks give the line in the Markdown file.
         exec(compile("\n" * part["line"] + part["code"], str(ROOT / part["path"]), "exec"), namespace)
