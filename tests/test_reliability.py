@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from apps.reliability_app import make_app
 from procs import free_port, serve, uvicorn_argv
@@ -96,6 +97,7 @@ def test_blocked_sync_generators_are_abandoned_and_leave_the_pool_and_the_app_us
         wait_until(lambda: server.recorder.reasons("/blocking") == ["client_disconnect"] * 7, timeout=5)
         wait_until(lambda: live_streams(server) == 0, timeout=5)
         assert abandoned_threads() == 4
+        assert REGISTRY.get_sample_value("ssesup_sync_threads_abandoned") == 4
         with raw_request(server.port, "/sync-count") as sock:
             _, body = read_response(sock)
         assert body == b"id: 1\r\ndata: one\r\n\r\nid: 2\r\ndata: two\r\n\r\n"
@@ -104,6 +106,7 @@ def test_blocked_sync_generators_are_abandoned_and_leave_the_pool_and_the_app_us
         for _ in range(4):  # unblock them: each thread closes its generator and is free again
             server.blocker.put(None)
         wait_until(lambda: abandoned_threads() == 0, timeout=5)
+        assert REGISTRY.get_sample_value("ssesup_sync_threads_abandoned") == 0
 
 
 @pytest.mark.parametrize("config", SERVERS)

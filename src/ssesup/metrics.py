@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssesup.observers import StreamObserver
 from ssesup.states import TRANSITIONS, CloseReason, State, Transition, Trigger
+from ssesup.sync_source import watch_abandoned
 
 if TYPE_CHECKING:
     from ssesup.stream import SupervisedStream
@@ -112,6 +113,12 @@ class StreamMetrics(StreamObserver):
             "Requests to the drain endpoint refused: no bearer token, a wrong one, or during a back-off.",
             ("reason",),
         )
+        self.sync_threads_abandoned = gauge(
+            "ssesup_sync_threads_abandoned",
+            "Threads still blocked in a sync generator whose stream has ended (abandoned, not yet returned).",
+            mode="livesum",
+        )
+        watch_abandoned(self.sync_threads_abandoned.inc)
         self.draining = gauge("ssesup_draining", "1 while this process drains its streams, else 0.", mode="livemax")
         self.drain_grace = gauge(
             "ssesup_drain_grace_seconds", "The grace of the current or last drain.", mode="livemax"

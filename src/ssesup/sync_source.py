@@ -36,15 +36,25 @@ _idle: collections.deque[_Worker] = collections.deque()
 _abandoned = 0
 
 
+_listeners: list[Callable[[int], None]] = []
+
+
 def abandoned_threads() -> int:
     """Threads of this process still blocked in a sync generator whose stream has ended."""
     return _abandoned
+
+
+def watch_abandoned(listener: Callable[[int], None]) -> None:
+    """Call ``listener(delta)`` (from any thread) whenever :func:`abandoned_threads` changes: metrics."""
+    _listeners.append(listener)
 
 
 def _count_abandoned(delta: int) -> None:
     global _abandoned
     with _lock:
         _abandoned += delta
+    for listener in _listeners:
+        listener(delta)
 
 
 class _Worker(threading.Thread):
