@@ -56,14 +56,19 @@ class ChainedHandler:
             self.previous(signum, frame)
 
 
-def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> bool:
+NOT_MAIN_THREAD = "not_main_thread"
+NO_SERVER_HANDLER = "no_server_handler"
+
+
+def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> str | None:
     """Run ``on_signal(signum)`` as a task on this event loop when SIGTERM or SIGINT arrives.
 
-    Returns ``False`` (and installs nothing) outside the main thread, or where the server has no
-    handler of its own to chain to.
+    Returns ``None`` when chained, else why nothing was installed: :data:`NOT_MAIN_THREAD` (signals
+    reach only the main thread), or :data:`NO_SERVER_HANDLER` (the server handles neither signal, so
+    the default action would end the process before any drain, and there is nothing to chain to).
     """
     if threading.current_thread() is not threading.main_thread():
-        return False
+        return NOT_MAIN_THREAD
     notify = _loop_notifier(on_signal)
     installed = False
     for signum in SIGNALS:
@@ -75,7 +80,7 @@ def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> bool:
             signal.signal(signum, current)
         current.listeners.append(notify)
         installed = True
-    return installed
+    return None if installed else NO_SERVER_HANDLER
 
 
 def _loop_notifier(on_signal: Callable[[int], Awaitable[None]]) -> Notify:

@@ -29,6 +29,7 @@ from ssesup.limits import Admission, Refusal, StreamLimits
 from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.signals import (
+    NO_SERVER_HANDLER,
     DrainEndpoint,
     LivenessEndpoint,
     ReadinessEndpoint,
@@ -265,10 +266,21 @@ class Supervisor:
 
     def _listen_for_signals(self, live: LoopSupervision) -> None:
         live.listening_for_signals = True
-        chained = self.drain_settings.on_signals and listen_for_signals(self._on_signal)
-        log.debug("drain.signals", chained=chained)
-        if not chained:
+        if not self.drain_settings.on_signals:
             return
+        not_chained = listen_for_signals(self._on_signal)
+        if not_chained == NO_SERVER_HANDLER:
+            log.warning(
+                "drain.no_signal_to_chain",
+                hint="the server handles neither SIGTERM nor SIGINT here, so a signal ends the process without "
+                "a drain (plain hypercorn's worker processes, hypercorn -k trio): use `hypercorn --workers 0`, "
+                "the drain endpoint or supervisor.drain(); see docs/deploying.md",
+            )
+            return
+        if not_chained is not None:
+            log.debug("drain.signals", chained=False, reason=not_chained)
+            return
+        log.debug("drain.signals", chained=True)
         server_timeout = server_graceful_timeout()
         if server_timeout is not None and self.drain_settings.grace >= server_timeout:
             log.warning(
