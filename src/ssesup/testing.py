@@ -55,7 +55,6 @@ __all__ = [
     "SSEResponse",
     "ServerSentEvent",
     "StreamIncomplete",
-    "pytest_configure",
     "serve",
 ]
 
