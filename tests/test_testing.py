@@ -445,6 +445,26 @@ def test_an_app_that_ignores_the_disconnect_fails_the_test_in_bounded_time() -> 
         SSEClient(stubborn, close_timeout=0.2).stream("/", count=1)
 
 
+def test_an_app_that_never_answers_is_reported_as_such() -> None:
+    async def silent(request: Request) -> JSONResponse:
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    with pytest.raises(StreamIncomplete, match=r"^no response within 0\.2 s$"):
+        SSEClient(Starlette(routes=[Route("/", silent)]), timeout=0.2).stream("/")
+
+
+def test_a_failing_lifespan_startup_is_raised() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        raise OSError("database unreachable")
+        yield
+
+    client = SSEClient(Starlette(lifespan=lifespan), lifespan=True)
+    with pytest.raises(RuntimeError, match=r"(?s)lifespan startup failed: .*OSError: database unreachable"), client:
+        raise AssertionError("not reached")
+
+
 def test_app_errors_are_raised() -> None:
     async def broken(request: Request) -> JSONResponse:
         raise LookupError("boom")

@@ -406,8 +406,10 @@ class AsyncSSEConnection:
                     raise self._app_error
                 why = "the app ended without a response" if self._app_done.is_set() else "no response"
                 raise StreamIncomplete(f"{why} within {self._timeout:g} s", None)
-        except BaseException as exc:
-            await self._end(exc)
+        except BaseException:
+            self._closed = True  # an app that has not answered has nothing to end gracefully: cancel it
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
             raise
         return self
 
