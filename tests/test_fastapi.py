@@ -10,14 +10,11 @@ from __future__ import annotations
 import datetime
 import enum
 import json
-import re
-import sys
-import types
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 import anyio
@@ -420,21 +417,3 @@ def test_a_function_scoped_dependency_is_closed_before_the_stream_starts(server)
     assert events == [{"i": i, "open": False} for i in range(3)]
     wait_until(lambda: any("generator finally" in line for line in server.log))
     assert server.log == ["function opened", "function closed", "function generator finally (open=False)"]
-
-
-# --------------------------------------------------------------------------------------------------
-# The documentation
-# --------------------------------------------------------------------------------------------------
-
-DOC = Path(__file__).parent.parent / "docs" / "fastapi.md"
-
-
-@pytest.mark.parametrize("index", range(len(re.findall(r"^```python$", DOC.read_text(), re.M))))
-def test_every_python_block_of_the_fastapi_docs_runs_as_written_alone(index: int) -> None:
-    block = re.findall(r"^```python\n(.*?)^```$", DOC.read_text(), re.M | re.S)[index]
-    module = types.ModuleType(f"fastapi_doc_block_{index}")  # a real module: dataclasses look theirs up
-    sys.modules[module.__name__] = module
-    try:
-        exec(compile(block, f"{DOC.name} block {index}", "exec"), module.__dict__)
-    finally:
-        del sys.modules[module.__name__]
