@@ -543,8 +543,8 @@ def test_item_dict_with_unknown_fields_is_rejected_naming_them() -> None:
 def test_item_dict_is_validated_like_an_event() -> None:
     with pytest.raises(ValueError, match="CR or LF"):
         encode_item({"data": "x", "id": "1\n\nevent: evil"}, "\n")
-    with pytest.raises(TypeError, match="Event data must be a str"):
-        encode_item({"data": {"nested": True}}, "\n")
+    with pytest.raises(TypeError, match="object is not JSON-able"):
+        encode_item({"data": {"nested": object()}}, "\n")
     with pytest.raises(ValueError, match="at least one"):
         encode_item({}, "\n")
 
@@ -555,10 +555,10 @@ def test_event_from_mapping_builds_the_same_event() -> None:
 
 @pytest.mark.parametrize(
     "item",
-    [None, 1, 1.5, True, ["data"], ("data",), {"data"}, object(), ServerSentEvent(data="x")],
+    [object(), [object()], {object()}, ServerSentEvent(data="x")],
     ids=lambda item: type(item).__name__,
 )
-def test_item_of_any_other_type_is_a_type_error_naming_the_type_and_what_is_accepted(item: object) -> None:
+def test_item_that_is_not_json_able_is_a_type_error_naming_the_type_and_what_is_accepted(item: object) -> None:
     with pytest.raises(TypeError) as info:
         encode_item(item, "\n")
     message = str(info.value)

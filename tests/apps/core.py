@@ -121,7 +121,7 @@ def make_app(supervisor: Supervisor | None = None) -> tuple[Starlette, Recorder]
     async def bad_item(request: Request) -> SupervisedStream:
         async def gen():
             yield Event("fine")
-            yield 42
+            yield object()  # not JSON-able: numbers, lists and models are sent as JSON data
 
         return stream(gen())
 
