@@ -209,6 +209,7 @@ def run_load(port: int, seconds: float) -> bool:
 
     held = [hold(f"/users/held{i}/events?every=0.2&ping=0") for i in range(4)]
     held += [hold(f"/users/idle{i}/events?every=30") for i in range(2)]  # idle: pinged every 0.5 s
+    hold("/stuck-sync").close()  # its blocked thread is abandoned
     try:
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(churn, kind) for kind in range(3)] + [pool.submit(stall)]
@@ -260,7 +261,7 @@ def test_prometheus_scrapes_the_app_under_load_and_every_panel_and_alert_evaluat
     assert {series["metric"]["reason"] for series in reasons} >= expected
 
     routes = prometheus.get("/api/v1/label/route/values", **{"match[]": "ssesup_streams_opened_total"})
-    assert set(routes) == {"/users/{user_id}/events", "/broken", "/flood"}
+    assert set(routes) == {"/users/{user_id}/events", "/broken", "/flood", "/stuck-sync"}
 
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] != "query":

@@ -6,6 +6,8 @@
   tells the worker's pid, then a tick every ``S`` seconds, ``N`` of them (0: until the client leaves);
 * ``/broken``: one event, then the generator raises (closes with ``error``);
 * ``/flood``: large events as fast as the client takes them (a stalled client hits the send timeout);
+* ``/stuck-sync``: a sync generator that says hello, then blocks for good (its thread is abandoned when
+  the client leaves);
 * ``/admin/drain?grace=S``: drains this worker's streams (501 while the supervisor cannot drain);
 * ``/pid?hold=S``: the pid of the worker and of its parent, after holding the worker's event loop ``S``
   seconds (meanwhile new connections go to another worker);
@@ -24,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +81,17 @@ async def flood(request: Request) -> SupervisedStream:
     return SupervisedStream(gen(), ping=0)  # always busy: nothing to ping
 
 
+_never = threading.Event()
+
+
+def stuck_sync(request: Request) -> SupervisedStream:
+    def gen():
+        yield Event("hello")
+        _never.wait()
+
+    return SupervisedStream(gen())
+
+
 async def drain(request: Request) -> Response:
     drain = getattr(supervisor, "drain", None)
     if drain is None:
@@ -99,6 +113,7 @@ app = supervisor.install(
             Route("/users/{user_id}/events", user_events),
             Route("/broken", broken),
             Route("/flood", flood),
+            Route("/stuck-sync", stuck_sync),
             Route("/admin/drain", drain, methods=["POST"]),
             Route("/pid", pid),
             Route("/metrics", metrics_app()),
