@@ -229,3 +229,11 @@ def test_a_second_sigterm_force_closes_what_is_left_and_the_server_exits(tmp_pat
         for sock in clients:
             sock.close()
     assert "drain.forced" in server.log()
+
+
+def test_a_source_that_gives_up_ends_the_stream_with_its_own_reason_after_what_it_sent():
+    with serve_app(Supervisor(ping=0)) as server:
+        with raw_request(server.port, "/gives-up") as sock:
+            _, body = read_response(sock)
+        assert body == b"id: 1\r\ndata: one\r\n\r\n"  # what was yielded, then a proper end of body
+        wait_until(lambda: server.recorder.reasons("/gives-up") == ["slow_consumer"])

@@ -419,6 +419,8 @@ class SupervisedStream(Response):
                     if self._queued_bytes >= HIGH_WATER:
                         self._producer_space = space = self._wakeup()
                         await wait(space)
+        except StreamEnding as ending:
+            self._fire(ending.trigger)
         except Exception:
             if machine.state is not CLOSED:  # a generator cut short by its stream's end is no failure
                 log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
@@ -692,6 +694,16 @@ class SupervisedStream(Response):
 
 def _optional_seconds(name: str, value: float | None) -> float | None:
     return None if value is None else check_seconds(name, value)
+
+
+class StreamEnding(Exception):
+    """Raised by a stream's content to end the stream with ``trigger`` instead of ``error``: what is
+    queued is flushed and the body ended, as when the generator finishes (a hub subscription raises
+    it with ``Trigger.SLOW_CONSUMER``)."""
+
+    def __init__(self, trigger: Trigger, message: str = "") -> None:
+        super().__init__(message or trigger.value)
+        self.trigger = trigger
 
 
 class EventTooLarge(ValueError):

@@ -16,7 +16,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from ssesup import Event, SupervisedStream, Supervisor
-from ssesup.states import State
+from ssesup.states import State, Trigger
+from ssesup.stream import StreamEnding
 
 
 class Recorder:
@@ -134,7 +135,15 @@ def make_app(supervisor: Supervisor) -> tuple[Starlette, Recorder, queue.Queue]:
 
         return stream(gen(), headers={"x-bad": "a\r\nb"})
 
+    async def gives_up(request: Request) -> SupervisedStream:
+        async def gen():
+            yield Event("one", id="1")
+            raise StreamEnding(Trigger.SLOW_CONSUMER, "this client is too slow")
+
+        return stream(gen())
+
     routes = [
+        Route("/gives-up", gives_up),
         Route("/fast", fast),
         Route("/blocking", blocking),
         Route("/sync-count", sync_count),

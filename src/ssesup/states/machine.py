@@ -37,6 +37,8 @@ class Trigger(enum.Enum):
     """What was sent stayed unacknowledged by the peer past the dead-peer timeout (it vanished)."""
     ERROR = "error"
     """The generator raised, or yielded something that cannot be sent."""
+    SLOW_CONSUMER = "slow_consumer"
+    """The stream's source gave up on a client too slow for it (a hub subscriber's mailbox overflowed)."""
     SEND_FAILED = "send_failed"
     """The server refused a send for a reason of its own (not a disconnect): nothing more is written."""
     DRAIN = "drain"
@@ -54,6 +56,7 @@ class CloseReason(enum.Enum):
     CLIENT_DISCONNECT = "client_disconnect"
     SEND_TIMEOUT = "send_timeout"
     DEAD_PEER = "dead_peer"
+    SLOW_CONSUMER = "slow_consumer"
     ERROR = "error"
     DRAINED = "drained"
     SHUTDOWN = "shutdown"
@@ -69,6 +72,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (OPEN, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (OPEN, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (OPEN, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
+    (OPEN, T.SLOW_CONSUMER): (CLOSED, R.SLOW_CONSUMER),
     (OPEN, T.ERROR): (CLOSED, R.ERROR),
     (OPEN, T.SEND_FAILED): (CLOSED, R.ERROR),
     (OPEN, T.DRAIN): (DRAINING, None),
@@ -78,6 +82,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (STREAMING, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (STREAMING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (STREAMING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
+    (STREAMING, T.SLOW_CONSUMER): (CLOSED, R.SLOW_CONSUMER),
     (STREAMING, T.ERROR): (CLOSED, R.ERROR),
     (STREAMING, T.SEND_FAILED): (CLOSED, R.ERROR),
     (STREAMING, T.DRAIN): (DRAINING, None),
@@ -92,6 +97,7 @@ TRANSITIONS: dict[tuple[State, Trigger], tuple[State, CloseReason | None]] = {
     (DRAINING, T.CLIENT_DISCONNECT): (CLOSED, R.CLIENT_DISCONNECT),
     (DRAINING, T.SEND_TIMEOUT): (CLOSED, R.SEND_TIMEOUT),
     (DRAINING, T.DEAD_PEER): (CLOSED, R.DEAD_PEER),
+    (DRAINING, T.SLOW_CONSUMER): (CLOSED, R.SLOW_CONSUMER),
     (DRAINING, T.ERROR): (CLOSED, R.ERROR),
     (DRAINING, T.SEND_FAILED): (CLOSED, R.ERROR),
     (DRAINING, T.FORCE_CLOSE): (CLOSED, R.SHUTDOWN),
