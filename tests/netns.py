@@ -187,13 +187,14 @@ def network(*peers: str) -> Iterator[Network]:
 
 @dataclass(frozen=True)
 class Connection:
-    """One TCP connection of the server, as ``ss`` shows it."""
+    """One TCP connection of the server, as ``ss`` shows it; ``fds``: descriptors of it still open."""
 
     state: str
     recv_q: int
     send_q: int
     local: str
     peer: str
+    fds: int
 
     @property
     def peer_port(self) -> int:
@@ -201,8 +202,8 @@ class Connection:
 
     @property
     def holds(self) -> bool:
-        """Still holding the connection: open, or closed with bytes the kernel still keeps."""
-        return self.state in ("ESTAB", "CLOSE-WAIT") or self.send_q > 0
+        """Still holding the connection: open, a descriptor of it open, or bytes the kernel still keeps."""
+        return self.state in ("ESTAB", "CLOSE-WAIT") or self.fds > 0 or self.send_q > 0
 
 
 @dataclass
@@ -241,17 +242,26 @@ class NamespacedServer:
         return count
 
     def connections(self) -> list[Connection]:
-        """Every TCP connection in the server namespace but the listening ones (all are the server's)."""
+        """Every TCP connection in the server namespace but the listening ones (all are the server's),
+        with the descriptors the server's processes hold of each."""
         rows = []
-        for line in run(*self.network.in_server("ss", "-tanH")).splitlines():
-            state, recv_q, send_q, local, peer, *_ = line.split()
+        for line in run(*self.network.in_server("ss", "-tanpH")).splitlines():
+            state, recv_q, send_q, local, peer, *users = line.split()
             if state != "LISTEN":
-                rows.append(Connection(state, int(recv_q), int(send_q), local, peer))
+                rows.append(Connection(state, int(recv_q), int(send_q), local, peer, " ".join(users).count("fd=")))
         return rows
 
     def held(self, ports: set[int]) -> list[Connection]:
         """The connections to client ``ports`` that the server still holds."""
         return [c for c in self.connections() if c.peer_port in ports and c.holds]
+
+    def wait_unsendable(self, ports: set[int], timeout: float = 10.0) -> None:
+        """Wait until the server has bytes queued that it cannot send on every connection to ``ports``."""
+        deadline = time.monotonic() + timeout
+        while {c.peer_port for c in self.connections() if c.send_q > 0} < ports:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no bytes queued for {ports} within {timeout} s: {self.connections()}")
+            time.sleep(0.05)
 
     def wait_exit(self, timeout: float) -> float | None:
         """Seconds until the server process exits, or ``None`` when it is still running after ``timeout``."""
