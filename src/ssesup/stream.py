@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -102,8 +103,17 @@ class SupervisedStream(Response):
 
     ``content`` is an async iterable (or a sync iterable, run in a worker thread) yielding
     :class:`Event`, ``str`` (sent as data), ``bytes``/``memoryview`` (sent as is) or a ``dict`` of
-    event fields. ``ping``, ``send_timeout``, ``sep`` and ``ping_factory`` override the supervisor's
-    settings for this stream.
+    event fields. ``ping``, ``send_timeout``, ``sep``, ``ping_factory``, ``dead_peer_timeout``,
+    ``close_grace`` and ``max_event_size`` override the supervisor's settings for this stream.
+
+    Hooks of this stream alone: ``on_close(stream)`` (sync or async) is called once after the stream
+    closed, before its generator is closed; ``companion()`` is a task started with the stream and
+    cancelled when it ends (if it raises, the stream ends with ``error``); ``drain_event`` (an
+    ``anyio.Event`` or anything with ``set()``) is set when the stream starts draining, and with
+    ``drain_grace`` the stream closes that many seconds after its drain began rather than in its
+    wave; ``raise_errors`` makes a generator's, companion's or close callback's error (and a send
+    timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
+    with no clean end of body.
     """
 
     media_type = "text/event-stream"
@@ -117,6 +127,7 @@ class SupervisedStream(Response):
         "_dead_peer_timeout",
         "_drain_waiter",
         "_draining",
+        "_hooks",
         "_id",
         "_iterator",
         "_last_activity",
@@ -171,6 +182,11 @@ class SupervisedStream(Response):
         dead_peer_timeout: float | None = None,
         close_grace: float | None = None,
         max_event_size: int | None = None,
+        on_close: Callable[[SupervisedStream], Awaitable[None] | None] | None = None,
+        companion: Callable[[], Awaitable[None]] | None = None,
+        drain_event: Any = None,
+        drain_grace: float | None = None,
+        raise_errors: bool = False,
         supervisor: Supervisor | None = None,
     ) -> None:
         if isinstance(content, AsyncIterable):
@@ -199,6 +215,15 @@ class SupervisedStream(Response):
         self._dead_peer_timeout = _optional_seconds("dead_peer_timeout", dead_peer_timeout)
         self._close_grace = _optional_seconds("close_grace", close_grace)
         self._max_event_size = check_size("max_event_size", max_event_size)
+        self._hooks = (
+            _Hooks(on_close, companion, drain_event, drain_grace, raise_errors)
+            if on_close is not None
+            or companion is not None
+            or drain_event is not None
+            or drain_grace is not None
+            or raise_errors
+            else None
+        )
         self._supervisor = supervisor
         self._machine = StreamMachine()
         self._draining = False
@@ -334,12 +359,15 @@ class SupervisedStream(Response):
                     self._fire(Trigger.FIRST_SEND)
                     if scope.get("method") == "HEAD":
                         self._fire(Trigger.EXHAUSTED)  # headers only: the generator is never started
-                    elif live.loop.create_task is not None:
-                        # asyncio: the producer is a task of the stream's own, outside the task group,
-                        # so that stopping it is one cancellation and its generator can await cleanup.
-                        self._producer = live.loop.create_task(self._produce(send))
                     else:
-                        task_group.start_soon(self._produce, send)
+                        if self._hooks is not None and self._hooks.companion is not None:
+                            task_group.start_soon(self._run_companion, self._hooks)
+                        if live.loop.create_task is not None:
+                            # asyncio: the producer is a task of the stream's own, outside the task group,
+                            # so that stopping it is one cancellation and its generator can await cleanup.
+                            self._producer = live.loop.create_task(self._produce(send))
+                        else:
+                            task_group.start_soon(self._produce, send)
                     # The request's own task listens until the client leaves or the body has ended.
                     await self._listen(receive)
         finally:
@@ -349,10 +377,16 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
-            if self._response_started and not self._body_ended and self.close_reason not in _GONE:
+            hooks = self._hooks
+            raised = hooks is not None and hooks.error is not None
+            if self._response_started and not self._body_ended and self.close_reason not in _GONE and not raised:
                 self._release()  # bytes left unsent: free the connection now, not when its peer reads
+            if hooks is not None and hooks.on_close is not None:
+                await self._call_on_close(hooks)
             await self._stop_generator()
             supervisor.unregister(self, live)
+        if self._hooks is not None and self._hooks.error is not None:
+            raise self._hooks.error
         if self.background is not None:
             await self.background()
 
@@ -421,9 +455,10 @@ class SupervisedStream(Response):
                         await wait(space)
         except StreamEnding as ending:
             self._fire(ending.trigger)
-        except Exception:
+        except Exception as exc:
             if machine.state is not CLOSED:  # a generator cut short by its stream's end is no failure
                 log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
+                self._keep_error(exc)
             self._fire(Trigger.ERROR)
         except asyncio.CancelledError:
             if not self._stopping:
@@ -453,7 +488,8 @@ class SupervisedStream(Response):
                             return
                         continue
                     if self._machine.closed:
-                        if await self._send(send, _END_OF_BODY):
+                        # An error to raise to the server leaves the body unended, as an error does.
+                        if (self._hooks is None or self._hooks.error is None) and await self._send(send, _END_OF_BODY):
                             self._body_ended = True
                         self._cancel_scope.cancel()
                         return
@@ -546,15 +582,20 @@ class SupervisedStream(Response):
         assert supervisor is not None
         supervisor.notify("transitioned", self, transition)
         if transition.to_state is State.DRAINING:
-            self._draining = True
-            if self._drain_waiter is not None:
-                self._drain_waiter.set()
+            if not self._draining:
+                self._draining = True
+                if self._drain_waiter is not None:
+                    self._drain_waiter.set()
+                if self._hooks is not None:
+                    self._drain_hooks(self._hooks)
             return
         if transition.to_state is not State.CLOSED:
             return
         now = self.ended_at = self._clock()
         reason = transition.close_reason
         scope = self._cancel_scope
+        if transition.trigger is Trigger.SEND_TIMEOUT:
+            self._keep_error(SendTimeoutError(f"a send took longer than send_timeout ({self._send_timeout} s)"))
         if transition.trigger in _ABANDON:
             if scope is not None:
                 scope.cancel()
@@ -572,6 +613,51 @@ class SupervisedStream(Response):
         elif scope is not None and self._send_timeout:
             scope.deadline = now + self._send_timeout  # what is queued is flushed under the send deadline
         self._start_sender()
+
+    # -- the stream's own hooks -----------------------------------------------------------------------
+
+    @property
+    def drain_grace(self) -> float | None:
+        """This stream's own time from the start of its drain to its close (``None``: its wave's)."""
+        return None if self._hooks is None else self._hooks.drain_grace
+
+    def _keep_error(self, error: BaseException) -> None:
+        """With ``raise_errors``, the first error is raised to the server once the stream has ended."""
+        hooks = self._hooks
+        if hooks is not None and hooks.raise_errors and hooks.error is None:
+            hooks.error = error
+
+    def _drain_hooks(self, hooks: _Hooks) -> None:
+        if hooks.drain_event is not None:
+            hooks.drain_event.set()
+        if hooks.drain_grace is not None and self._live is not None:
+
+            def close(now: float) -> None:
+                self._fire(Trigger.DRAIN_CLOSE)
+
+            self._live.timers.schedule(self._clock() + hooks.drain_grace, close)
+
+    async def _run_companion(self, hooks: _Hooks) -> None:
+        """The companion task: runs beside the generator until the stream ends (the task group's end
+        cancels it); its failure ends the stream with ``error``."""
+        try:
+            await hooks.companion()  # type: ignore[misc]
+        except Exception as exc:
+            log.exception("stream.companion_failed", stream_id=self.stream_id, route=self.route)
+            self._keep_error(exc)
+            self._fire(Trigger.ERROR)
+
+    async def _call_on_close(self, hooks: _Hooks) -> None:
+        """Call ``on_close(stream)`` once, shielded, within the close grace; a failure is logged (and
+        raised with ``raise_errors``)."""
+        with anyio.move_on_after(self._close_grace or 0.0, shield=True):
+            try:
+                result = hooks.on_close(self)  # type: ignore[misc]
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.exception("stream.on_close_failed", stream_id=self.stream_id, route=self.route)
+                self._keep_error(exc)
 
     def _next_check(self, now: float) -> float:
         """When the timer should look at this stream again: the next ping, or the next send check."""
@@ -694,6 +780,36 @@ class SupervisedStream(Response):
 
 def _optional_seconds(name: str, value: float | None) -> float | None:
     return None if value is None else check_seconds(name, value)
+
+
+class _Hooks:
+    """The hooks of one stream (one slot on the stream, ``None`` for most streams)."""
+
+    __slots__ = ("companion", "drain_event", "drain_grace", "error", "on_close", "raise_errors")
+
+    def __init__(
+        self,
+        on_close: Callable[[SupervisedStream], Awaitable[None] | None] | None,
+        companion: Callable[[], Awaitable[None]] | None,
+        drain_event: Any,
+        drain_grace: float | None,
+        raise_errors: bool,
+    ) -> None:
+        for name, hook in (("on_close", on_close), ("companion", companion)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
+        if drain_event is not None and not callable(getattr(drain_event, "set", None)):
+            raise TypeError(f"drain_event must have a set() method (an anyio.Event), not {type(drain_event).__name__}")
+        self.on_close = on_close
+        self.companion = companion
+        self.drain_event = drain_event
+        self.drain_grace = _optional_seconds("drain_grace", drain_grace)
+        self.raise_errors = bool(raise_errors)
+        self.error: BaseException | None = None
+
+
+class SendTimeoutError(TimeoutError):
+    """A send missed the stream's send deadline (raised to the server only with ``raise_errors``)."""
 
 
 class StreamEnding(Exception):

@@ -234,8 +234,9 @@ class Supervisor:
         streams = sorted(live.streams, key=lambda stream: stream.started_at)
         for stream in streams:
             stream.trigger(Trigger.DRAIN)
+        in_waves = [stream for stream in streams if stream.drain_grace is None]  # the others time their own
         waves: dict[float, list[SupervisedStream]] = {}
-        for stream, offset in zip(streams, wave_offsets(len(streams), grace), strict=True):
+        for stream, offset in zip(in_waves, wave_offsets(len(in_waves), grace), strict=True):
             waves.setdefault(offset, []).append(stream)
         for offset, wave in waves.items():
             live.drain_timers.append(live.timers.schedule(now + offset, _closer(wave, Trigger.DRAIN_CLOSE)))
