@@ -5,6 +5,7 @@ machine, owned by one supervisor per event loop.
 """
 
 from ssesup.events import Event
+from ssesup.hub import Hub
 from ssesup.logs import configure_logging
 from ssesup.metrics import metrics_app
 from ssesup.observers import StreamObserver
@@ -15,6 +16,7 @@ from ssesup.supervisor import Supervisor, SupervisorMiddleware, default_supervis
 __all__ = [
     "CloseReason",
     "Event",
+    "Hub",
     "IllegalTransition",
     "State",
     "StreamObserver",

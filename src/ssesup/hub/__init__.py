@@ -1,0 +1,248 @@
+"""Channels with lossless resume: :class:`Hub`.
+
+Owns: the hub's API (``publish``, ``stream``, ``subscribe``, ``readiness``, ``aclose``), its settings,
+choosing the engine from a URL, timing and counting engine calls. Does not own storage (the engines:
+``ssesup.hub.memory``, ``ssesup.hub.redis``, behind ``ssesup.hub.backend``), the per-loop reader
+(``ssesup.hub.fanout``) or a subscriber's mailbox and ids (``ssesup.hub.subscription``).
+
+``Hub()`` keeps history in this process's memory; ``Hub("redis://...")`` in Redis Streams, shared by
+every process and host that uses the same server (install ``ssesup[redis]``). Nothing needs a lifespan:
+the engine is reached on first use on each event loop, and the loop's reader ends with its last
+subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) releases this loop's connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.lowlevel import RunVar
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ssesup.events import Event
+from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
+from ssesup.hub.fanout import LoopHub
+from ssesup.hub.ids import GapReason, channels_digest, format_id
+from ssesup.hub.subscription import Overflow, Subscription, check_channel
+from ssesup.stream import SupervisedStream
+from ssesup.supervisor import Supervisor, supervisor_for
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ssesup.hub.metrics import HubMetrics
+
+__all__ = ["Backend", "Entry", "GapReason", "History", "Hub", "HubUnavailable", "Overflow", "Subscription"]
+
+T = TypeVar("T")
+
+HISTORY_SIZE = 1000
+HISTORY_TTL = 300.0
+MAILBOX_EVENTS = 1000
+MAILBOX_BYTES = 1024 * 1024
+
+
+class Hub:
+    """Publish to channels; stream them to clients that resume after their ``Last-Event-ID``.
+
+    ``url``: ``None`` (or ``"memory://"``) for this process's memory, ``"redis://host:port/db"``
+    (``rediss://``, ``unix://``) for Redis Streams. ``backend``: an engine of your own instead.
+    ``history_size`` events per channel are kept, none older than ``history_ttl`` seconds (Redis trims
+    approximately: at least that many are kept). Each subscriber's mailbox holds at most
+    ``mailbox_events`` events and ``mailbox_bytes`` bytes; past that, ``overflow`` (``"disconnect"``
+    or ``"drop_oldest"``; ``channel_overflow`` per channel) applies. ``gap_event`` names the event
+    that tells a subscriber events were lost. ``metrics``: record in prometheus-client's registry
+    (``True``), in this registry, or not at all; ``metrics_channels`` labels them by channel (only
+    when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        history_size: int = HISTORY_SIZE,
+        history_ttl: float = HISTORY_TTL,
+        mailbox_events: int = MAILBOX_EVENTS,
+        mailbox_bytes: int = MAILBOX_BYTES,
+        overflow: Overflow | str = Overflow.DISCONNECT,
+        channel_overflow: Mapping[str, Overflow | str] | None = None,
+        gap_event: str = "gap",
+        metrics: bool | CollectorRegistry = True,
+        metrics_channels: bool = False,
+        redis_prefix: str = "ssesup:",
+        backend: Backend | None = None,
+    ) -> None:
+        for name, value in (("history_size", history_size), ("mailbox_events", mailbox_events)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+        if isinstance(mailbox_bytes, bool) or not isinstance(mailbox_bytes, int) or mailbox_bytes < 1:
+            raise ValueError(f"mailbox_bytes must be a number of bytes >= 1, not {mailbox_bytes!r}")
+        if isinstance(history_ttl, bool) or not isinstance(history_ttl, (int, float)) or not history_ttl > 0:
+            raise ValueError(f"history_ttl must be a number of seconds > 0, not {history_ttl!r}")
+        Event(gap_event, event=gap_event)  # the same checks as any event's name
+        self.history_size = history_size
+        self.history_ttl = float(history_ttl)
+        self.mailbox_events = mailbox_events
+        self.mailbox_bytes = mailbox_bytes
+        self.overflow = Overflow(overflow)
+        self.channel_overflow = {check_channel(c): Overflow(p) for c, p in (channel_overflow or {}).items()}
+        self.gap_event = gap_event
+        if backend is None:
+            backend = _backend_for(url, history_size, self.history_ttl, redis_prefix)
+        self.backend = backend
+        self.metrics: HubMetrics | None = None
+        if metrics is not False:
+            from ssesup.hub.metrics import hub_metrics
+
+            self.metrics = hub_metrics(None if metrics is True else metrics)
+        self.metrics_channels = metrics_channels
+        self._live: RunVar[LoopHub] = RunVar(f"ssesup.hub.{id(self)}")
+
+    # -- the API -------------------------------------------------------------------------------------
+
+    async def publish(self, channel: str, event: Event | str) -> str:
+        """Append ``event`` to ``channel`` and return its id (as a subscriber of that channel alone
+        sees it). The hub sets ids: an event with one raises ``ValueError``. Raises
+        :class:`HubUnavailable` when the engine cannot be reached (nothing was published)."""
+        check_channel(channel)
+        if isinstance(event, str):
+            event = Event(event)
+        elif not isinstance(event, Event):
+            raise TypeError(f"publish an Event or a str, not {type(event).__name__}")
+        if event.id is not None:
+            raise ValueError("the hub sets event ids (monotonic per channel): publish the event without an id")
+        backend = self.backend
+        position = await self.call("append", lambda: backend.append(channel, event))
+        if self.metrics is not None:
+            self.metrics.published.labels(backend.name, self._channel_label(channel)).inc()
+        epoch = await self.loop_hub().current_epoch()
+        return format_id(epoch, channels_digest((channel,)), (position,))
+
+    def stream(self, request: Request, *channels: str, **stream_options: Any) -> SupervisedStream:
+        """A :class:`~ssesup.SupervisedStream` of ``channels`` that resumes after the request's
+        ``Last-Event-ID`` header, else its ``last_event_id`` query parameter. ``stream_options`` are
+        SupervisedStream's (``ping``, ``send_timeout``, ``sep``, ...)."""
+        last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        supervisor: Supervisor = stream_options.get("supervisor") or supervisor_for(request.scope)
+        sep = stream_options.get("sep") or supervisor.sep
+        subscription = Subscription(self, channels, last_event_id, sep=sep)
+        stream = SupervisedStream(subscription.encoded(), **stream_options)
+        subscription.stream = stream
+        return stream
+
+    def subscribe(self, *channels: str, last_event_id: str | None = None) -> Subscription:
+        """An async iterator of the events of ``channels`` after ``last_event_id`` (ids set), for
+        generators that merge, filter or add events of their own. Inside a SupervisedStream's generator,
+        an overflow (policy ``disconnect``) ends that stream with ``slow_consumer``."""
+        return Subscription(self, channels, last_event_id)
+
+    async def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether the engine answers within ``timeout`` seconds."""
+        with anyio.move_on_after(timeout):
+            try:
+                await self.call("epoch", self.backend.epoch)
+            except HubUnavailable:
+                return False
+            return True
+        return False
+
+    def readiness(self, supervisor: Supervisor | None = None) -> ASGIApp:
+        """An ASGI app for readiness probes that includes the hub: ``503`` during a drain (as
+        ``supervisor.readiness()``) and while the engine does not answer, else ``200``."""
+        return _HubReadiness(self, supervisor)
+
+    async def aclose(self) -> None:
+        """Release this event loop's connections to the engine (the next use connects again)."""
+        await self.backend.close()
+
+    # -- what the hub's parts share ------------------------------------------------------------------
+
+    def loop_hub(self) -> LoopHub:
+        try:
+            return self._live.get()
+        except LookupError:
+            live = LoopHub(self)
+            self._live.set(live)
+            return live
+
+    def overflow_of(self, channels: tuple[str, ...]) -> Overflow:
+        """A subscription drops events only when each of its channels allows it."""
+        policies = {self.channel_overflow.get(channel, self.overflow) for channel in channels}
+        return Overflow.DROP_OLDEST if policies == {Overflow.DROP_OLDEST} else Overflow.DISCONNECT
+
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()``, an engine call, timed and its failures counted."""
+        started = time.perf_counter()
+        try:
+            result = await fn()
+        except HubUnavailable:
+            self.count_error(operation)
+            raise
+        if self.metrics is not None:
+            self.metrics.backend_seconds.labels(self.backend.name, operation).observe(time.perf_counter() - started)
+        return result
+
+    def _channel_label(self, channel: str) -> str:
+        return channel if self.metrics_channels else ""
+
+    def count_error(self, operation: str) -> None:
+        if self.metrics is not None:
+            self.metrics.backend_errors.labels(self.backend.name, operation).inc()
+
+    def count_delivered(self, delivered: dict[str, int]) -> None:
+        if self.metrics is None or not delivered:
+            return
+        if self.metrics_channels:
+            for channel, count in delivered.items():
+                self.metrics.delivered.labels(self.backend.name, channel).inc(count)
+        else:
+            self.metrics.delivered.labels(self.backend.name, "").inc(sum(delivered.values()))
+
+    def count_replayed(self, channel: str) -> None:
+        if self.metrics is not None:
+            self.metrics.replayed.labels(self.backend.name, self._channel_label(channel)).inc()
+
+    def count_gap(self, reason: GapReason) -> None:
+        if self.metrics is not None:
+            self.metrics.gaps.labels(self.backend.name, reason.value).inc()
+
+    def count_slow_consumer(self) -> None:
+        if self.metrics is not None:
+            self.metrics.slow_consumers.labels(self.backend.name).inc()
+
+    def count_subscriber(self, change: int) -> None:
+        if self.metrics is not None:
+            self.metrics.subscribers.labels(self.backend.name).inc(change)
+
+
+def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix: str) -> Backend:
+    if url is None or url == "memory://":
+        from ssesup.hub.memory import MemoryBackend
+
+        return MemoryBackend(history_size, history_ttl)
+    scheme = url.partition("://")[0]
+    if scheme in ("redis", "rediss", "unix"):
+        from ssesup.hub.redis import RedisBackend
+
+        return RedisBackend(url, history_size, history_ttl, prefix=prefix)
+    raise ValueError(f"a hub URL is memory://, redis://, rediss:// or unix://, not {url!r}")
+
+
+class _HubReadiness:
+    def __init__(self, hub: Hub, supervisor: Supervisor | None) -> None:
+        self.hub = hub
+        self.supervisor = supervisor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        supervisor = self.supervisor or supervisor_for(scope)
+        if supervisor.live.draining:
+            response = JSONResponse({"ready": False, "draining": True, "hub": "unknown"}, 503)
+        elif not await self.hub.healthy():
+            response = JSONResponse({"ready": False, "draining": False, "hub": "unavailable"}, 503)
+        else:
+            response = JSONResponse({"ready": True, "draining": False, "hub": "ok"})
+        await response(scope, receive, send)

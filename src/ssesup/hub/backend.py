@@ -1,0 +1,94 @@
+"""The small interface a hub engine implements: append, read after a position, wait for what follows.
+
+Owns: :class:`Backend` (seven methods), :class:`Entry` (one published event and its position),
+:class:`History` (what a read found) and :class:`HubUnavailable`. Does not own ids on the wire, fan-out
+or mailboxes (``ssesup.hub``): an engine stores and reads, the hub does the rest, so a second engine
+(NATS JetStream, say) is one module of these seven methods.
+
+The contract, for every engine:
+
+* ``append`` gives each channel's events increasing positions (``(int, int)``, ordered as tuples) and
+  returns the new event's; it raises :class:`HubUnavailable` when the engine cannot be reached.
+* ``read(channel, after, limit)`` returns up to ``limit`` events after ``after``, oldest first, with
+  ``lost`` (events after ``after`` are gone from history: trimmed, expired) and ``last`` (the channel's
+  last position ever given, also when its events are gone).
+* ``wait(cursors, timeout)`` returns the events after each channel's cursor, waiting up to ``timeout``
+  seconds for the first (an empty list on timeout or after ``wake``). The hub calls it from one task
+  per event loop, for all the channels that loop's subscribers follow.
+* ``wake()`` makes this loop's ``wait`` return now (its channels changed).
+* ``epoch()`` is a token of the engine's history: it changes when history is lost. It is also the
+  health check (it reaches the engine).
+* ``close()`` releases this event loop's connections; the next call connects again.
+
+Engines are used from any number of event loops (each uvicorn worker thread, a test's own loop): what
+belongs to a loop (connections) is the engine's to keep per loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ssesup.events import Event
+from ssesup.hub.ids import Position
+
+
+class HubUnavailable(ConnectionError):
+    """The hub's engine cannot be reached (Redis down, say): nothing was published."""
+
+
+class Entry:
+    """One published event (without an id: ids are the hub's) at its position in its channel."""
+
+    __slots__ = ("_encoded", "event", "position")
+
+    def __init__(self, position: Position, event: Event) -> None:
+        self.position = position
+        self.event = event
+        self._encoded: dict[str, bytes] = {}
+
+    def body(self, sep: str) -> bytes:
+        """The event encoded with ``sep``, made once per separator however many subscribers get it."""
+        body = self._encoded.get(sep)
+        if body is None:
+            body = self._encoded[sep] = self.event.encode(sep)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, and the
+    channel's last position."""
+
+    entries: Sequence[Entry]
+    lost: bool
+    last: Position
+
+
+class Backend(abc.ABC):
+    """An engine of the hub. See the module's docstring for the contract."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def epoch(self) -> str: ...
+
+    @abc.abstractmethod
+    async def append(self, channel: str, event: Event) -> Position: ...
+
+    @abc.abstractmethod
+    async def read(self, channel: str, after: Position, limit: int) -> History: ...
+
+    @abc.abstractmethod
+    async def last(self, channel: str) -> Position: ...
+
+    @abc.abstractmethod
+    async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]: ...
+
+    @abc.abstractmethod
+    async def wake(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

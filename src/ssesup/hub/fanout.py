@@ -1,0 +1,186 @@
+"""The hub's part on one event loop: one reader for every channel the loop's subscribers follow.
+
+Owns: which subscriptions of this loop follow which channel, the reader's cursor per channel (the last
+position fanned out), the one task that waits on the engine for all of them and hands each new entry to
+every subscriber's mailbox, reconnecting with jittered back-off when the engine is down, and noticing a
+new epoch. Does not own mailboxes or ids (``ssesup.hub.subscription``) or storage (the engine).
+
+The task is started by the first subscription of the loop and ends with the last one, like the
+supervisor's timers: it lives in an anyio ``RunVar`` per hub and loop, so it needs no lifespan, and a
+drain, which ends the loop's streams, ends it too.
+
+The seam between history and live events rests on one invariant: every entry after the cursor
+:meth:`LoopHub.join` returns reaches the subscriber's mailbox (the cursor is read, and entries are
+fanned out, in one step of the loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import structlog
+
+from ssesup._loop import LoopPrimitives, spawn_owned
+from ssesup.hub.backend import Entry, HubUnavailable
+from ssesup.hub.ids import Position
+
+if TYPE_CHECKING:
+    from ssesup.hub import Hub
+    from ssesup.hub.subscription import Subscription
+
+log = structlog.get_logger("ssesup")
+
+T = TypeVar("T")
+
+# The reader's longest wait on the engine: how often an idle reader checks the epoch (a flushed Redis
+# is noticed within this) and how soon an engine that went away silently is found.
+HEALTH_EVERY = 5.0
+# Reconnect back-off: the first retry after about BACKOFF_FIRST, doubling up to BACKOFF_CAP, each wait
+# drawn between half and all of it (jitter: processes that lost the engine together do not return in step).
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempt, 16))
+    return rng.uniform(delay / 2, delay)
+
+
+class LoopHub:
+    """One hub's subscriptions, cursors and reader on one event loop."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.loop = LoopPrimitives()
+        self.subscribers: dict[str, set[Subscription]] = {}
+        self.cursors: dict[str, Position] = {}
+        self.subscriptions: set[Subscription] = set()
+        self.epoch: str | None = None
+        self.healthy = True
+        self.rng = random.Random()
+        self._reader: anyio.CancelScope | None = None
+        self._task: object = None
+        if hub.metrics is not None:
+            hub.metrics.watch_depth(self)
+
+    def mailbox_depth(self) -> int:
+        return sum(len(subscription.mailbox) for subscription in tuple(self.subscriptions))
+
+    async def current_epoch(self) -> str:
+        if self.epoch is None:
+            self.epoch = await self.hub.call("epoch", self.hub.backend.epoch)
+        return self.epoch
+
+    async def retrying(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()`` until the engine answers, backing off between tries (a subscriber waits, open)."""
+        attempt = 0
+        while True:
+            try:
+                return await self.hub.call(operation, fn)
+            except HubUnavailable:
+                self.healthy = False
+                await anyio.sleep(backoff(attempt, self.rng))
+                attempt += 1
+
+    async def join(self, subscription: Subscription, channel: str) -> Position:
+        """Follow ``channel`` for ``subscription``; return the cursor after which every entry will reach
+        its mailbox."""
+        self.subscriptions.add(subscription)
+        self.subscribers.setdefault(channel, set()).add(subscription)
+        cursor = self.cursors.get(channel)
+        if cursor is not None:
+            self._ensure_reader()
+            return cursor
+        backend = self.hub.backend
+        last = await self.retrying("last", lambda: backend.last(channel))
+        cursor = self.cursors.get(channel)
+        if cursor is not None:  # another subscription set it meanwhile: from there on, all reach us
+            return cursor
+        if subscription not in self.subscribers.get(channel, ()):
+            return last  # left while waiting
+        self.cursors[channel] = last
+        if not self._ensure_reader():
+            with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has
+                await backend.wake()
+        return last
+
+    def leave(self, subscription: Subscription) -> None:
+        self.subscriptions.discard(subscription)
+        for channel in subscription.channels:
+            followers = self.subscribers.get(channel)
+            if followers is None:
+                continue
+            followers.discard(subscription)
+            if not followers:
+                del self.subscribers[channel]
+                self.cursors.pop(channel, None)
+        if not self.cursors and self._reader is not None:
+            self._reader.cancel()  # nothing left to read: the reader ends now, not at its next wake-up
+            self._reader = None
+
+    def _ensure_reader(self) -> bool:
+        """Start the reader unless it runs; ``True`` when it was started now."""
+        if self._reader is not None:
+            return False
+        scope = self._reader = anyio.CancelScope()
+        self._task = spawn_owned(lambda: self._read(scope))
+        return True
+
+    async def _read(self, scope: anyio.CancelScope) -> None:
+        backend = self.hub.backend
+        clock = self.loop.clock
+        checked = clock()
+        attempt = 0
+        try:
+            with scope:
+                while self.cursors:
+                    try:
+                        if attempt or clock() - checked >= HEALTH_EVERY:
+                            self._check_epoch(await self.hub.call("epoch", backend.epoch))
+                            checked = clock()
+                        batch = await backend.wait(dict(self.cursors), HEALTH_EVERY)
+                    except HubUnavailable as exc:
+                        if attempt == 0:
+                            log.warning("hub.backend_unavailable", backend=backend.name, error=str(exc))
+                        self.healthy = False
+                        self.hub.count_error("wait")
+                        await anyio.sleep(backoff(attempt, self.rng))
+                        attempt += 1
+                        continue
+                    if attempt:
+                        log.info("hub.backend_back", backend=backend.name, attempts=attempt)
+                    attempt = 0
+                    self.healthy = True
+                    if batch:
+                        self._fan_out(batch)
+        finally:
+            if self._reader is scope:
+                self._reader = None
+
+    def _check_epoch(self, epoch: str) -> None:
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("hub.epoch_changed", backend=self.hub.backend.name, subscribers=len(self.subscriptions))
+            for subscription in tuple(self.subscriptions):
+                subscription.epoch_changed(epoch)
+        self.epoch = epoch
+
+    def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:
+        delivered: dict[str, int] = {}
+        cursors = self.cursors
+        subscribers = self.subscribers
+        for channel, entry in batch:
+            cursor = cursors.get(channel)
+            if cursor is None or entry.position <= cursor:
+                continue
+            cursors[channel] = entry.position
+            followers = subscribers.get(channel)
+            if not followers:
+                continue
+            for subscription in tuple(followers):
+                subscription.offer(channel, entry)
+            delivered[channel] = delivered.get(channel, 0) + len(followers)
+        self.hub.count_delivered(delivered)

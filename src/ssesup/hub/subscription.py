@@ -1,0 +1,314 @@
+"""One subscriber of the hub: its resume point, its bounded mailbox, and what it sends.
+
+Owns: reading the id a subscriber resumes from, replaying history after it, the seam to live events
+(no gap, no duplicate), the mailbox (bounded in events and bytes) and its overflow policy, the gap
+events, and the subscriber's id, which says where it is in every channel. Does not own the reader that
+fills the mailbox (``ssesup.hub.fanout``) or storage (the engine).
+
+How a subscription starts: it joins each channel on its loop's reader first (from then on, every entry
+after the returned cursor reaches its mailbox), then replays history after the id it asked for, then
+takes from the mailbox, skipping what it already sent (a position per channel). Its first event is an
+id with no data (``id: ...`` and a blank line): clients dispatch nothing, but an ``EventSource`` takes
+the id, so even a client that got no event yet resumes from where it subscribed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ssesup._loop import wait, wake
+from ssesup.events import Event
+from ssesup.hub.backend import Entry
+from ssesup.hub.ids import (
+    MAX_CHANNELS,
+    MAX_ID_BYTES,
+    GapReason,
+    Position,
+    Unhonoured,
+    channels_digest,
+    format_id,
+    parse_id,
+)
+from ssesup.states import Trigger
+
+if TYPE_CHECKING:
+    from ssesup.hub import Hub
+    from ssesup.hub.fanout import LoopHub
+    from ssesup.stream import SupervisedStream
+
+# Entries read from history per engine call while replaying.
+PAGE = 500
+
+
+class Overflow(enum.Enum):
+    """What a full mailbox does with a subscriber that does not keep up."""
+
+    DISCONNECT = "disconnect"
+    """Close its stream with ``slow_consumer``; the client reconnects and resumes from history."""
+    DROP_OLDEST = "drop_oldest"
+    """Drop its oldest events; it gets a gap event (reason ``dropped``) before the next one."""
+
+
+def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+    if not channels:
+        raise ValueError("subscribe to at least one channel")
+    if len(channels) > MAX_CHANNELS:
+        raise ValueError(f"a subscription has at most {MAX_CHANNELS} channels (its id must fit 256 bytes)")
+    for channel in channels:
+        check_channel(channel)
+    if len(set(channels)) != len(channels):
+        raise ValueError(f"a channel appears twice in {list(channels)!r}")
+    return tuple(channels)
+
+
+def check_channel(channel: object) -> str:
+    if not isinstance(channel, str) or not channel:
+        raise ValueError(f"a channel is a non-empty str, not {channel!r}")
+    return channel
+
+
+class Subscription:
+    """An async iterator of the :class:`~ssesup.Event` of one or more channels, ids set by the hub.
+
+    Made by :meth:`Hub.subscribe`. Its first event has only an id (where it starts); a gap event
+    (``event`` named by the hub's ``gap_event``) says when events were lost. Close it with ``aclose()``
+    or ``async with`` (a stream's generator that uses it closes it in its own ``finally``).
+    """
+
+    def __init__(self, hub: Hub, channels: Sequence[str], last_event_id: str | None, *, sep: str = "\r\n") -> None:
+        self.hub = hub
+        self.channels = check_channels(channels)
+        self.last_event_id = last_event_id or None
+        self.sep = sep
+        self.stream: SupervisedStream | None = None
+        self.mailbox: deque[tuple[str, Entry]] = deque()
+        self._bytes = 0
+        self._max_events = hub.mailbox_events
+        self._max_bytes = hub.mailbox_bytes
+        self.overflow = hub.overflow_of(self.channels)
+        self._digest = channels_digest(self.channels)
+        self._positions: dict[str, Position] = {}
+        self._epoch = ""
+        self._new_epoch: str | None = None
+        self._dropped = 0
+        self._dropped_upto: dict[str, Position] = {}
+        self._overflowed = False
+        self._closed = False
+        self._wakeup: Any = None
+        self._loop_hub: LoopHub | None = None
+        self._items: AsyncIterator[tuple[str, Entry | None, str | None]] | None = None
+
+    # -- the iterator of events ----------------------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._items is None:
+            self._items = self._run()
+        event_id, entry, gap = await self._items.__anext__()
+        if entry is not None:
+            fields = entry.event
+            return Event(fields.data, event=fields.event, id=event_id, retry=fields.retry, comment=fields.comment)
+        if gap is not None:
+            return Event(gap, event=self.hub.gap_event, id=event_id)
+        return Event(id=event_id)
+
+    async def aclose(self) -> None:
+        items, self._items = self._items, None
+        if items is not None:
+            await items.aclose()  # type: ignore[attr-defined]
+        self._close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def encoded(self) -> AsyncIterator[bytes]:
+        """The same, encoded for a stream (what :meth:`Hub.stream` sends): each event is encoded once
+        per publish and separator; a subscriber adds only its ``id:`` line."""
+        sep = self.sep
+        line_end = sep.encode()
+        gap_event = self.hub.gap_event
+        items = self._items = self._run()
+        try:
+            async for event_id, entry, gap in items:
+                head = b"id: " + event_id.encode() + line_end
+                if entry is not None:
+                    yield head + entry.body(sep)
+                elif gap is not None:
+                    yield Event(gap, event=gap_event, id=event_id).encode(sep)
+                else:
+                    yield head + line_end
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+            self._close()
+
+    # -- what the reader calls -----------------------------------------------------------------------
+
+    def offer(self, channel: str, entry: Entry) -> None:
+        """A new entry of ``channel`` for this subscriber's mailbox (the reader's call, never blocking)."""
+        if self._closed or self._overflowed:
+            return
+        mailbox = self.mailbox
+        mailbox.append((channel, entry))
+        self._bytes += len(entry.body(self.sep))
+        if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
+            if self.overflow is Overflow.DISCONNECT:
+                self._disconnect()
+                return
+            while len(mailbox) > 1 and (len(mailbox) > self._max_events or self._bytes > self._max_bytes):
+                dropped_channel, dropped = mailbox.popleft()
+                self._bytes -= len(dropped.body(self.sep))
+                self._dropped += 1
+                self._dropped_upto[dropped_channel] = dropped.position
+        if self._wakeup is not None:
+            wake(self._wakeup)
+            self._wakeup = None
+
+    def epoch_changed(self, epoch: str) -> None:
+        """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
+        self._new_epoch = epoch
+        if self._wakeup is not None:
+            wake(self._wakeup)
+            self._wakeup = None
+
+    # -- the subscription's life ---------------------------------------------------------------------
+
+    async def _run(self) -> AsyncIterator[tuple[str, Entry | None, str | None]]:
+        """(id, entry, None) per event, (id, None, gap data) per gap, (id, None, None) for the first id."""
+        hub = self.hub
+        if self.stream is None:
+            self.stream = _running_stream()
+        loop_hub = self._loop_hub = hub.loop_hub()
+        hub.count_subscriber(1)
+        try:
+            backend = hub.backend
+            epoch = self._epoch = await loop_hub.retrying("epoch", loop_hub.current_epoch)
+            requested: list[Position] | None = None
+            reason: GapReason | None = None
+            if self.last_event_id is not None:
+                try:
+                    requested = parse_id(self.last_event_id, epoch, self._digest, len(self.channels))
+                except Unhonoured as unhonoured:
+                    reason = unhonoured.reason
+            cursors = [await loop_hub.join(self, channel) for channel in self.channels]
+            positions = self._positions
+            lost: list[str] = []
+            pages = {}
+            for index, channel in enumerate(self.channels):
+                after = requested[index] if requested is not None else None
+                if after is None:
+                    positions[channel] = cursors[index]
+                    continue
+                history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
+                if after > history.last:
+                    reason = reason or GapReason.UNKNOWN
+                    lost.append(channel)
+                    positions[channel] = cursors[index]
+                    continue
+                if history.lost:
+                    reason = reason or GapReason.EXPIRED
+                    lost.append(channel)
+                positions[channel] = after
+                pages[channel] = history
+            if reason is not None:
+                yield self._gap(reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES])
+            else:
+                yield self._id(), None, None
+            for channel, history in pages.items():
+                while True:
+                    for entry in history.entries:
+                        if entry.position > positions[channel]:
+                            positions[channel] = entry.position
+                            hub.count_replayed(channel)
+                            yield self._id(), entry, None
+                    if len(history.entries) < PAGE:
+                        break
+                    after = positions[channel]
+                    history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
+            while True:
+                channel, entry = await self._take()
+                if self._new_epoch is not None:
+                    self._epoch, self._new_epoch = self._new_epoch, None
+                    yield self._gap(GapReason.EPOCH, list(self.channels))
+                if self._dropped:
+                    for dropped_channel, upto in self._dropped_upto.items():
+                        positions[dropped_channel] = max(positions[dropped_channel], upto)
+                    channels = list(self._dropped_upto)
+                    self._dropped_upto = {}
+                    yield self._gap(GapReason.DROPPED, channels, dropped=self._dropped)
+                    self._dropped = 0
+                if entry is None or entry.position <= positions[channel]:
+                    continue
+                positions[channel] = entry.position
+                yield self._id(), entry, None
+        finally:
+            self._close()
+
+    async def _take(self) -> tuple[str, Entry | None]:
+        """The next entry of the mailbox; ``("", None)`` first when a gap is to be told."""
+        while True:
+            if self._overflowed:
+                from ssesup.stream import StreamEnding
+
+                raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
+            if self._new_epoch is not None or self._dropped:
+                return "", None
+            if self.mailbox:
+                channel, entry = self.mailbox.popleft()
+                self._bytes -= len(entry.body(self.sep))
+                return channel, entry
+            self._wakeup = wakeup = self._loop_hub.loop.wakeup()  # type: ignore[union-attr]
+            await wait(wakeup)
+
+    def _id(self) -> str:
+        positions = self._positions
+        return format_id(self._epoch, self._digest, [positions[channel] for channel in self.channels])
+
+    def _gap(
+        self, reason: GapReason, channels: list[str], requested: str | None = None, **extra: int
+    ) -> tuple[str, None, str]:
+        self.hub.count_gap(reason)
+        resumed = self._id()
+        data = {"reason": reason.value, "requested": requested, "resumed": resumed, "channels": channels, **extra}
+        return resumed, None, json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    def _disconnect(self) -> None:
+        """Overflow with the policy ``disconnect``: free the mailbox and end the subscriber's stream."""
+        self._overflowed = True
+        self.mailbox.clear()
+        self._bytes = 0
+        self.hub.count_slow_consumer()
+        if self._loop_hub is not None:
+            self._loop_hub.leave(self)
+        if self.stream is not None:
+            self.stream.trigger(Trigger.SLOW_CONSUMER)
+        if self._wakeup is not None:
+            wake(self._wakeup)
+            self._wakeup = None
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.mailbox.clear()
+        self._bytes = 0
+        if self._loop_hub is not None:
+            self._loop_hub.leave(self)
+            self.hub.count_subscriber(-1)
+
+
+def _running_stream() -> SupervisedStream | None:
+    from ssesup.stream import current_stream
+
+    try:
+        return current_stream()
+    except LookupError:
+        return None
