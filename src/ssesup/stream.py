@@ -29,6 +29,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import structlog
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -381,6 +382,8 @@ class SupervisedStream(Response):
             raised = hooks is not None and hooks.error is not None
             if self._response_started and not self._body_ended and self.close_reason not in _GONE and not raised:
                 self._release()  # bytes left unsent: free the connection now, not when its peer reads
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()  # the server hears of the abort before the app returns
             if hooks is not None and hooks.on_close is not None:
                 await self._call_on_close(hooks)
             await self._stop_generator()
