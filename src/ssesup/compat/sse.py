@@ -12,7 +12,7 @@ The map, option by option (docs/migrating.md explains each):
   ``ping_factory``, as is ``ping_message_factory``'s;
 * ``send_timeout`` (``None``: off) -> ``send_timeout`` (``0``: off), raised as ``SendTimeoutError``;
 * ``data_sender_callable`` -> ``companion``; ``client_close_handler_callable`` -> ``on_close``, called
-  with ``{"type": "http.disconnect"}`` when the stream closed with ``client_disconnect``;
+  with ``{"type": "http.disconnect"}`` when the stream closed with ``client_disconnect`` or ``completed``;
 * ``shutdown_event`` / ``shutdown_grace_period`` -> ``drain_event`` / ``drain_grace``;
 * ``cleanup_timeout`` (``None``: no limit) -> ``close_grace``;
 * errors (the generator's, an encoding error, a send timeout, the callbacks') -> ``raise_errors``: raised
@@ -241,8 +241,14 @@ class EventSourceResponse(SupervisedStream):
         return _Encoded(ensure_bytes(ping, self.sep))
 
     async def _on_close(self, stream: SupervisedStream) -> None:
-        if stream.close_reason is CloseReason.CLIENT_DISCONNECT:
+        if stream.close_reason in _CLIENT_CLOSE_REASONS:
             await self.client_close_handler_callable({"type": "http.disconnect"})  # type: ignore[misc]
+
+
+# sse-starlette calls client_close_handler_callable when its listener receives http.disconnect: when the
+# client leaves, and under uvicorn also when the generator finished (receive() reports a disconnect once
+# the response is complete).
+_CLIENT_CLOSE_REASONS = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.COMPLETED})
 
 
 class _Encoded:

@@ -1,0 +1,274 @@
+"""How streams fail, end and clean up, with ``ssesup.compat`` and with sse-starlette 3.7 itself: the same
+app on a real uvicorn, a real client, and what the app raised to the server."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+from functools import partial
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from compat_support import LIBRARIES, Raised, Seen, library
+from servers import UvicornThread, raw_request, read_response, recv_until, wait_until
+
+pytestmark = pytest.mark.parametrize("name", LIBRARIES)
+
+
+@contextlib.contextmanager
+def serve(endpoint, **config):
+    """``endpoint`` at ``/s`` on a uvicorn of its own; yields the server and the recorder of what the
+    app raised."""
+    app = Raised(Starlette(routes=[Route("/s", endpoint, methods=["GET", "HEAD"])]))
+    with UvicornThread(app, **config) as server:
+        server.raised = app
+        yield server
+
+
+def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    return b"".join(iter(partial(sock.recv, 65536), b""))
+
+
+def body_of(raw: bytes) -> bytes:
+    """The de-chunked body of a raw response, however it ended."""
+    rest = raw.split(b"\r\n\r\n", 1)[1]
+    body = b""
+    while (match := re.match(rb"([0-9a-f]+)\r\n", rest)) is not None:
+        size = int(match.group(1), 16)
+        body += rest[match.end() : match.end() + size]
+        rest = rest[match.end() + size + 2 :]
+    return body
+
+
+def test_a_generator_error_is_raised_to_the_server_after_what_was_sent(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        async def gen():
+            yield {"data": "one"}
+            yield "two"
+            raise RuntimeError("the generator failed")
+
+        return lib.EventSourceResponse(gen(), ping=0)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        raw = read_all(sock)
+        wait_until(lambda: server.raised.errors)
+    assert body_of(raw) == b"data: one\r\n\r\ndata: two\r\n\r\n"
+    assert not raw.endswith(b"\r\n0\r\n\r\n")  # no clean end of body
+    assert b"the generator failed" not in raw
+    [error] = server.raised.errors
+    assert type(error) is RuntimeError and str(error) == "the generator failed"
+
+
+def test_an_encoding_error_closes_the_generator_then_is_raised(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def gen():
+            try:
+                yield "fine"
+                yield {"data": "x", "colour": "blue"}  # not a field: ServerSentEvent(**item) fails
+                yield "never"
+            finally:
+                seen.add("finally")
+
+        return lib.EventSourceResponse(gen(), ping=0)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        raw = read_all(sock)
+        wait_until(lambda: server.raised.errors)
+    assert body_of(raw) == b"data: fine\r\n\r\n"
+    assert seen() == ["finally"]
+    assert isinstance(server.raised.errors[0], TypeError)
+
+
+def test_a_send_timeout_raises_send_timeout_error_and_closes_the_generator(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def gen():
+            try:
+                while True:
+                    yield {"data": "x" * 65536}
+            finally:
+                seen.add("finally")
+
+        return lib.EventSourceResponse(gen(), ping=0, send_timeout=0.5)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s", rcvbuf=4096) as sock:
+        recv_until(sock, b"data: x")  # then stop reading
+        wait_until(lambda: server.raised.errors, timeout=15)
+        wait_until(lambda: seen() == ["finally"])
+    [error] = server.raised.errors
+    assert isinstance(error, lib.SendTimeoutError) and isinstance(error, TimeoutError)
+
+
+def test_data_sender_callable_feeds_the_stream_and_is_cancelled_at_its_end(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        send_stream, receive_stream = anyio.create_memory_object_stream(10)
+
+        async def data_sender():
+            async with send_stream:
+                for i in range(3):
+                    await send_stream.send({"data": i})
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    seen.add("sender cancelled")
+
+        async def until_three():
+            async with receive_stream:
+                async for item in receive_stream:
+                    yield item
+                    if item["data"] == 2:
+                        return
+
+        return lib.EventSourceResponse(until_three(), ping=0, data_sender_callable=data_sender)
+
+    with serve(endpoint) as server:
+        with raw_request(server.port, "/s") as sock:
+            _, body = read_response(sock)
+        assert body == b"data: 0\r\n\r\ndata: 1\r\n\r\ndata: 2\r\n\r\n"
+        wait_until(lambda: seen() == ["sender cancelled"])
+        assert not server.raised.errors
+
+
+def test_a_failing_data_sender_is_raised_to_the_server(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        async def data_sender():
+            await anyio.sleep(0.1)
+            raise LookupError("the sender failed")
+
+        async def gen():
+            yield "hello"
+            await anyio.sleep_forever()
+
+        return lib.EventSourceResponse(gen(), ping=0, data_sender_callable=data_sender)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        raw = read_all(sock)
+        wait_until(lambda: server.raised.errors)
+    assert body_of(raw) == b"data: hello\r\n\r\n" and not raw.endswith(b"\r\n0\r\n\r\n")
+    assert isinstance(server.raised.errors[0], LookupError)
+
+
+def test_client_close_handler_gets_the_disconnect_message_when_the_client_leaves_or_the_stream_completes(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def on_close(message):
+            seen.add((request.query_params.get("how"), message))
+
+        async def gen():
+            yield "hello"
+            if request.query_params["how"] == "error":
+                raise RuntimeError("no close handler for this")
+            if request.query_params["how"] == "disconnect":
+                await anyio.sleep_forever()
+
+        return lib.EventSourceResponse(gen(), ping=0, client_close_handler_callable=on_close)
+
+    disconnect = {"type": "http.disconnect"}
+    with serve(endpoint) as server:
+        with raw_request(server.port, "/s?how=complete") as sock:
+            read_response(sock)
+            wait_until(lambda: seen() == [("complete", disconnect)])  # the client is still there
+        with raw_request(server.port, "/s?how=error") as sock:
+            read_all(sock)
+        with raw_request(server.port, "/s?how=disconnect") as sock:
+            recv_until(sock, b"data: hello")
+        wait_until(lambda: len(seen()) == 2)
+        time.sleep(0.2)
+    assert seen() == [("complete", disconnect), ("disconnect", disconnect)]
+
+
+def test_cleanup_timeout_bounds_the_cleanup_after_an_encoding_error(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def gen():
+            try:
+                yield {"data": "x", "colour": "blue"}
+            finally:
+                seen.add("cleanup started")
+                await anyio.sleep(30)
+                seen.add("cleanup finished")
+
+        return lib.EventSourceResponse(gen(), ping=0, cleanup_timeout=0.3)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        started = time.monotonic()
+        read_all(sock)
+        wait_until(lambda: server.raised.errors)
+        took = time.monotonic() - started
+    assert seen() == ["cleanup started"]
+    assert took < 10  # cut after 0.3 s, not 30
+    assert isinstance(server.raised.errors[0], TypeError)
+
+
+def test_head_starts_neither_the_generator_nor_the_data_sender(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def data_sender():
+            seen.add("data sender")
+
+        async def gen():
+            seen.add("generator")
+            yield "hello"
+
+        return lib.EventSourceResponse(gen(), data_sender_callable=data_sender)
+
+    with serve(endpoint) as server:
+        response = httpx.head(server.url + "/s", timeout=10)
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        time.sleep(0.2)
+    assert seen() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"sep": "\r\n\r\n"}, ValueError, "sep must be one of"),
+        ({"ping": -1}, ValueError, "ping interval must be >= 0"),
+        ({"ping": "15"}, TypeError, "ping interval must be int or float"),
+        ({"shutdown_grace_period": -0.1}, ValueError, "shutdown_grace_period must be >= 0"),
+        ({"cleanup_timeout": -1}, ValueError, "cleanup_timeout must be >= 0"),
+    ],
+)
+def test_wrong_options_are_refused_with_sse_starlettes_errors(name, options, error, message):
+    lib = library(name)
+    with pytest.raises(error, match=message):
+        lib.EventSourceResponse(iter(()), **options)
+
+
+def test_the_response_keeps_sse_starlettes_attributes(name):
+    lib = library(name)
+    response = lib.EventSourceResponse(iter(()), sep="\n", send_timeout=3)
+    assert (response.sep, response.send_timeout, response.ping_interval) == ("\n", 3, 15)
+    response.ping_interval = 2.5
+    assert response.ping_interval == 2.5
+    with pytest.raises(ValueError):
+        response.ping_interval = -1
+    with pytest.raises(NotImplementedError):
+        response.enable_compression()
