@@ -33,3 +33,20 @@ def _quiet_stream_logs():
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def uvicorn_log(caplog):
+    """caplog that sees uvicorn's own records, whatever an earlier server's logging config left."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    saved = [(logger, logger.propagate, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.propagate = True
+        logger.setLevel(logging.INFO)
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    yield caplog
+    for logger, propagate, level in saved:
+        logger.propagate = propagate
+        logger.setLevel(level)

@@ -3,7 +3,6 @@ and errors raised to the server. Real uvicorn, real sockets."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -139,8 +138,7 @@ def test_the_drain_event_is_set_and_the_streams_own_grace_times_its_close():
         assert 2.3 < closed_at[0] - started < 4
 
 
-def test_raise_errors_sends_what_was_queued_then_raises_to_the_server(caplog):
-    caplog.set_level(logging.ERROR, logger="uvicorn.error")
+def test_raise_errors_sends_what_was_queued_then_raises_to_the_server(uvicorn_log):
     supervisor = Supervisor(ping=0)
 
     async def endpoint(request):
@@ -156,4 +154,4 @@ def test_raise_errors_sends_what_was_queued_then_raises_to_the_server(caplog):
         received = b"".join(iter(lambda: sock.recv(65536), b""))
     assert b"data: one\r\n\r\n" in received and b"data: two\r\n\r\n" in received
     assert not received.endswith(b"0\r\n\r\n")  # no clean end of body: the error reached the server
-    assert "the generator failed" in caplog.text
+    assert "the generator failed" in uvicorn_log.text

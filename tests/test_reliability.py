@@ -4,7 +4,6 @@ sockets. (Vanished peers across a real network: tests/test_network.py.)"""
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import time
@@ -62,8 +61,7 @@ def is_reset(sock: socket.socket, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("config", SERVERS)
-def test_a_stalled_stream_releases_its_connection_and_the_server_logs_no_error(config, caplog):
-    caplog.set_level(logging.INFO, logger="uvicorn.error")
+def test_a_stalled_stream_releases_its_connection_and_the_server_logs_no_error(config, uvicorn_log):
     with serve_app(Supervisor(ping=0), **config) as server:
         clients = [stuck_client(server.port, "/fast?send_timeout=1") for _ in range(3)]
         wait_until(lambda: server.recorder.reasons("/fast") == ["send_timeout"] * 3, timeout=10)
@@ -73,8 +71,8 @@ def test_a_stalled_stream_releases_its_connection_and_the_server_logs_no_error(c
         wait_until(lambda: live_streams(server) == 0)
         for sock in clients:
             sock.close()
-    assert "without completing response" not in caplog.text
-    assert "Exception in ASGI application" not in caplog.text
+    assert "without completing response" not in uvicorn_log.text
+    assert "Exception in ASGI application" not in uvicorn_log.text
 
 
 def test_blocked_sync_generators_are_abandoned_and_leave_the_pool_and_the_app_usable():
