@@ -12,7 +12,7 @@ The map, option by option (docs/migrating.md explains each):
   ``ping_factory``, as is ``ping_message_factory``'s;
 * ``send_timeout`` (``None``: off) -> ``send_timeout`` (``0``: off), raised as ``SendTimeoutError``;
 * ``data_sender_callable`` -> ``companion``; ``client_close_handler_callable`` -> ``on_close``, called
-  with ``{"type": "http.disconnect"}`` when the stream closed with ``client_disconnect`` or ``completed``;
+  with ``{"type": "http.disconnect"}`` when the client left or the generator finished;
 * ``shutdown_event`` / ``shutdown_grace_period`` -> ``drain_event`` / ``drain_grace``;
 * ``cleanup_timeout`` (``None``: no limit) -> ``close_grace``;
 * errors (the generator's, an encoding error, a send timeout, the callbacks') -> ``raise_errors``: raised
@@ -156,10 +156,10 @@ class EventSourceResponse(SupervisedStream):
         self.sep = sep or self.DEFAULT_SEPARATOR
         if isinstance(content, AsyncIterable):
             self.body_iterator: AsyncIterable[Content] = content
-            encoded: AsyncIterable[bytes] | Iterator[bytes] = _EncodedAsync(content, self.sep)
+            self._encoded: _EncodedAsync | _EncodedSync = _EncodedAsync(content, self.sep)
         else:
             self.body_iterator = iterate_in_threadpool(content)
-            encoded = _EncodedSync(content, self.sep)
+            self._encoded = _EncodedSync(content, self.sep)
         self.data_sender_callable = data_sender_callable
         self.send_timeout = send_timeout
         _headers = MutableHeaders()
@@ -175,7 +175,7 @@ class EventSourceResponse(SupervisedStream):
         if cleanup_timeout is not None and cleanup_timeout < 0:
             raise ValueError("cleanup_timeout must be >= 0")
         super().__init__(
-            encoded,
+            self._encoded,
             status_code,
             _headers,
             media_type,
@@ -241,14 +241,11 @@ class EventSourceResponse(SupervisedStream):
         return _Encoded(ensure_bytes(ping, self.sep))
 
     async def _on_close(self, stream: SupervisedStream) -> None:
-        if stream.close_reason in _CLIENT_CLOSE_REASONS:
+        # sse-starlette calls the handler when its listener receives http.disconnect: when the client
+        # leaves, and under uvicorn also once the generator finished (receive() reports a disconnect when
+        # the response is complete), during a shutdown too.
+        if stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted:
             await self.client_close_handler_callable({"type": "http.disconnect"})  # type: ignore[misc]
-
-
-# sse-starlette calls client_close_handler_callable when its listener receives http.disconnect: when the
-# client leaves, and under uvicorn also when the generator finished (receive() reports a disconnect once
-# the response is complete).
-_CLIENT_CLOSE_REASONS = frozenset({CloseReason.CLIENT_DISCONNECT, CloseReason.COMPLETED})
 
 
 class _Encoded:
@@ -265,12 +262,13 @@ class _Encoded:
 
 class _EncodedAsync:
     """An async iterable's items encoded by sse-starlette's encoder; closing it closes the iterable's
-    iterator (within the stream's close grace: the stream closes this)."""
+    iterator (within the stream's close grace: the stream closes this). ``exhausted`` once it ended."""
 
     def __init__(self, content: AsyncIterable[Content], sep: str) -> None:
         self._content = content
         self._sep = sep
         self._iterator: AsyncIterator[Content] | None = None
+        self.exhausted = False
 
     def __aiter__(self) -> _EncodedAsync:
         return self
@@ -278,7 +276,12 @@ class _EncodedAsync:
     async def __anext__(self) -> bytes:
         if self._iterator is None:
             self._iterator = aiter(self._content)
-        return ensure_bytes(await anext(self._iterator), self._sep)
+        try:
+            item = await anext(self._iterator)
+        except StopAsyncIteration:
+            self.exhausted = True
+            raise
+        return ensure_bytes(item, self._sep)
 
     async def aclose(self) -> None:
         aclose = getattr(self._iterator, "aclose", None)
@@ -287,12 +290,14 @@ class _EncodedAsync:
 
 
 class _EncodedSync:
-    """A sync iterable's items encoded by sse-starlette's encoder (pulled in ssesup's own threads)."""
+    """A sync iterable's items encoded by sse-starlette's encoder (pulled in ssesup's own threads).
+    ``exhausted`` once it ended."""
 
     def __init__(self, content: Any, sep: str) -> None:
         self._content = content
         self._sep = sep
         self._iterator: Iterator[Content] | None = None
+        self.exhausted = False
 
     def __iter__(self) -> _EncodedSync:
         return self
@@ -300,7 +305,12 @@ class _EncodedSync:
     def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = iter(self._content)
-        return ensure_bytes(next(self._iterator), self._sep)
+        try:
+            item = next(self._iterator)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        return ensure_bytes(item, self._sep)
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
