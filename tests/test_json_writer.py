@@ -81,3 +81,33 @@ def test_what_orjson_would_write_differently_is_written_as_the_standard_library_
 
 def test_event_json_uses_the_writer():
     assert Event.json({"a": [1, 2]}, id="1").encode() == b'id: 1\r\ndata: {"a":[1,2]}\r\n\r\n'
+
+
+def _objects() -> list:
+    import decimal
+    import uuid
+
+    return [
+        {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "point": Point(3), "colour": Colour.RED},
+        [float("nan"), float("inf"), 1.5, -0.0],
+        {"tags": {"a"}, "amount": decimal.Decimal("1.50"), "id": uuid.UUID(int=7)},
+        {1: "int key", "big": 2**80},
+        "plain text",
+    ]
+
+
+@pytest.mark.parametrize("value", _objects(), ids=["datetime-dataclass-enum", "nan", "set-decimal-uuid", "keys", "str"])
+def test_yielded_objects_mean_the_same_with_and_without_orjson(value, monkeypatch):
+    with_orjson = events.json_data(value)
+    monkeypatch.setattr(events, "_orjson_data_writer", None)
+    without = events.json_data(value)
+    assert json.loads(with_orjson) == json.loads(without)
+    assert "NaN" not in with_orjson and "Infinity" not in with_orjson
+
+
+def test_an_object_neither_writer_takes_is_refused_naming_it(monkeypatch):
+    with pytest.raises(TypeError, match="object is not JSON-able"):
+        events.json_data({"x": object()})
+    monkeypatch.setattr(events, "_orjson_data_writer", None)
+    with pytest.raises(TypeError, match="object is not JSON-able"):
+        events.json_data({"x": object()})

@@ -22,6 +22,7 @@ import sys
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from functools import partial
 from pathlib import PurePath
 from types import GeneratorType
 from typing import Any, Final
@@ -293,19 +294,28 @@ def encode_item(item: object, sep: str) -> bytes:
 _stdlib_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _fast_json() -> Any:
-    """orjson's writer where orjson is installed, falling back to the standard library for anything it
-    would write differently; the standard library's alone otherwise."""
+def _orjson_writer(default: Any = None) -> Any:
+    """orjson's ``dumps`` (with ``default``) as ``obj -> bytes``, or ``None`` where orjson is not
+    installed. Datetimes, dataclasses and subclasses are passed to ``default`` (or refused), as the
+    standard library would take them, never written orjson's own way."""
     try:
         import orjson
     except ImportError:
-        return _stdlib_json
-    dumps = orjson.dumps
+        return None
     option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+    return partial(orjson.dumps, default=default, option=option)
+
+
+def _fast_json() -> Any:
+    """Event.json's writer: orjson's where installed, falling back to the standard library for
+    anything it would write differently; the standard library's alone otherwise."""
+    dumps = _orjson_writer()
+    if dumps is None:
+        return _stdlib_json
 
     def write(obj: Any) -> str:
         try:
-            out = dumps(obj, option=option)
+            out = dumps(obj)
         except TypeError:  # a big int, a non-str key, a datetime, a subclass...: the standard library's call
             return _stdlib_json(obj)
         if b"null" in out:  # orjson writes NaN and infinities as null: the standard library refuses them
@@ -361,6 +371,13 @@ def json_data(obj: object) -> str:
     dump = getattr(obj, "model_dump_json", None)
     if dump is not None and not isinstance(obj, type):
         return dump(by_alias=True)
+    fast = _orjson_data()
+    if fast is not None:
+        # orjson writes NaN as null, as fastapi.sse sends it; what it refuses, the standard library decides.
+        try:
+            return fast(obj).decode()
+        except TypeError:
+            pass
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable)
     except ValueError as exc:
@@ -374,6 +391,18 @@ def json_data(obj: object) -> str:
         allow_nan=False,
         default=lambda value: _finite(_jsonable(value)),
     )
+
+
+_UNSET: Any = object()
+_orjson_data_writer: Any = _UNSET
+
+
+def _orjson_data() -> Any:
+    """orjson's writer for yielded objects (``default`` :func:`_jsonable`), or ``None``; resolved once."""
+    global _orjson_data_writer
+    if _orjson_data_writer is _UNSET:
+        _orjson_data_writer = _orjson_writer(_jsonable)
+    return _orjson_data_writer
 
 
 def _jsonable(obj: Any) -> Any:
