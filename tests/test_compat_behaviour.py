@@ -272,3 +272,50 @@ def test_the_response_keeps_sse_starlettes_attributes(name):
         response.ping_interval = -1
     with pytest.raises(NotImplementedError):
         response.enable_compression()
+
+
+def test_without_send_timeout_a_client_that_stops_reading_is_not_timed_out(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def gen():
+            try:
+                while True:
+                    yield {"data": "x" * 65536}
+            finally:
+                seen.add("finally")
+
+        return lib.EventSourceResponse(gen(), ping=0)  # send_timeout=None: off
+
+    with serve(endpoint) as server, raw_request(server.port, "/s", rcvbuf=4096) as sock:
+        recv_until(sock, b"data: x")
+        time.sleep(1.5)
+        assert not server.raised.errors and seen() == []
+
+
+def test_after_a_disconnect_the_cleanup_may_await_where_sse_starlette_cuts_it(name):
+    lib = library(name)
+    seen = Seen()
+
+    async def endpoint(request):
+        async def gen():
+            try:
+                yield "hello"
+                await anyio.sleep_forever()
+            finally:
+                seen.add("cleanup started")
+                await anyio.sleep(0.2)  # closing a session, say
+                seen.add("cleanup finished")
+
+        return lib.EventSourceResponse(gen(), ping=0)
+
+    with serve(endpoint) as server:
+        with raw_request(server.port, "/s") as sock:
+            recv_until(sock, b"data: hello")
+        wait_until(lambda: seen())
+        time.sleep(0.6)
+    if name == "ssesup.compat":
+        assert seen() == ["cleanup started", "cleanup finished"]  # within cleanup_timeout (30 s)
+    else:
+        assert seen() == ["cleanup started"]  # the cancellation reaches the await in finally too

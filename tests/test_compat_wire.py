@@ -165,3 +165,22 @@ def test_head_answers_the_headers_of_get_and_ends(servers, path):
     if path == "/background":  # the background task still runs, as for GET
         for name, server in servers.items():
             wait_until(lambda server=server, name=name: len(server.seen()) >= before[name] + 1)
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_pings_are_sent_on_idle_streams_only_where_sse_starlette_pings_every_interval(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        async def busy():
+            for i in range(8):
+                yield {"data": i}
+                await anyio.sleep(0.3)
+
+        return lib.EventSourceResponse(busy(), ping=1)
+
+    with UvicornThread(Starlette(routes=[Route("/s", endpoint)])) as server:
+        _, _, body = fetch(server, "/s")
+    pings = body.count(b": ping - <time>")
+    assert body.count(b"data: ") == 8
+    assert pings == 0 if name == "ssesup.compat" else pings >= 1
