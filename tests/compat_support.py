@@ -9,6 +9,8 @@ setting ``AppStatus.should_exit``, or, for real signals, in a subprocess where t
 from __future__ import annotations
 
 import importlib
+import re
+import socket
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -69,3 +71,26 @@ class Seen:
     def __call__(self) -> list[Any]:
         with self.lock:
             return list(self.items)
+
+
+END_OF_BODY = b"\r\n0\r\n\r\n"
+
+
+def read_until_end(sock: socket.socket, timeout: float = 15) -> bytes:
+    """What the server sends until the chunked body ends or the connection closes (a body cut short)."""
+    sock.settimeout(timeout)
+    raw = b""
+    while not raw.endswith(END_OF_BODY) and (chunk := sock.recv(65536)):
+        raw += chunk
+    return raw
+
+
+def dechunked(raw: bytes) -> bytes:
+    """The body of a raw HTTP/1.1 chunked response, however it ended."""
+    rest = raw.split(b"\r\n\r\n", 1)[1]
+    body = b""
+    while (match := re.match(rb"([0-9a-f]+)\r\n", rest)) is not None:
+        size = int(match.group(1), 16)
+        body += rest[match.end() : match.end() + size]
+        rest = rest[match.end() + size + 2 :]
+    return body

@@ -4,10 +4,7 @@ app on a real uvicorn, a real client, and what the app raised to the server."""
 from __future__ import annotations
 
 import contextlib
-import re
-import socket
 import time
-from functools import partial
 
 import anyio
 import httpx
@@ -15,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from compat_support import LIBRARIES, Raised, Seen, library
+from compat_support import END_OF_BODY, LIBRARIES, Raised, Seen, dechunked, library, read_until_end
 from servers import UvicornThread, raw_request, read_response, recv_until, wait_until
 
 pytestmark = pytest.mark.parametrize("name", LIBRARIES)
@@ -31,23 +28,6 @@ def serve(endpoint, **config):
         yield server
 
 
-def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    sock.settimeout(timeout)
-    return b"".join(iter(partial(sock.recv, 65536), b""))
-
-
-def body_of(raw: bytes) -> bytes:
-    """The de-chunked body of a raw response, however it ended."""
-    rest = raw.split(b"\r\n\r\n", 1)[1]
-    body = b""
-    while (match := re.match(rb"([0-9a-f]+)\r\n", rest)) is not None:
-        size = int(match.group(1), 16)
-        body += rest[match.end() : match.end() + size]
-        rest = rest[match.end() + size + 2 :]
-    return body
-
-
 def test_a_generator_error_is_raised_to_the_server_after_what_was_sent(name):
     lib = library(name)
 
@@ -60,10 +40,10 @@ def test_a_generator_error_is_raised_to_the_server_after_what_was_sent(name):
         return lib.EventSourceResponse(gen(), ping=0)
 
     with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
-        raw = read_all(sock)
+        raw = read_until_end(sock)
         wait_until(lambda: server.raised.errors)
-    assert body_of(raw) == b"data: one\r\n\r\ndata: two\r\n\r\n"
-    assert not raw.endswith(b"\r\n0\r\n\r\n")  # no clean end of body
+    assert dechunked(raw) == b"data: one\r\n\r\ndata: two\r\n\r\n"
+    assert not raw.endswith(END_OF_BODY)  # no clean end of body
     assert b"the generator failed" not in raw
     [error] = server.raised.errors
     assert type(error) is RuntimeError and str(error) == "the generator failed"
@@ -85,9 +65,9 @@ def test_an_encoding_error_closes_the_generator_then_is_raised(name):
         return lib.EventSourceResponse(gen(), ping=0)
 
     with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
-        raw = read_all(sock)
+        raw = read_until_end(sock)
         wait_until(lambda: server.raised.errors)
-    assert body_of(raw) == b"data: fine\r\n\r\n"
+    assert dechunked(raw) == b"data: fine\r\n\r\n"
     assert seen() == ["finally"]
     assert isinstance(server.raised.errors[0], TypeError)
 
@@ -162,9 +142,9 @@ def test_a_failing_data_sender_is_raised_to_the_server(name):
         return lib.EventSourceResponse(gen(), ping=0, data_sender_callable=data_sender)
 
     with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
-        raw = read_all(sock)
+        raw = read_until_end(sock)
         wait_until(lambda: server.raised.errors)
-    assert body_of(raw) == b"data: hello\r\n\r\n" and not raw.endswith(b"\r\n0\r\n\r\n")
+    assert dechunked(raw) == b"data: hello\r\n\r\n" and not raw.endswith(END_OF_BODY)
     assert isinstance(server.raised.errors[0], LookupError)
 
 
@@ -191,7 +171,7 @@ def test_client_close_handler_gets_the_disconnect_message_when_the_client_leaves
             read_response(sock)
             wait_until(lambda: seen() == [("complete", disconnect)])  # the client is still there
         with raw_request(server.port, "/s?how=error") as sock:
-            read_all(sock)
+            read_until_end(sock)
         with raw_request(server.port, "/s?how=disconnect") as sock:
             recv_until(sock, b"data: hello")
         wait_until(lambda: len(seen()) == 2)
@@ -216,7 +196,7 @@ def test_cleanup_timeout_bounds_the_cleanup_after_an_encoding_error(name):
 
     with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
         started = time.monotonic()
-        read_all(sock)
+        read_until_end(sock)
         wait_until(lambda: server.raised.errors)
         took = time.monotonic() - started
     assert seen() == ["cleanup started"]
@@ -283,6 +263,7 @@ def test_without_send_timeout_a_client_that_stops_reading_is_not_timed_out(name)
             try:
                 while True:
                     yield {"data": "x" * 65536}
+                    await anyio.sleep(0.001)  # sse-starlette's sends to a closed connection never wait
             finally:
                 seen.add("finally")
 

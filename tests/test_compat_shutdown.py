@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
-import socket
 import sys
 import time
 
@@ -16,12 +15,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from compat_support import LIBRARIES, Seen, library
+from compat_support import END_OF_BODY, LIBRARIES, Seen, library, read_until_end
 from procs import free_port, serve
 from servers import UvicornThread, raw_request, recv_until
 from ssesup import Event, SupervisedStream
 
-END = b"\r\n0\r\n\r\n"
 RETRY = re.compile(rb"retry: \d+\r\n\r\n")
 
 
@@ -36,15 +34,6 @@ def lib(request):
 def app_with(*routes):
     with UvicornThread(Starlette(routes=[Route(path, endpoint) for path, endpoint in routes])) as server:
         yield server
-
-
-def read_all(sock: socket.socket, timeout: float = 15) -> bytes:
-    """What the server sends until the body ends or the connection closes."""
-    sock.settimeout(timeout)
-    raw = b""
-    while not raw.endswith(END) and (chunk := sock.recv(65536)):
-        raw += chunk
-    return raw
 
 
 def cooperative(lib, seen: Seen, grace: float):
@@ -86,9 +75,9 @@ def test_a_cooperative_generator_says_goodbye_when_should_exit_is_set(lib):
     with app_with(("/s", cooperative(lib, seen, grace=5))) as server, raw_request(server.port, "/s") as sock:
         recv_until(sock, b"data: hello")
         lib.AppStatus.should_exit = True
-        raw = read_all(sock)
+        raw = read_until_end(sock)
     assert b"event: shutdown\r\ndata: goodbye\r\n\r\n" in raw
-    assert raw.endswith(END)  # the generator finished: a clean end of body with both
+    assert raw.endswith(END_OF_BODY)  # the generator finished: a clean end of body with both
     if lib.name == "ssesup.compat":
         assert RETRY.search(raw.split(b"data: goodbye", 1)[1])  # ssesup's farewell: a reconnect hint
     assert seen() == ["close handler"]  # as for any generator that finished: the response completed
@@ -99,13 +88,13 @@ def test_with_no_grace_a_stubborn_generator_ends_at_once(lib):
         recv_until(sock, b"data: hello")
         started = time.monotonic()
         lib.AppStatus.should_exit = True
-        raw = read_all(sock)
+        raw = read_until_end(sock)
         took = time.monotonic() - started
     assert took < 5
     if lib.name == "ssesup.compat":
-        assert RETRY.search(raw) and raw.endswith(END)  # farewell and a clean end
+        assert RETRY.search(raw) and raw.endswith(END_OF_BODY)  # farewell and a clean end
     else:
-        assert not RETRY.search(raw) and not raw.endswith(END)  # cut: the response never completes
+        assert not RETRY.search(raw) and not raw.endswith(END_OF_BODY)  # cut: the response never completes
 
 
 def test_the_grace_period_ends_a_stubborn_generator_after_it(lib):
@@ -113,7 +102,7 @@ def test_the_grace_period_ends_a_stubborn_generator_after_it(lib):
         recv_until(sock, b"data: hello")
         started = time.monotonic()
         lib.AppStatus.should_exit = True
-        read_all(sock)
+        read_until_end(sock)
         took = time.monotonic() - started
     assert 1.2 < took < 8
 
@@ -123,13 +112,13 @@ def test_once_should_exit_is_set_new_streams_are_not_served(lib):
         with raw_request(server.port, "/s") as sock:
             recv_until(sock, b"data: hello")  # a stream on this loop, so that the flag reaches it
             lib.AppStatus.should_exit = True
-            read_all(sock)
-        with raw_request(server.port, "/s") as sock:
-            raw = read_all(sock)
+            read_until_end(sock)
+        with raw_request(server.port, "/s", extra="Connection: close\r\n") as sock:
+            raw = read_until_end(sock)
     if lib.name == "ssesup.compat":
         assert raw.startswith(b"HTTP/1.1 503 ") and b"retry-after: " in raw.lower()
     else:
-        assert raw.startswith(b"HTTP/1.1 200 ") and not raw.endswith(END)  # opened, then cut at once
+        assert raw.startswith(b"HTTP/1.1 200 ") and not raw.endswith(END_OF_BODY)  # opened, then cut at once
 
 
 def test_should_exit_drains_the_supervisor_native_streams_included():
@@ -151,8 +140,8 @@ def test_should_exit_drains_the_supervisor_native_streams_included():
             recv_until(compat, b"data: hello")
             recv_until(other, b"data: native")
             lib.AppStatus.should_exit = True
-            assert read_all(compat).endswith(END)
-            assert RETRY.search(read_all(other))  # closed by the supervisor's drain, in its wave
+            assert read_until_end(compat).endswith(END_OF_BODY)
+            assert RETRY.search(read_until_end(other))  # closed by the supervisor's drain, in its wave
     finally:
         lib.AppStatus.should_exit = False
 
@@ -165,9 +154,9 @@ def test_sigterm_sets_the_shutdown_event_and_should_exit(tmp_path, name):
         with raw_request(port, "/events") as sock:
             recv_until(sock, b"data: hello")
             server.signal(signal.SIGTERM)
-            raw = read_all(sock)
+            raw = read_until_end(sock)
         server.process.wait(15)  # exits (uvicorn re-raises the signal it handled)
     assert b"event: shutdown\r\ndata: goodbye, should_exit=True\r\n\r\n" in raw
-    assert raw.endswith(END)
+    assert raw.endswith(END_OF_BODY)
     if name == "ssesup.compat":
         assert RETRY.search(raw.split(b"goodbye", 1)[1])
