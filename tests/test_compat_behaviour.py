@@ -300,3 +300,22 @@ def test_after_a_disconnect_the_cleanup_may_await_where_sse_starlette_cuts_it(na
         assert seen() == ["cleanup started", "cleanup finished"]  # within cleanup_timeout (30 s)
     else:
         assert seen() == ["cleanup started"]  # the cancellation reaches the await in finally too
+
+
+def test_send_timeout_zero_is_off_where_sse_starlette_times_out_every_send(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        async def gen():
+            yield "a"
+            yield "b"
+
+        return lib.EventSourceResponse(gen(), ping=0, send_timeout=0)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        raw = read_until_end(sock)
+        if name == "ssesup.compat":
+            assert dechunked(raw) == b"data: a\r\n\r\ndata: b\r\n\r\n" and raw.endswith(END_OF_BODY)
+        else:
+            wait_until(lambda: server.raised.errors)
+            assert isinstance(server.raised.errors[0], lib.SendTimeoutError)
