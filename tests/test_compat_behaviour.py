@@ -246,6 +246,9 @@ def test_the_response_keeps_sse_starlettes_attributes(name):
     lib = library(name)
     response = lib.EventSourceResponse(iter(()), sep="\n", send_timeout=3)
     assert (response.sep, response.send_timeout, response.ping_interval) == ("\n", 3, 15)
+    content = iter(())
+    assert lib.EventSourceResponse(_events()).body_iterator.__class__.__name__ == "async_generator"
+    assert lib.EventSourceResponse(content).body_iterator is not content  # iterated in threads
     response.ping_interval = 2.5
     assert response.ping_interval == 2.5
     with pytest.raises(ValueError):
@@ -319,3 +322,72 @@ def test_send_timeout_zero_is_off_where_sse_starlette_times_out_every_send(name)
         else:
             wait_until(lambda: server.raised.errors)
             assert isinstance(server.raised.errors[0], lib.SendTimeoutError)
+
+
+def test_a_failing_ping_factory_is_logged_where_sse_starlette_ends_the_response(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        def ping():
+            raise RuntimeError("the ping factory failed")
+
+        async def gen():
+            yield "a"
+            await anyio.sleep(1)
+            yield "b"
+
+        return lib.EventSourceResponse(gen(), ping=0.3, ping_message_factory=ping)
+
+    with serve(endpoint) as server, raw_request(server.port, "/s") as sock:
+        raw = read_until_end(sock)
+        if name == "ssesup.compat":
+            assert raw.endswith(END_OF_BODY) and dechunked(raw).startswith(b"data: a\r\n\r\n: ping\r\n\r\n")
+            assert not server.raised.errors
+        else:
+            wait_until(lambda: server.raised.errors)
+            assert isinstance(server.raised.errors[0], RuntimeError) and not raw.endswith(END_OF_BODY)
+
+
+class Overlaps:
+    """An ASGI wrapper that records how many sends of one response were in flight at once."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.most = 0
+
+    async def __call__(self, scope, receive, send):
+        in_flight = 0
+
+        async def counted(message):
+            nonlocal in_flight
+            in_flight += 1
+            self.most = max(self.most, in_flight)
+            try:
+                await send(message)
+            finally:
+                in_flight -= 1
+
+        await self.app(scope, receive, counted)
+
+
+def test_a_ping_never_overlaps_an_unfinished_send_where_sse_starlettes_does(name):
+    lib = library(name)
+
+    async def endpoint(request):
+        async def gen():
+            while True:
+                yield {"data": "x" * 65536}
+                await anyio.sleep(0.001)  # sse-starlette's sends to a closed connection never wait
+
+        return lib.EventSourceResponse(gen(), ping=0.2)
+
+    app = Overlaps(Starlette(routes=[Route("/s", endpoint)]))
+    with UvicornThread(app) as server, raw_request(server.port, "/s", rcvbuf=4096) as sock:
+        recv_until(sock, b"data: x")  # then stop reading: a data send blocks, pings come due
+        time.sleep(1)
+        most = app.most
+    assert most == 1 if name == "ssesup.compat" else most == 2
+
+
+async def _events():
+    yield "x"

@@ -15,10 +15,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from compat_support import END_OF_BODY, LIBRARIES, Seen, library, read_until_end
+from compat_support import END_OF_BODY, LIBRARIES, Seen, dechunked, library, read_until_end
 from procs import free_port, serve
 from servers import UvicornThread, raw_request, recv_until
-from ssesup import Event, SupervisedStream
+from ssesup import Event, SupervisedStream, Supervisor
 
 RETRY = re.compile(rb"retry: \d+\r\n\r\n")
 
@@ -160,3 +160,30 @@ def test_sigterm_sets_the_shutdown_event_and_should_exit(tmp_path, name):
     assert raw.endswith(END_OF_BODY)
     if name == "ssesup.compat":
         assert RETRY.search(raw.split(b"goodbye", 1)[1])
+
+
+def test_disabling_the_automatic_drain_only_changes_what_should_exit_reports():
+    lib = library("ssesup.compat")
+    supervisor = Supervisor(ping=0)
+
+    async def endpoint(request):
+        shutdown_event = anyio.Event()
+
+        async def gen():
+            yield "hello"
+            await shutdown_event.wait()
+            yield f"should_exit={lib.AppStatus.should_exit}"
+
+        return lib.EventSourceResponse(gen(), shutdown_event=shutdown_event)
+
+    lib.AppStatus.disable_automatic_graceful_drain()
+    try:
+        app = Starlette(routes=[Route("/s", endpoint)])
+        supervisor.install(app)
+        with UvicornThread(app) as server, raw_request(server.port, "/s") as sock:
+            raw = recv_until(sock, b"data: hello")
+            server.call(supervisor.begin_drain)
+            raw += read_until_end(sock)
+    finally:
+        lib.AppStatus.enable_automatic_graceful_drain_mode()
+    assert b"data: should_exit=False\r\n\r\n" in dechunked(raw) and raw.endswith(END_OF_BODY)
