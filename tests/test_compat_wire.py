@@ -184,3 +184,13 @@ def test_pings_are_sent_on_idle_streams_only_where_sse_starlette_pings_every_int
     pings = body.count(b": ping - <time>")
     assert body.count(b"data: ") == 8
     assert pings == 0 if name == "ssesup.compat" else pings >= 1
+
+
+def test_compat_streams_run_on_trio_too():
+    from servers import HypercornTrioThread
+
+    ours = library("ssesup.compat")
+    with HypercornTrioThread(wire_app(ours, Seen())) as server:
+        trio_bodies = {path: fetch(server, path)[2] for path in ("/dicts", "/events", "/sync", "/ping")}
+    with UvicornThread(wire_app(ours, Seen())) as server:
+        assert trio_bodies == {path: fetch(server, path)[2] for path in trio_bodies}
