@@ -1,11 +1,14 @@
 """The raw-socket client: asyncio protocols on uvloop, no HTTP library.
 
-A connection sends one ``GET`` and reads the chunked body as it comes. Events are counted by their data
+A connection sends one ``GET`` and reads the body as it comes, decoding the chunks (a chunk's edge may
+fall inside a field line: ssesup writes a burst in 64 KiB chunks). Events are counted by their data
 lines (``data: `` occurs once per event here, whatever the line separator: CRLF for the floor, ssesup
 and sse-starlette, LF for FastAPI), counted with ``bytes.count`` so the client stays far faster than
-any server. Timed payloads (``data: <time.time()> <seq> ...``) are parsed for delivery latency. All
-waits are bounded. The drain scenario reads its streams with :class:`DrainConnection`, which decodes
-the chunked body to tell a proper end of body from a cut.
+any server. The realistic bursts' events carry ``id: <seq>``: those lines are counted the same way,
+and every 16th read (and the last) has its ids parsed and checked to go up. Timed payloads
+(``data: <time.time()> <seq> ...``) are parsed for delivery latency. All waits are bounded. The drain
+scenario reads its streams with :class:`DrainConnection`, which also tells a proper end of body from
+a cut.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from bench.procstat import cpu_seconds, rss_kib
 
 HOST = "127.0.0.1"
 DATA = b"data: "
+ID = b"id: "
+ID_LINE = re.compile(rb"\nid: (\d+)\r?\n")
+ID_SAMPLE = 16  # every this many reads, the ids in the read are checked
 TIMED = re.compile(rb"data: (\d+\.\d+) (\d+) ")
 RETRY = re.compile(rb"(?:\A|[\r\n])retry:([^\r\n]*)[\r\n]")
 
@@ -72,25 +78,42 @@ class _Response(asyncio.Protocol):
 
 
 class SSEConnection(_Response):
-    """One SSE response read off a raw socket: counts events, or parses timed events when ``timed``."""
+    """One SSE response read off a raw socket: counts events, or parses timed events when ``timed``;
+    with ``ids``, also counts ``id: `` lines and checks on a sample of chunks that ids go up."""
 
-    def __init__(self, request: bytes, *, timed: bool = False, expect: int = 0) -> None:
+    def __init__(self, request: bytes, *, timed: bool = False, expect: int = 0, ids: bool = False) -> None:
         super().__init__(request)
         loop = asyncio.get_running_loop()
         self.timed = timed
         self.expect = expect
         self.tail = b""
         self.count = 0
+        self.ids = ids
+        self.id_count = 0
+        self.reads = 0
+        self.previous = b""
+        self.last_id = -1
+        self.ids_checked = 0
+        self.disorder = ""
         self.samples: list[tuple[int, float]] = []  # (seq, latency in seconds)
         self.first: asyncio.Future[float] = loop.create_future()
         self.done: asyncio.Future[float] = loop.create_future()
         self.lost = False
+        self.chunked: ChunkedBody | None = None
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
+        fresh = not self.in_body
         body = self._body(data)
         if body is None:
             return
+        if fresh and b"\r\ntransfer-encoding: chunked" in self.head:
+            self.chunked = ChunkedBody()
+        if self.chunked is not None:
+            body = self.chunked.feed(body)
+            if self.chunked.problem:
+                self._fail(StreamError(f"bad chunked body: {self.chunked.problem}"))
+                return
         buf = self.tail + body
         if self.timed:
             # Only whole lines: a data line whose end has arrived is parsed, the rest waits.
@@ -100,13 +123,37 @@ class SSEConnection(_Response):
             self.count = len(self.samples)
             self.tail = buf[cut:]
         else:
-            # The kept tail is shorter than the pattern, so no occurrence is counted twice.
+            # The kept tail is shorter than the pattern, so no occurrence is counted twice; an id line's
+            # ``id: `` is shorter than the tail, so those wholly inside it (counted before) are taken off.
+            tail = self.tail
             self.count += buf.count(DATA)
             self.tail = buf[-(len(DATA) - 1) :]
+            if self.ids:
+                self.id_count += buf.count(ID) - tail.count(ID)
+                self.reads += 1
+                if not self.reads % ID_SAMPLE or self.id_count >= self.expect:
+                    self._check_ids(body)
+                self.previous = body
         if self.count and not self.first.done():
             self.first.set_result(now)
-        if self.expect and self.count >= self.expect and not self.done.done():
+        if self.expect and self._complete() and not self.done.done():
             self.done.set_result(now)
+
+    def _complete(self) -> bool:
+        return self.count >= self.expect and (not self.ids or self.id_count >= self.expect)
+
+    def _check_ids(self, body: bytes) -> None:
+        """The ids of ``body``'s whole id lines go up from the last checked (the end of the read before
+        is the context of a line cut by the edge; its own lines were checked then or left out)."""
+        context = self.previous[-40:]
+        for match in ID_LINE.finditer(context + body):
+            if match.end() <= len(context):
+                continue
+            seq = int(match.group(1))
+            if seq <= self.last_id and not self.disorder:
+                self.disorder = f"id {seq} after id {self.last_id}"
+            self.last_id = seq
+            self.ids_checked += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -119,6 +166,76 @@ class SSEConnection(_Response):
                 future.exception()  # retrieved: a stream nobody awaits does not warn
 
 
+_SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)  # where a chunked body's decoder is
+
+
+class ChunkedBody:
+    """An HTTP/1.1 chunked body decoded as it arrives: :meth:`feed` returns the payload bytes so far.
+
+    ``clean`` is set when the terminator (``0\\r\\n`` and the empty trailer line) has arrived; a framing
+    error sets ``problem`` and stops decoding.
+    """
+
+    def __init__(self) -> None:
+        self.raw = b""  # undecoded bytes: a size line or a CRLF not yet whole
+        self.state = _SIZE
+        self.need = 0
+        self.clean = False
+        self.problem = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state is _DONE
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.raw + data if self.raw else data
+        pos, size, out, state, need = 0, len(buf), [], self.state, self.need
+        while True:
+            if state is _SIZE:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                line, pos = buf[pos:end], end + 2
+                try:
+                    need = int(line, 16) if b";" not in line else int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    state = self._bad(f"bad chunk size {line[:20]!r}")
+                    break
+                state = _DATA if need else _TRAILER
+            elif state is _DATA:
+                end = pos + need
+                if end > size:
+                    out.append(buf[pos:])
+                    need, pos = end - size, size
+                    break
+                out.append(buf[pos:end])
+                pos, need, state = end, 0, _CRLF
+            elif state is _CRLF:
+                if size - pos < 2:
+                    break
+                if not buf.startswith(b"\r\n", pos):
+                    state = self._bad("no CRLF after a chunk")
+                    break
+                pos, state = pos + 2, _SIZE
+            elif state is _TRAILER:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                if end == pos:  # the empty line after the last chunk: the proper end of the body
+                    state, self.clean = _DONE, True
+                    break
+                pos = end + 2
+            else:
+                break
+        self.state, self.need = state, need
+        self.raw = buf[pos:] if state is not _DONE and pos < size else b""
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _bad(self, problem: str) -> int:
+        self.problem = problem
+        return _DONE
+
+
 class DrainConnection(_Response):
     """One SSE response whose chunked body is decoded, to see how it ends.
 
@@ -128,14 +245,9 @@ class DrainConnection(_Response):
     is its length when the client sent SIGTERM, so what came after is ``body[mark:]``.
     """
 
-    SIZE, DATA, CRLF, TRAILER, DONE = range(5)
-
     def __init__(self, request: bytes) -> None:
         super().__init__(request)
-        self.chunked = False
-        self.raw = b""  # undecoded bytes of the body
-        self.state = self.SIZE
-        self.need = 0
+        self.chunked: ChunkedBody | None = None
         self.body = bytearray()
         self.mark = -1
         self.first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -149,57 +261,17 @@ class DrainConnection(_Response):
         body = self._body(data)
         if body is None:
             return
-        if fresh:
-            self.chunked = b"\r\ntransfer-encoding: chunked" in self.head
-        data = body
-        if self.chunked:
-            self._decode(self.raw + data, now)
-        else:
-            self.body += data  # delimited by the close: it can have no proper end
+        if fresh and b"\r\ntransfer-encoding: chunked" in self.head:
+            self.chunked = ChunkedBody()
+        if self.chunked is None:
+            self.body += body  # delimited by the close: it can have no proper end
+        elif not self.chunked.done:
+            self.body += self.chunked.feed(body)
+            self.problem = self.chunked.problem
+            if self.chunked.clean:
+                self.clean, self.ended = True, now
         if not self.first.done() and DATA in self.body:
             self.first.set_result(now)
-
-    def _decode(self, buf: bytes, now: float) -> None:
-        pos = 0
-        while self.state != self.DONE:
-            if self.state == self.DATA:
-                take = min(self.need, len(buf) - pos)
-                self.body += buf[pos : pos + take]
-                pos += take
-                self.need -= take
-                if self.need:
-                    break
-                self.state = self.CRLF
-                continue
-            if self.state == self.CRLF:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    self._bad("no CRLF after a chunk")
-                    return
-                pos += 2
-                self.state = self.SIZE
-                continue
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                break
-            line, pos = buf[pos:end], end + 2
-            if self.state == self.TRAILER:
-                if not line:  # the empty line after the last chunk: the proper end of the body
-                    self.state, self.clean, self.ended = self.DONE, True, now
-                continue
-            try:
-                self.need = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                self._bad(f"bad chunk size {line[:20]!r}")
-                return
-            self.state = self.DATA if self.need else self.TRAILER
-        self.raw = buf[pos:]
-
-    def _bad(self, problem: str) -> None:
-        self.problem = problem
-        self.state = self.DONE
-        self.raw = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ended is None:
@@ -226,9 +298,9 @@ def request(path: str, port: int) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
 
 
-async def connect(port: int, path: str, *, timed: bool = False, expect: int = 0) -> SSEConnection:
+async def connect(port: int, path: str, *, timed: bool = False, expect: int = 0, ids: bool = False) -> SSEConnection:
     loop = asyncio.get_running_loop()
-    conn = SSEConnection(request(path, port), timed=timed, expect=expect)
+    conn = SSEConnection(request(path, port), timed=timed, expect=expect, ids=ids)
     await loop.create_connection(lambda: conn, HOST, port)
     return conn
 
@@ -286,22 +358,37 @@ def quantile(values: list[float], q: float) -> float:
 # -- scenarios -------------------------------------------------------------------------------------
 
 
-async def burst(port: int, n: int, size: int, runs: int, timeout: float = 60.0) -> dict:
-    """One connection, ``n`` events as fast as possible; ``runs`` times, the median events/s."""
+async def burst(
+    port: int, n: int, size: int, runs: int, timeout: float = 60.0, kind: str = "burst", ids: bool = False
+) -> dict:
+    """One connection, ``n`` events of ``/<kind>`` as fast as possible; ``runs`` times, the median
+    events/s. With ``ids`` the events' ids are counted too, and checked to run ``0 .. n-1`` in order on
+    a sample (:class:`SSEConnection`)."""
     rates: list[float] = []
+    checked = 0
     for _ in range(runs):
         started = time.time()
-        conn = await connect(port, f"/burst?n={n}&size={size}", expect=n)
+        conn = await connect(port, f"/{kind}?n={n}&size={size}", expect=n, ids=ids)
         try:
             finished = await asyncio.wait_for(asyncio.shield(conn.done), timeout)
         except (StreamError, TimeoutError) as exc:
-            raise StreamError(f"burst delivered {conn.count} of {n} events: {exc}") from exc
+            raise StreamError(f"{kind} delivered {conn.count} of {n} events: {exc}") from exc
         finally:
             conn.close()
         if conn.count != n:
-            raise StreamError(f"burst delivered {conn.count} events, expected {n}")
+            raise StreamError(f"{kind} delivered {conn.count} events, expected {n}")
+        if ids:
+            if conn.id_count != n or conn.disorder or conn.last_id != n - 1 or conn.ids_checked < 2:
+                raise StreamError(
+                    f"{kind}: {conn.id_count} ids of {n} events, last id {conn.last_id}, "
+                    f"{conn.ids_checked} checked{', ' + conn.disorder if conn.disorder else ''}"
+                )
+            checked += conn.ids_checked
         rates.append(n / (finished - started))
-    return {"events_per_s": statistics.median(rates), "runs": rates, "n": n, "size": size, "delivered": 1.0}
+    out = {"events_per_s": statistics.median(rates), "runs": rates, "n": n, "size": size, "delivered": 1.0}
+    if ids:
+        out["ids_checked"] = checked
+    return out
 
 
 async def latency(port: int, n: int, every: float, size: int) -> dict:
@@ -487,7 +574,7 @@ async def drain(
         "peak_100ms": peak / streams,
         "events_after_signal": sum(c.body.count(DATA, c.mark) for c in conns),
         "retry_ms": {"min": hints[0], "median": statistics.median(hints), "max": hints[-1]} if hints else None,
-        "not_chunked": sum(not c.chunked for c in conns),
+        "not_chunked": sum(c.chunked is None for c in conns),
         "problems": sorted({c.problem for c in conns if c.problem}),
         "never_ended": sum(c.ended is None for c in conns),
     }
@@ -538,6 +625,12 @@ class Plan:
     churn_per_round: int = 50
     churn_settle: float = 12.0
     churn_ssesup: str = '{"ping": 1, "send_timeout": 3, "dead_peer_timeout": 3}'
+    cores_kind: str = "burst_fields"
+    cores_n: int = 20_000
+    cores_streams: int = 8
+    cores_procs: int = 2
+    cores_warm: float = 2.0
+    cores_window: float = 5.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -565,4 +658,9 @@ class Plan:
             churn_rounds=2,
             churn_per_round=10,
             churn_settle=8.0,
+            cores_n=2000,
+            cores_streams=2,
+            cores_procs=1,
+            cores_warm=0.2,
+            cores_window=0.5,
         )

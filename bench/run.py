@@ -6,7 +6,8 @@ run 2: every system, ...) so slow drift of the machine hits them all alike; the 
 median over repeats, and ratios are taken within each run before their median is quoted. The drain
 scenario ends its server with SIGTERM and measures how it goes. The network scenarios (``deploy``,
 ``churn``: bench/network.py) run the server in a network namespace with stuck and vanished peers; they
-need root and run only when named in ``--scenarios``.
+need root and run only when named in ``--scenarios``. The many-cores scenario (``cores``: bench/cores.py)
+runs the floor and ssesup with one uvicorn worker and then two, unpinned, against client processes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from bench.client import Plan
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RAW = RESULTS / "raw"
-SCENARIOS = ("latency", "burst", "fanout", "idle", "drain")
+SCENARIOS = ("latency", "burst", "burst_fields", "burst_dict", "fanout", "idle", "drain", "cores")
+BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the latency scenario
+CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -47,6 +50,7 @@ class System:
     app: str
     label: str
     env: dict = field(default_factory=dict)
+    only: tuple[str, ...] | None = None  # the scenarios it runs (all when None)
 
 
 SYSTEMS = {
@@ -57,9 +61,11 @@ SYSTEMS = {
         System("sse-starlette", "bench.apps.sse_starlette_app:app", "sse-starlette"),
         System("fastapi", "bench.apps.fastapi_sse_app:app", "FastAPI fastapi.sse"),
         System("ssesup-bare", "bench.apps.ssesup_app:app", "ssesup ping=0 send_timeout=0", {"BENCH_SSESUP_BARE": "1"}),
+        System("ssesup-stdjson", "bench.apps.ssesup_app:app", "ssesup, JSON by the standard library (no orjson)",
+               {"BENCH_SSESUP_JSON": "stdlib"}, ("burst_fields", "burst_dict")),
     )
-}
-DEFAULT_SYSTEMS = ("floor", "ssesup", "sse-starlette", "fastapi")
+}  # fmt: skip
+DEFAULT_SYSTEMS = ("floor", "ssesup", "sse-starlette", "fastapi", "ssesup-stdjson")
 
 
 def raise_nofile() -> None:
@@ -75,8 +81,8 @@ def free_port() -> int:
 
 
 class Server:
-    """One uvicorn process serving one system, pinned to its own core when ``pin``; ``args`` are more
-    uvicorn options, ``env`` more environment."""
+    """One uvicorn process serving one system (``workers`` worker processes), pinned to its own core
+    when ``pin``; ``args`` are more uvicorn options, ``env`` more environment."""
 
     def __init__(
         self,
@@ -87,12 +93,13 @@ class Server:
         src: Path,
         args: tuple[str, ...] = (),
         env: dict | None = None,
+        workers: int = 1,
     ) -> None:
         self.system = system
         self.port = free_port()
         self.command = [
             sys.executable, "-m", "uvicorn", system.app,
-            "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+            "--loop", "uvloop", "--http", "httptools", "--workers", str(workers),
             "--host", client.HOST, "--port", str(self.port),
             "--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT), *args,
         ]  # fmt: skip
@@ -106,8 +113,8 @@ class Server:
 
     def _preexec(self) -> None:
         raise_nofile()
-        if self.pin:
-            os.sched_setaffinity(0, {SERVER_CPU})
+        # Not pinned: every core (this process, the client, may be pinned to one).
+        os.sched_setaffinity(0, {SERVER_CPU} if self.pin else range(os.cpu_count() or 1))
 
     def __enter__(self) -> Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +169,8 @@ def snapshot_src(tag: str, tree: Path = ROOT / "src") -> tuple[Path, str]:
 
 def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path) -> dict:
     """Every scenario of one system, each against a fresh server; an error is recorded, not raised."""
+    if system.only is not None:
+        scenarios = tuple(s for s in scenarios if s in system.only)
     out: dict = {}
     log = RAW / f"{tag}-{system.key}.log"
 
@@ -174,22 +183,28 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         out[name]["seconds"] = round(time.perf_counter() - started, 2)
         say(f"  {system.key:14} {name:8} {brief(name, out[name])}")
 
-    if "latency" in scenarios or "burst" in scenarios:
+    bursts = [kind for kind in BURSTS if kind in scenarios]
+    if "latency" in scenarios or bursts:
         try:
             with Server(system, plan, pin, log, src) as server:
                 # Warm-up: import paths, first-request costs, the allocator.
-                run_client(client.burst(server.port, min(2000, plan.burst_n), plan.size, 1))
+                for kind in bursts or ["burst"]:
+                    run_client(client.burst(server.port, min(2000, plan.burst_n), plan.size, 1, kind=kind))
                 if "latency" in scenarios:
                     attempt(
                         "latency",
                         lambda: run_client(client.latency(server.port, plan.latency_n, plan.latency_every, plan.size)),
                     )
-                if "burst" in scenarios:
+                for kind in bursts:
                     attempt(
-                        "burst", lambda: run_client(client.burst(server.port, plan.burst_n, plan.size, plan.burst_runs))
-                    )
+                        kind,
+                        lambda kind=kind: run_client(
+                            client.burst(server.port, plan.burst_n, plan.size, plan.burst_runs, kind=kind,
+                                         ids=kind != "burst")
+                        ),
+                    )  # fmt: skip
         except Exception as exc:
-            for name in ("latency", "burst"):
+            for name in ("latency", *bursts):
                 if name in scenarios and name not in out:
                     out[name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
     if "fanout" in scenarios:
@@ -227,6 +242,25 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
                 )  # fmt: skip
 
         attempt("drain", drain)
+    if "cores" in scenarios and system.key in CORES_SYSTEMS:
+
+        def cores() -> dict:
+            from bench import cores as load
+
+            out: dict = {}
+            for workers in (1, 2):
+                with Server(system, plan, False, log, src, workers=workers) as server:
+                    out[f"w{workers}"] = load.load(server.port, server.pid, plan.cores_kind, plan.cores_n,
+                                                   plan.cores_streams, plan.cores_procs, plan.cores_warm,
+                                                   plan.cores_window)  # fmt: skip
+            one, two = out["w1"], out["w2"]
+            for key in ("events_per_s", "client_cpu_pct", "server_cpu_pct", "machine_cpu_pct", "machine_us_per_event"):
+                out[f"{key}_1"], out[f"{key}_2"] = one[key], two[key]
+            out["scaling"] = two["events_per_s"] / one["events_per_s"]
+            out["delivered"] = 1.0
+            return out
+
+        attempt("cores", cores)
     if "deploy" in scenarios or "churn" in scenarios:
         from bench import network
 
@@ -251,8 +285,17 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
 def brief(name: str, r: dict) -> str:
     if "error" in r:
         return f"FAILED {r['error']}"
-    if name == "burst":
-        return f"{r['events_per_s']:,.0f} events/s"
+    if name in BURSTS:
+        checked = f" ({r['ids_checked']:,} ids checked in order)" if "ids_checked" in r else ""
+        return f"{r['events_per_s']:,.0f} events/s{checked}"
+    if name == "cores":
+        return (
+            f"1 worker {r['events_per_s_1']:,.0f} events/s, 2 workers {r['events_per_s_2']:,.0f} events/s: "
+            f"{r['scaling']:.2f}x; client CPU {r['client_cpu_pct_1']:.0f}% / {r['client_cpu_pct_2']:.0f}%, "
+            f"server processes {r['w1']['server_process_cpu_pct']} / {r['w2']['server_process_cpu_pct']} %, "
+            f"machine {r['w1']['machine_cpu_pct']:.0f}% / {r['w2']['machine_cpu_pct']:.0f}% "
+            f"({r['w1']['machine_us_per_event']:.2f} / {r['w2']['machine_us_per_event']:.2f} us per event)"
+        )
     if name == "latency":
         return f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms ({r['n']} events)"
     if name == "fanout":

@@ -38,6 +38,11 @@ def filler(size: int) -> str:
     return "x" * size
 
 
+def tick(seq: int, text: str) -> dict:
+    """The JSON data of a realistic event: a small object that changes with every event."""
+    return {"seq": seq, "user": "u42", "text": text}
+
+
 def timed(seq: int, size: int) -> str:
     """A data line of ``size`` characters starting with the send time and a sequence number."""
     head = f"{time.time():.6f} {seq} "

@@ -1,7 +1,8 @@
 """FastAPI's own SSE (``fastapi.sse``): path operations that ``yield`` with ``response_class=EventSourceResponse``.
 
 Events are ``ServerSentEvent(raw_data=...)`` so the data line is the same 100 bytes as elsewhere (plain
-``data=`` would be JSON-quoted). FastAPI frames events with LF and inserts a ping after 15 s of silence.
+``data=`` would be JSON-quoted); the realistic bursts pass their object as ``data=``, which FastAPI writes
+as JSON. FastAPI frames events with LF and inserts a ping after 15 s of silence.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, timed
+from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, tick, timed
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 broadcaster = Broadcaster()
@@ -24,6 +25,21 @@ async def burst(n: int = 50000, size: int = SIZE) -> AsyncIterable[ServerSentEve
     data = filler(size)
     for _ in range(n):
         yield ServerSentEvent(raw_data=data)
+
+
+@app.get("/burst_fields", response_class=EventSourceResponse)
+async def burst_fields(n: int = 50000, size: int = SIZE) -> AsyncIterable[ServerSentEvent]:
+    text = filler(size)
+    for i in range(n):
+        yield ServerSentEvent(data=tick(i, text), id=str(i), event="tick")
+
+
+@app.get("/burst_dict", response_class=EventSourceResponse)
+async def burst_dict(n: int = 50000, size: int = SIZE) -> AsyncIterable[ServerSentEvent]:
+    # A plain dict yielded here would be sent as the data alone; a dict of fields is validated into an event.
+    text = filler(size)
+    for i in range(n):
+        yield ServerSentEvent.model_validate({"data": tick(i, text), "id": str(i), "event": "tick"})
 
 
 @app.get("/latency", response_class=EventSourceResponse)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import anyio
 from starlette.applications import Starlette
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, frame, stats, timed
+from bench.apps.common import SIZE, Broadcaster, filler, frame, stats, tick, timed
 
 MEDIA = "text/event-stream"
 broadcaster = Broadcaster(make=frame)
@@ -28,6 +29,20 @@ async def burst(request: Request) -> StreamingResponse:
     async def gen():
         for _ in range(n):
             yield one
+
+    return StreamingResponse(gen(), media_type=MEDIA)
+
+
+async def burst_fields(request: Request) -> StreamingResponse:
+    """The realistic events, formatted by hand (one frame per event, one ASGI send each); the dict
+    burst is the same code: by hand there is nothing else to yield."""
+    n, size, _ = _params(request)
+    text = filler(size)
+
+    async def gen():
+        for i in range(n):
+            obj = tick(i, text)
+            yield f"event: tick\r\nid: {i}\r\ndata: {json.dumps(obj, separators=(',', ':'))}\r\n\r\n".encode()
 
     return StreamingResponse(gen(), media_type=MEDIA)
 
@@ -81,6 +96,8 @@ async def fanout(request: Request) -> StreamingResponse:
 app = Starlette(
     routes=[
         Route("/burst", burst),
+        Route("/burst_fields", burst_fields),
+        Route("/burst_dict", burst_fields),
         Route("/latency", latency),
         Route("/idle", idle),
         Route("/ticks", ticks),

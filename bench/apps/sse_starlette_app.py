@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, stats, timed
+from bench.apps.common import SIZE, Broadcaster, filler, stats, tick, timed
 
 broadcaster = Broadcaster()
 
@@ -27,6 +28,28 @@ async def burst(request: Request) -> EventSourceResponse:
     async def gen():
         for _ in range(n):
             yield ServerSentEvent(data=data)
+
+    return EventSourceResponse(gen())
+
+
+async def burst_fields(request: Request) -> EventSourceResponse:
+    n, size, _ = _params(request)
+    text = filler(size)
+
+    async def gen():
+        for i in range(n):
+            yield JSONServerSentEvent(tick(i, text), id=str(i), event="tick")
+
+    return EventSourceResponse(gen())
+
+
+async def burst_dict(request: Request) -> EventSourceResponse:
+    n, size, _ = _params(request)
+    text = filler(size)
+
+    async def gen():
+        for i in range(n):
+            yield {"data": json.dumps(tick(i, text)), "id": str(i), "event": "tick"}
 
     return EventSourceResponse(gen())
 
@@ -80,6 +103,8 @@ async def fanout(request: Request) -> EventSourceResponse:
 app = Starlette(
     routes=[
         Route("/burst", burst),
+        Route("/burst_fields", burst_fields),
+        Route("/burst_dict", burst_dict),
         Route("/latency", latency),
         Route("/idle", idle),
         Route("/ticks", ticks),

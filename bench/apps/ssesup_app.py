@@ -5,7 +5,8 @@ what they cost. ``BENCH_DRAIN_GRACE=<seconds>`` installs a ``Supervisor(drain_gr
 scenario: a grace shorter than uvicorn's ``--timeout-graceful-shutdown``), ``BENCH_SSESUP_SUPERVISOR``
 a supervisor of those keyword arguments (a JSON object; the churn scenario's short deadlines); unset,
 the app runs on the default supervisor with no middleware, as an application with zero configuration
-would.
+would. ``BENCH_SSESUP_JSON=stdlib`` makes ``import orjson`` fail in the server, so ssesup writes JSON with
+the standard library, as where orjson is not installed (the library itself is not touched).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
+
+if os.environ.get("BENCH_SSESUP_JSON") == "stdlib":
+    sys.modules["orjson"] = None  # type: ignore[assignment]  # import orjson raises ImportError
 
 import anyio
 from starlette.applications import Starlette
@@ -20,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, timed
+from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, tick, timed
 from ssesup import Event, SupervisedStream, Supervisor, default_supervisor
 
 OPTIONS = {"ping": 0, "send_timeout": 0} if os.environ.get("BENCH_SSESUP_BARE") == "1" else {}
@@ -39,6 +44,28 @@ async def burst(request: Request) -> SupervisedStream:
     async def gen():
         for _ in range(n):
             yield Event(data=data)
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+async def burst_fields(request: Request) -> SupervisedStream:
+    n, size, _ = _params(request)
+    text = filler(size)
+
+    async def gen():
+        for i in range(n):
+            yield Event.json(tick(i, text), id=str(i), event="tick")
+
+    return SupervisedStream(gen(), **OPTIONS)
+
+
+async def burst_dict(request: Request) -> SupervisedStream:
+    n, size, _ = _params(request)
+    text = filler(size)
+
+    async def gen():
+        for i in range(n):
+            yield {"data": tick(i, text), "id": str(i), "event": "tick"}
 
     return SupervisedStream(gen(), **OPTIONS)
 
@@ -96,6 +123,8 @@ async def stats(request: Request) -> JSONResponse:
 app = Starlette(
     routes=[
         Route("/burst", burst),
+        Route("/burst_fields", burst_fields),
+        Route("/burst_dict", burst_dict),
         Route("/latency", latency),
         Route("/idle", idle),
         Route("/ticks", ticks),

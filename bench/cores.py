@@ -1,0 +1,206 @@
+"""The many-cores scenario's load: client processes reading bursts back to back, counted over a window.
+
+A server runs with ``--workers W`` (not pinned); ``procs`` client processes (forked, free to run on
+every core) each keep their share of ``streams`` connections busy: each requests a burst of ``n``
+events of ``/<kind>``, reads it to its last event, closes and requests the next. (Bursts, not endless
+streams: the floor's generator never gives its worker's event loop back while the socket takes its
+writes, so one endless floor stream would hold its worker alone; and a busy worker seldom gets back to
+``accept``, so new connections land on the idle one.) After ``warm`` seconds, this process asks every
+client for its count of events and its own CPU time, reads the CPU time of every process of the server
+(the uvicorn process and its descendants, from ``/proc``), waits ``window`` seconds and asks again.
+Delivered events/s is the sum of the clients' counts over the window; the clients' CPU says whether
+they, not the server, were the limit; each server process's CPU says whether the load reached every
+worker, and the machine's busy time (``/proc/stat``: every process and the kernel) what an event costs
+in all.
+
+Does not own: starting the server (bench/run.py), the socket client (bench/client.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import time
+from multiprocessing.connection import Connection
+
+import uvloop
+
+from bench.client import SSEConnection, StreamError, connect
+from bench.procstat import cpu_seconds
+
+CLIENT_TIMEOUT = 60.0
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _client(port: int, path: str, n: int, streams: int, pipe: Connection) -> None:
+    """One client process: ``streams`` connections reading bursts of ``n`` events back to back; says
+    ``ready`` once each has had an event, then answers each ``mark`` with (events so far, own CPU
+    seconds) until ``stop``."""
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        current: list[SSEConnection | None] = [None] * streams
+        finished = [0]  # events of the bursts read to their end
+
+        async def reader(slot: int, started: asyncio.Future) -> None:
+            while not stop.done():
+                conn = current[slot] = await connect(port, path, expect=n)
+                try:
+                    await asyncio.wait_for(asyncio.shield(conn.first), CLIENT_TIMEOUT)
+                    if not started.done():
+                        started.set_result(None)
+                    await asyncio.wait_for(asyncio.shield(conn.done), CLIENT_TIMEOUT)
+                finally:
+                    conn.close()
+                if conn.count != n:
+                    raise StreamError(f"a burst delivered {conn.count} events, expected {n}")
+                finished[0] += n
+                current[slot] = None
+
+        def count() -> int:
+            return finished[0] + sum(c.count for c in current if c is not None)
+
+        def on_message() -> None:
+            if pipe.recv() == "stop":
+                stop.set_result(None)
+                return
+            pipe.send(("mark", count(), _own_cpu()))
+
+        starts = [loop.create_future() for _ in range(streams)]
+        readers = [asyncio.ensure_future(reader(slot, starts[slot])) for slot in range(streams)]
+        try:
+            # Started one after the other, each once the one before has its first event.
+            for start, task in zip(starts, readers, strict=True):
+                await asyncio.wait([start, task], return_when=asyncio.FIRST_COMPLETED)
+                if task.done():
+                    task.result()
+            pipe.send(("ready",))
+            loop.add_reader(pipe.fileno(), on_message)
+            await asyncio.wait([stop, *readers], return_when=asyncio.FIRST_COMPLETED)
+            for task in readers:
+                if task.done():
+                    task.result()
+        finally:
+            loop.remove_reader(pipe.fileno())
+            for task in readers:
+                task.cancel()
+            for conn in current:
+                if conn is not None:
+                    conn.close()
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    except Exception as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _receive(pipe: Connection, timeout: float) -> tuple:
+    if not pipe.poll(timeout):
+        raise StreamError(f"a load client did not answer within {timeout:.0f} s")
+    message = pipe.recv()
+    if message[0] == "error":
+        raise StreamError(f"a load client failed: {message[1]}")
+    return message
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descending from it (uvicorn's workers and their helpers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine has spent busy (all cores, every process and the kernel's
+    interrupts; not idle, not iowait), from ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return out
+
+
+def load(port: int, pid: int, kind: str, n: int, streams: int, procs: int, warm: float, window: float) -> dict:
+    """Delivered events/s over ``window`` s from ``streams`` connections reading bursts of ``n`` events
+    in ``procs`` client processes; the clients' CPU and every server process's CPU over the window."""
+    ctx = multiprocessing.get_context("fork")
+    path = f"/{kind}?n={n}"
+    shares = [streams // procs + (i < streams % procs) for i in range(procs)]
+    pipes, children = [], []
+    try:
+        for share in shares:
+            ours, theirs = ctx.Pipe()
+            child = ctx.Process(target=_client, args=(port, path, n, share, theirs), daemon=True)
+            child.start()
+            theirs.close()
+            pipes.append(ours)
+            children.append(child)
+        for pipe in pipes:
+            _receive(pipe, CLIENT_TIMEOUT)
+        time.sleep(warm)
+        server = process_tree(pid)
+
+        def mark() -> tuple[float, float, dict[int, float], list[tuple]]:
+            for pipe in pipes:
+                pipe.send("mark")
+            now, busy, cpu = time.perf_counter(), machine_busy(), _cpu(server)
+            return now, busy, cpu, [_receive(pipe, CLIENT_TIMEOUT) for pipe in pipes]
+
+        t0, busy0, cpu0, marks0 = mark()
+        time.sleep(window)
+        t1, busy1, cpu1, marks1 = mark()
+    finally:
+        for pipe in pipes:
+            with contextlib.suppress(OSError):
+                pipe.send("stop")
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    elapsed = t1 - t0
+    events = sum(b[1] - a[1] for a, b in zip(marks0, marks1, strict=True))
+    if not events:
+        raise StreamError("no events delivered in the window")
+    per_process = sorted((100 * (cpu1[p] - cpu0[p]) / elapsed for p in cpu1 if p in cpu0), reverse=True)
+    return {
+        "events_per_s": events / elapsed,
+        "client_cpu_pct": 100 * sum(b[2] - a[2] for a, b in zip(marks0, marks1, strict=True)) / elapsed,
+        "server_cpu_pct": sum(per_process),
+        "server_process_cpu_pct": [round(c, 1) for c in per_process],
+        "machine_cpu_pct": 100 * (busy1 - busy0) / elapsed,
+        "machine_us_per_event": 1e6 * (busy1 - busy0) / events,
+        "streams": streams,
+        "burst_n": n,
+        "client_procs": procs,
+        "window_s": elapsed,
+        "delivered": 1.0,
+    }
