@@ -19,15 +19,8 @@ if installed; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install-chromium.sh: run as root (apt-get install $PACKAGES)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# The package lists may be missing on a fresh image (or too old to name the current packages).
-# shellcheck disable=SC2086
-apt-get install -y --no-install-recommends $PACKAGES || { apt-get update && apt-get install -y --no-install-recommends $PACKAGES; }
+. "$(dirname "$0")/apt.sh"
+apt_install install-chromium.sh $PACKAGES
 
 installed
 echo "installed: $(/usr/bin/chromium --version 2>/dev/null)"

@@ -10,18 +10,8 @@ if command -v nft >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && command -v
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install-netns-tools.sh: run as root (apt-get install nftables iproute2)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-cache show nftables >/dev/null 2>&1; then
-    apt-get update
-fi
-# A stale package list can name a version the mirror no longer has: update once and try again.
-apt-get install -y --no-install-recommends nftables iproute2 ||
-    { apt-get update && apt-get install -y --no-install-recommends nftables iproute2; }
+. "$(dirname "$0")/apt.sh"
+apt_install install-netns-tools.sh nftables iproute2
 
 command -v nft >/dev/null 2>&1
 echo "installed: $(nft --version)"

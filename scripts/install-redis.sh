@@ -9,21 +9,8 @@ if command -v redis-server >/dev/null 2>&1; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install-redis.sh: run as root (apt-get install redis-server)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update
-# policy-rc.d keeps the package's maintainer scripts from starting a Redis service of their own.
-policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    trap 'rm -f "$policy"' EXIT
-fi
-apt-get install -y --no-install-recommends redis-server
+. "$(dirname "$0")/apt.sh"
+apt_install install-redis.sh redis-server
 
 command -v redis-server >/dev/null 2>&1
 echo "installed: $(redis-server --version | head -n 1)"
