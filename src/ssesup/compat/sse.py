@@ -21,6 +21,7 @@ The map, option by option (docs/migrating.md explains each):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
@@ -64,7 +65,8 @@ class _AppStatusType(type):
             cls._should_exit = value
             loops = tuple(_loops_with_streams) if value else ()
         for loop in loops:
-            loop.drain_soon()
+            with contextlib.suppress(RuntimeError):  # its event loop closed since its last stream left
+                loop.drain_soon()
 
 
 class AppStatus(metaclass=_AppStatusType):
