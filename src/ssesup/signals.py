@@ -69,7 +69,7 @@ def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> str | Non
     """
     if threading.current_thread() is not threading.main_thread():
         return NOT_MAIN_THREAD
-    notify = _loop_notifier(on_signal)
+    notify = loop_notifier(on_signal)
     installed = False
     for signum in SIGNALS:
         current = signal.getsignal(signum)
@@ -83,7 +83,7 @@ def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> str | Non
     return None if installed else NO_SERVER_HANDLER
 
 
-def _loop_notifier(on_signal: Callable[[int], Awaitable[None]]) -> Notify:
+def loop_notifier(on_signal: Callable[[int], Awaitable[None]]) -> Notify:
     """A callable safe to run in a signal handler: it starts ``on_signal(signum)`` as a task on the
     current loop (a task, so that the callback runs in async context), owned as ``spawn_owned`` says."""
     if running_trio():

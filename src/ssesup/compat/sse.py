@@ -36,7 +36,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from ssesup.compat.event import ServerSentEvent, ensure_bytes
-from ssesup.signals import _loop_notifier
+from ssesup.signals import loop_notifier
 from ssesup.states import CloseReason
 from ssesup.stream import SendTimeoutError, SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
@@ -105,7 +105,7 @@ class _LoopStreams:
 
     def __init__(self) -> None:
         self.supervisors: dict[Supervisor, int] = {}
-        self._notify = _loop_notifier(self._drain)
+        self._notify = loop_notifier(self._drain)
 
     def drain_soon(self) -> None:
         self._notify(0)
