@@ -15,6 +15,7 @@ Thread-safe: loops in several threads may append, read and wait at once (one loc
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -54,7 +55,8 @@ class _Waiter:
         if threading.get_ident() == self.thread:
             self.event.set()
         else:
-            self.call_soon_threadsafe(self.event.set)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: no one waits there any more
+                self.call_soon_threadsafe(self.event.set)
 
 
 class MemoryBackend(Backend):
@@ -110,10 +112,13 @@ class MemoryBackend(Backend):
                 return found
             waiter.event = anyio.Event()
             self._waiting.add(waiter)
-        with anyio.move_on_after(timeout):
-            await waiter.event.wait()
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            with self._lock:
+                self._waiting.discard(waiter)
         with self._lock:
-            self._waiting.discard(waiter)
             return self._collect(cursors)
 
     async def wake(self) -> None:
