@@ -36,7 +36,7 @@ def make_app(hub: Hub, supervisor: Supervisor | None = None) -> Starlette:
         channels = request.query_params.get("channels", "numbers").split(",")
         query = request.query_params
         options = {name: float(query[name]) for name in ("ping", "send_timeout") if name in query}
-        return hub.stream(request, *channels, **options)
+        return hub.stream(request, *channels, headers={"x-worker": str(os.getpid())}, **options)
 
     async def publish(request: Request) -> JSONResponse:
         channel = request.query_params.get("channel", "numbers")
@@ -80,6 +80,7 @@ class Reader:
     last_event_id: str = ""
     connects: int = 0
     statuses: list[int] = field(default_factory=list)
+    worker: str = ""  # the pid of the server process of the current connection
     gaps: list[ServerSentEvent] = field(default_factory=list)
     subscribed: threading.Event = field(default_factory=threading.Event)  # the first id came
     stop: threading.Event = field(default_factory=threading.Event)
@@ -113,6 +114,7 @@ class Reader:
             if response.status_code != 200:
                 time.sleep(0.05)
                 return
+            self.worker = response.headers.get("x-worker", "")
             for chunk in response.iter_raw():
                 for event in parser.feed(chunk):
                     if event.event == "gap":

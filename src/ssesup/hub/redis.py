@@ -1,0 +1,233 @@
+"""The hub's Redis Streams engine: history shared by every process and host that uses one Redis.
+
+Owns: one Redis stream per channel (key ``<prefix>ch:<channel>``), the epoch key (``<prefix>epoch``),
+each event loop's two clients (a pool for appends and reads, and one connection of its own for the
+loop's blocking ``XREAD``), and turning Redis failures into :class:`~ssesup.hub.backend.HubUnavailable`.
+Does not own fan-out, mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and
+Redis >= 7.0.
+
+* ``append`` is one round trip, a script: ``XADD ... MAXLEN ~ <history_size>``, then ``XTRIM ... MINID ~``
+  (the new entry's time less ``history_ttl``, on Redis's clock). The entry keeps the id of the entry
+  before it (field ``p``), so a read knows exactly whether events after an id were trimmed: they were
+  when the oldest entry left follows another entry than the one asked for. The stream entry id
+  (``ms-seq``) is the position. Appends are never retried: a publish that fails raises, and one that
+  was acknowledged was stored once.
+* ``read`` is ``XRANGE`` after the position (exclusive), with the oldest and newest entries, in one
+  round trip; ``wait`` is ``XREAD BLOCK`` over every channel of the loop and a wake-up key of the
+  loop's own (``<prefix>wake:<token>``), so that a new channel is read at once.
+* The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
+  before are refused with a gap. Deleting one channel's key by hand is not noticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from anyio.lowlevel import RunVar
+
+from ssesup.events import Event
+from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
+from ssesup.hub.ids import START, Position
+
+# Entries one XREAD takes per channel; more are read by the next call.
+READ_COUNT = 1000
+
+_APPEND = """
+local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local before = '0-0'
+if previous[1] then before = previous[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', before, unpack(ARGV, 3))
+local ms = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[2])))
+return id
+"""
+
+_FIELDS = ((b"d", "data"), (b"e", "event"), (b"c", "comment"))
+
+
+def _redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError:
+        raise ImportError("Hub('redis://...') needs redis-py: pip install 'ssesup[redis]'") from None
+    return redis
+
+
+def redis_id(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def parse_redis_id(raw: bytes | str) -> Position:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _fields(event: Event) -> list[str]:
+    flat = []
+    for key, name in _FIELDS:
+        value = getattr(event, name)
+        if value is not None:
+            flat += [key.decode(), value]
+    if event.retry is not None:
+        flat += ["r", str(event.retry)]
+    return flat
+
+
+def _event(fields: Mapping[bytes, bytes]) -> Event:
+    values = {name: fields[key].decode() for key, name in _FIELDS if key in fields}
+    retry = fields.get(b"r")
+    return Event(
+        values.get("data"),
+        event=values.get("event"),
+        comment=values.get("comment"),
+        retry=None if retry is None else int(retry),
+    )
+
+
+class _LoopClients:
+    """One event loop's clients: redis-py's asyncio connections belong to the loop that made them."""
+
+    def __init__(self, url: str, block_timeout: float) -> None:
+        redis = _redis()
+        no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry, socket_timeout=5, socket_connect_timeout=2)
+        self.reader = redis.asyncio.Redis.from_url(
+            url,
+            retry=no_retry,
+            single_connection_client=True,
+            socket_timeout=block_timeout + 5,
+            socket_connect_timeout=2,
+        )
+        self.append = self.pool.register_script(_APPEND)
+        self.wake_key = ""
+        self.wake_cursor = "0-0"
+
+
+class RedisBackend(Backend):
+    """History in Redis Streams at ``url``: about ``history_size`` events per channel (``MAXLEN ~``),
+    trimmed past ``history_ttl`` seconds (``MINID ~``)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, history_size: int, history_ttl: float, *, prefix: str = "ssesup:") -> None:
+        self._errors = _redis().exceptions
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl_ms = int(history_ttl * 1000)
+        self.prefix = prefix
+        self._stream_prefix = f"{prefix}ch:"
+        self._epoch_key = f"{prefix}epoch"
+        self._where = _where(url)
+        self._clients: RunVar[_LoopClients | None] = RunVar(f"ssesup.hub.redis.{id(self)}", default=None)
+
+    def _loop(self, block_timeout: float = 5.0) -> _LoopClients:
+        clients = self._clients.get()
+        if clients is None:
+            clients = _LoopClients(self.url, block_timeout)
+            clients.wake_key = f"{self.prefix}wake:{secrets.token_hex(8)}"
+            self._clients.set(clients)
+        return clients
+
+    def _unavailable(self, exc: BaseException) -> HubUnavailable:
+        return HubUnavailable(f"the hub's Redis at {self._where} is unreachable: {exc.__class__.__name__}: {exc}")
+
+    def _key(self, channel: str) -> str:
+        return self._stream_prefix + channel
+
+    async def _run(self, fn: Any) -> Any:
+        errors = self._errors
+        try:
+            return await fn()
+        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def epoch(self) -> str:
+        clients = self._loop()
+
+        async def fetch() -> bytes:
+            async with clients.pool.pipeline(transaction=False) as pipe:
+                pipe.set(self._epoch_key, secrets.token_hex(6), nx=True)
+                pipe.get(self._epoch_key)
+                return (await pipe.execute())[1]
+
+        return (await self._run(fetch)).decode()
+
+    async def append(self, channel: str, event: Event) -> Position:
+        clients = self._loop()
+        args = [self.history_size, self.history_ttl_ms, *_fields(event)]
+        return parse_redis_id(await self._run(lambda: clients.append(keys=[self._key(channel)], args=args)))
+
+    async def read(self, channel: str, after: Position, limit: int) -> History:
+        clients = self._loop()
+        key = self._key(channel)
+
+        async def fetch() -> list[Any]:
+            async with clients.pool.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, "-", "+", count=1)
+                pipe.xrevrange(key, "+", "-", count=1)
+                pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
+                return await pipe.execute()
+
+        oldest, newest, found = await self._run(fetch)
+        if not newest:
+            return History([], False, START)
+        lost = parse_redis_id(oldest[0][1][b"p"]) > after
+        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in found]
+        return History(entries, lost, parse_redis_id(newest[0][0]))
+
+    async def last(self, channel: str) -> Position:
+        clients = self._loop()
+        newest = await self._run(lambda: clients.pool.xrevrange(self._key(channel), "+", "-", count=1))
+        return parse_redis_id(newest[0][0]) if newest else START
+
+    async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
+        clients = self._loop(timeout)
+        streams = {self._key(channel): redis_id(cursor) for channel, cursor in cursors.items()}
+        streams[clients.wake_key] = clients.wake_cursor
+        found = await self._run(
+            lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000)))
+        )
+        entries: list[tuple[str, Entry]] = []
+        skip = len(self._stream_prefix)
+        for raw_key, items in found.items() if isinstance(found, dict) else found:
+            key = raw_key.decode()
+            if key == clients.wake_key:
+                clients.wake_cursor = items[-1][0].decode()
+                continue
+            channel = key[skip:]
+            entries.extend((channel, Entry(parse_redis_id(raw_id), _event(fields))) for raw_id, fields in items)
+        return entries
+
+    async def wake(self) -> None:
+        clients = self._loop()
+
+        async def poke() -> None:
+            async with clients.pool.pipeline(transaction=False) as pipe:
+                pipe.xadd(clients.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(clients.wake_key, 60_000)
+                await pipe.execute()
+
+        await self._run(poke)
+
+    async def close(self) -> None:
+        clients = self._clients.get()
+        if clients is None:
+            return
+        self._clients.set(None)
+        for client in (clients.reader, clients.pool):
+            with contextlib.suppress(self._errors.RedisError, OSError):  # closing what is already gone
+                await client.aclose()
+
+
+def _where(url: str) -> str:
+    """The server's address, without the credentials a URL may carry."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
