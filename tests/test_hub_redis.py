@@ -187,6 +187,7 @@ def test_through_a_redis_restart_every_acknowledged_publish_is_delivered_once(re
         assert got == sorted(set(got)), "a duplicate or an event out of order"
         assert set(acknowledged) <= set(got), f"lost: {sorted(set(acknowledged) - set(got))[:10]}"
         assert len(acknowledged) > TOTAL * 0.9 and not reader.gaps
+        assert reader.connects == 1  # the stream stayed open through the restart
         assert readiness == [503]
         wait_until(lambda: httpx.get(f"{server.url}/ready", timeout=10).status_code == 200, timeout=20)
 
