@@ -7,6 +7,7 @@ import importlib.metadata
 import math
 import platform
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,15 +359,17 @@ def chart(summary: dict, path: Path) -> None:
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, m in zip(axes.flat, shown, strict=False):
-        meds = [(summary["values"][s][m.id] or {}).get("median", 0.0) for s in systems]
-        bars = ax.bar(range(len(systems)), meds, color=[colors.get(s, "#9467bd") for s in systems])
-        for bar, s in zip(bars, systems, strict=True):
+        measured = [s for s in systems if summary["values"][s][m.id]]  # a system may not run every scenario
+        meds = [summary["values"][s][m.id]["median"] for s in measured]
+        bars = ax.bar(range(len(measured)), meds, color=[colors.get(s, "#9467bd") for s in measured])
+        for bar, s in zip(bars, measured, strict=True):
             ratio = summary["ratios"][s][m.id].get(FLOOR) if m.ratio else None
             text = m.fmt.format(bar.get_height()) + ("" if ratio is None else f"\n{ratio:.2f}x")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=8)  # fmt: skip
-        ax.set_xticks(range(len(systems)), systems, fontsize=8)
-        ax.set_title(m.label + (" (higher is better)" if m.better == "higher" else ""), fontsize=9)
+        ax.set_xticks(range(len(measured)), measured, fontsize=8)
+        title = m.label + (" (higher is better)" if m.better == "higher" else "")
+        ax.set_title(textwrap.fill(title, 60), fontsize=9)
         ax.margins(y=0.25)
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
