@@ -109,13 +109,7 @@ class Event:
                 _set_data(self, data)
                 _set_fields(self, None)
                 return
-            # An event with a name and/or an id, each an exact str of printable characters (so no CR, LF
-            # or NUL): the common realistic event, checked inline. Anything else takes the full checks.
-            if (event is None or (type(event) is str and event.isprintable())) and (
-                id is None or (type(id) is str and id.isprintable())
-            ):
-                _set_data(self, data)
-                _set_fields(self, (event, id, None, None))
+            if _set_plain(self, data, event, id):
                 return
         data, event, id, retry, comment = _checked_fields(data, event, id, retry, comment)
         _set_data(self, data)
@@ -172,7 +166,12 @@ class Event:
         datetimes, dataclasses) is left to the standard library, so both accept and refuse alike. Floats
         in exponent form may be written shorter by orjson (``1e-7`` for ``1e-07``): the same value.
         """
-        return cls(compact_json(obj), event=event, id=id, retry=retry, comment=comment)
+        data = compact_json(obj)
+        if retry is None and comment is None:
+            made = _new_event(cls)
+            if _set_plain(made, data, event, id):  # compact JSON has no raw CR, LF or NUL: data needs no check
+                return made
+        return cls(data, event=event, id=id, retry=retry, comment=comment)
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> Event:
@@ -238,6 +237,20 @@ class Event:
 # The slots are written only here, when an event is made; assignments to an Event raise.
 _set_data = Event._data.__set__  # type: ignore[attr-defined]
 _set_fields = Event._fields.__set__  # type: ignore[attr-defined]
+_new_event = object.__new__
+
+
+def _set_plain(made: Event, data: str, event: object, id: object) -> bool:
+    """Make ``made`` the event of exact-str ``data`` named ``event`` with ``id``, where each is None or
+    an exact str of printable characters (so no CR, LF or NUL): the common realistic event, checked
+    without the full checks. ``False`` (nothing set) for anything else, which the full checks take."""
+    if (event is None or (type(event) is str and event.isprintable())) and (
+        id is None or (type(id) is str and id.isprintable())
+    ):
+        _set_data(made, data)
+        _set_fields(made, None if event is None and id is None else (event, id, None, None))
+        return True
+    return False
 
 
 def _rebuild(data: Any, event: Any, id: Any, retry: Any, comment: Any) -> Event:
@@ -309,18 +322,19 @@ def _orjson_writer(default: Any = None) -> Any:
 def _fast_json() -> Any:
     """Event.json's writer: orjson's where installed, falling back to the standard library for
     anything it would write differently; the standard library's alone otherwise."""
-    dumps = _orjson_writer()
-    if dumps is None:
+    writer = _orjson_writer()
+    if writer is None:
         return _stdlib_json
+    dumps, option = writer.func, writer.keywords["option"]  # no default: a call without it is cheaper
 
     def write(obj: Any) -> str:
         try:
-            out = dumps(obj)
+            text = dumps(obj, option=option).decode()
         except TypeError:  # a big int, a non-str key, a datetime, a subclass...: the standard library's call
             return _stdlib_json(obj)
-        if b"null" in out:  # orjson writes NaN and infinities as null: the standard library refuses them
+        if "null" in text:  # orjson writes NaN and infinities as null: the standard library refuses them
             return _stdlib_json(obj)
-        return out.decode()
+        return text
 
     return write
 
@@ -338,11 +352,19 @@ def _compact_json_first_use(obj: Any) -> str:
 compact_json = _compact_json_first_use
 
 
+_PLAIN_KEYS: Final = frozenset({"data", "event", "id"})
+
+
 def _mapping_bytes(fields: Mapping[str, Any], sep: str) -> bytes:
     """A dict of event fields; a ``data`` that is not a ``str`` is sent as JSON."""
     data = fields.get("data")
     if data is not None and not isinstance(data, str):
-        fields = {**fields, "data": json_data(data)}
+        data = json_data(data)
+        if _PLAIN_KEYS.issuperset(fields):  # data, event, id: made without copying the dict
+            made = _new_event(Event)
+            if _set_plain(made, data, fields.get("event"), fields.get("id")):
+                return made.encode(sep)
+        fields = {**fields, "data": data}
     return Event.from_mapping(fields).encode(sep)
 
 
