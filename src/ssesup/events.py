@@ -191,11 +191,7 @@ class Event:
             return encode_data_line(data, sep)  # type: ignore[arg-type]
         event, id, retry, comment = self._fields
         if retry is None and comment is None and data is not None and "\r" not in data and "\n" not in data:
-            if event is None:
-                return f"id: {id}{sep}data: {data}{sep}{sep}".encode()
-            if id is None:
-                return f"event: {event}{sep}data: {data}{sep}{sep}".encode()
-            return f"event: {event}{sep}id: {id}{sep}data: {data}{sep}{sep}".encode()
+            return _plain_frame(data, event, id, sep)
         parts: list[str] = []
         if comment is not None:
             parts.extend(f":{' ' if line else ''}{line}" for line in _NEWLINE.split(comment))
@@ -240,13 +236,27 @@ _set_fields = Event._fields.__set__  # type: ignore[attr-defined]
 _new_event = object.__new__
 
 
-def _set_plain(made: Event, data: str, event: object, id: object) -> bool:
-    """Make ``made`` the event of exact-str ``data`` named ``event`` with ``id``, where each is None or
-    an exact str of printable characters (so no CR, LF or NUL): the common realistic event, checked
-    without the full checks. ``False`` (nothing set) for anything else, which the full checks take."""
-    if (event is None or (type(event) is str and event.isprintable())) and (
+def _plain(event: object, id: object) -> bool:
+    """Whether ``event`` and ``id`` are each None or an exact str of printable characters (so no CR, LF
+    or NUL): the common realistic event, which needs none of the full checks."""
+    return (event is None or (type(event) is str and event.isprintable())) and (
         id is None or (type(id) is str and id.isprintable())
-    ):
+    )
+
+
+def _plain_frame(data: str, event: str | None, id: str | None, sep: str) -> bytes:
+    """The bytes of an event of single-line ``data`` with a name and/or an id (see :func:`_plain`)."""
+    if event is None:
+        return f"id: {id}{sep}data: {data}{sep}{sep}".encode()
+    if id is None:
+        return f"event: {event}{sep}data: {data}{sep}{sep}".encode()
+    return f"event: {event}{sep}id: {id}{sep}data: {data}{sep}{sep}".encode()
+
+
+def _set_plain(made: Event, data: str, event: object, id: object) -> bool:
+    """Make ``made`` the event of exact-str ``data`` named ``event`` with ``id`` when :func:`_plain`
+    says so; ``False`` (nothing set) for anything else, which the full checks take."""
+    if _plain(event, id):
         _set_data(made, data)
         _set_fields(made, None if event is None and id is None else (event, id, None, None))
         return True
@@ -360,10 +370,12 @@ def _mapping_bytes(fields: Mapping[str, Any], sep: str) -> bytes:
     data = fields.get("data")
     if data is not None and not isinstance(data, str):
         data = json_data(data)
-        if _PLAIN_KEYS.issuperset(fields):  # data, event, id: made without copying the dict
-            made = _new_event(Event)
-            if _set_plain(made, data, fields.get("event"), fields.get("id")):
-                return made.encode(sep)
+        if _PLAIN_KEYS.issuperset(fields):  # data, event, id: written without an Event or a dict copy
+            event, id = fields.get("event"), fields.get("id")
+            if event is None and id is None:
+                return encode_data_line(data, sep)
+            if _plain(event, id):
+                return _plain_frame(data, event, id, sep)  # compact JSON: one line
         fields = {**fields, "data": data}
     return Event.from_mapping(fields).encode(sep)
 
@@ -390,9 +402,11 @@ def json_data(obj: object) -> str:
     ``fastapi.sse`` sends; NaN and infinities become ``null``, as there and in JavaScript's
     ``JSON.stringify``. ``TypeError`` names what is not JSON-able.
     """
-    dump = getattr(obj, "model_dump_json", None)
-    if dump is not None and not isinstance(obj, type):
-        return dump(by_alias=True)
+    kind = type(obj)
+    if kind is not dict and kind is not list:  # neither is a pydantic model
+        dump = getattr(obj, "model_dump_json", None)
+        if dump is not None and not isinstance(obj, type):
+            return dump(by_alias=True)
     fast = _orjson_data()
     if fast is not None:
         # orjson writes NaN as null, as fastapi.sse sends it; what it refuses, the standard library decides.
