@@ -15,8 +15,9 @@ import pytest
 
 from apps.hub_app import Reader, make_app
 from servers import UvicornThread, recv_until, wait_until
-from ssesup import CloseReason, Event, Hub, Supervisor
+from ssesup import CloseReason, Event, Hub, Supervisor, Trigger
 from ssesup.hub.ids import MAX_ID_BYTES
+from ssesup.stream import StreamEnding
 
 
 async def take(subscription, count: int, timeout: float = 10) -> list[Event]:
@@ -282,3 +283,42 @@ def test_a_stream_that_never_reads_is_closed_slow_consumer_and_its_mailbox_freed
     assert hub_server.call(loop_hub.mailbox_depth) == 0 and not loop_hub.subscribers
     assert time.monotonic() - started < 120
     sock.close()
+
+
+def test_hub_metrics_count_published_delivered_replayed_gaps_and_slow_consumers():
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"backend": "memory", **labels}) or 0.0
+
+    async def main() -> None:
+        hub = Hub(metrics=registry, mailbox_events=10)
+        first = await hub.publish("orders", Event.json({"n": 0}))
+        await hub.publish("orders", Event.json({"n": 1}))
+        async with hub.subscribe("orders", last_event_id=first) as subscription:
+            await take(subscription, 2)  # the id, then one replayed
+            assert value("ssesup_hub_subscribers") == 1
+            await hub.publish("orders", Event.json({"n": 2}))
+            await take(subscription, 1)
+        async with hub.subscribe("orders", last_event_id="nonsense") as subscription:
+            await take(subscription, 1)
+        slow = hub.subscribe("orders")
+        await take(slow, 1)
+        for n in range(20):
+            await hub.publish("orders", Event.json({"n": n}))
+        await anyio.sleep(0.01)
+        assert registry.get_sample_value("ssesup_hub_mailbox_events") == 0  # the slow one's was freed
+        with pytest.raises(StreamEnding, match="overflowed") as ended:
+            await take(slow, 1)
+        assert ended.value.trigger is Trigger.SLOW_CONSUMER
+
+    anyio.run(main)
+    assert value("ssesup_hub_published_total", channel="") == 23
+    assert value("ssesup_hub_replayed_total", channel="") == 1
+    assert value("ssesup_hub_delivered_total", channel="") >= 1
+    assert value("ssesup_hub_gaps_total", reason="malformed") == 1
+    assert value("ssesup_hub_slow_consumer_closes_total") == 1
+    assert value("ssesup_hub_subscribers") == 0
+    assert value("ssesup_hub_backend_seconds_count", operation="append") == 23

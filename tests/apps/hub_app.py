@@ -62,7 +62,12 @@ def make_app(hub: Hub, supervisor: Supervisor | None = None) -> Starlette:
     return app
 
 
-app = make_app(Hub(os.environ.get("SSESUP_HUB_URL") or None), Supervisor(drain_grace=2, reconnect=(0.05, 0.1)))
+# History for every event a test publishes (10,000), so that a client slowed by a loaded machine resumes
+# without a gap whatever its lag; the mailbox is the default.
+app = make_app(
+    Hub(os.environ.get("SSESUP_HUB_URL") or None, history_size=20_000),
+    Supervisor(drain_grace=2, reconnect=(0.05, 0.1)),
+)
 
 
 # -- the client ----------------------------------------------------------------------------------------
@@ -81,6 +86,8 @@ class Reader:
     connects: int = 0
     statuses: list[int] = field(default_factory=list)
     worker: str = ""  # the pid of the server process of the current connection
+    last_number: int = -1
+    error: BaseException | None = None  # what ended run() in a thread, if it failed
     gaps: list[ServerSentEvent] = field(default_factory=list)
     subscribed: threading.Event = field(default_factory=threading.Event)  # the first id came
     stop: threading.Event = field(default_factory=threading.Event)
@@ -89,6 +96,13 @@ class Reader:
         return [event.json()["n"] for event in self.events if event.event == "number"]
 
     def run(self, done: Callable[[list[ServerSentEvent]], bool], timeout: float = 60) -> None:
+        try:
+            self._run(done, timeout)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _run(self, done: Callable[[list[ServerSentEvent]], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done(self.events) and not self.stop.is_set():
             if time.monotonic() > deadline:
@@ -121,6 +135,8 @@ class Reader:
                         self.gaps.append(event)
                     else:
                         self.events.append(event)
+                        if event.event == "number":
+                            self.last_number = event.json()["n"]
                 self.last_event_id = parser.last_event_id
                 if self.last_event_id:
                     self.subscribed.set()

@@ -143,8 +143,10 @@ class LoopHub:
                             self._check_epoch(await self.hub.call("epoch", backend.epoch))
                             checked = clock()
                         batch = await backend.wait(dict(self.cursors), HEALTH_EVERY)
-                    except HubUnavailable as exc:
-                        if attempt == 0:
+                    except Exception as exc:
+                        if not isinstance(exc, HubUnavailable):
+                            log.exception("hub.reader_failed", backend=backend.name)
+                        elif attempt == 0:
                             log.warning("hub.backend_unavailable", backend=backend.name, error=str(exc))
                         self.healthy = False
                         self.hub.count_error("wait")
