@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ssesup.events import Event
-from ssesup.hub.ids import Position
+from ssesup.hub.ids import Position, format_id
 
 
 class HubUnavailable(ConnectionError):
@@ -47,7 +47,7 @@ class Entry:
     def __init__(self, position: Position, event: Event) -> None:
         self.position = position
         self.event = event
-        self._encoded: dict[str, bytes] = {}
+        self._encoded: dict[object, bytes] = {}
 
     def body(self, sep: str) -> bytes:
         """The event encoded with ``sep``, made once per separator however many subscribers get it."""
@@ -55,6 +55,16 @@ class Entry:
         if body is None:
             body = self._encoded[sep] = self.event.encode(sep)
         return body
+
+    def framed(self, sep: str, epoch: str, digest: str) -> bytes:
+        """The event encoded with ``sep`` after the ``id:`` line of a subscription of its channel alone
+        (``digest`` names that channel), made once per separator and epoch."""
+        key = (sep, epoch, digest)
+        framed = self._encoded.get(key)
+        if framed is None:
+            event_id = format_id(epoch, digest, (self.position,))
+            framed = self._encoded[key] = b"id: " + event_id.encode() + sep.encode() + self.body(sep)
+        return framed
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ssesup._loop import wait, wake
@@ -79,13 +79,37 @@ class Subscription:
     or ``async with`` (a stream's generator that uses it closes it in its own ``finally``).
     """
 
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_digest",
+        "_dropped",
+        "_dropped_upto",
+        "_epoch",
+        "_items",
+        "_loop_hub",
+        "_max_bytes",
+        "_max_events",
+        "_new_epoch",
+        "_overflowed",
+        "_positions",
+        "_wakeup",
+        "channels",
+        "hub",
+        "last_event_id",
+        "mailbox",
+        "overflow",
+        "sep",
+        "stream",
+    )
+
     def __init__(self, hub: Hub, channels: Sequence[str], last_event_id: str | None, *, sep: str = "\r\n") -> None:
         self.hub = hub
         self.channels = check_channels(channels)
         self.last_event_id = last_event_id or None
         self.sep = sep
         self.stream: SupervisedStream | None = None
-        self.mailbox: deque[tuple[str, Entry]] = deque()
+        self.mailbox: deque[tuple[str, Entry, int]] = deque()  # (channel, entry, its size in bytes)
         self._bytes = 0
         self._max_events = hub.mailbox_events
         self._max_bytes = hub.mailbox_bytes
@@ -100,7 +124,7 @@ class Subscription:
         self._closed = False
         self._wakeup: Any = None
         self._loop_hub: LoopHub | None = None
-        self._items: AsyncIterator[tuple[str, Entry | None, str | None]] | None = None
+        self._items: AsyncGenerator[Any, None] | None = None
 
     # -- the iterator of events ----------------------------------------------------------------------
 
@@ -109,19 +133,13 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         if self._items is None:
-            self._items = self._run()
-        event_id, entry, gap = await self._items.__anext__()
-        if entry is not None:
-            fields = entry.event
-            return Event(fields.data, event=fields.event, id=event_id, retry=fields.retry, comment=fields.comment)
-        if gap is not None:
-            return Event(gap, event=self.hub.gap_event, id=event_id)
-        return Event(id=event_id)
+            self._items = self._run(encode=False)
+        return await self._items.__anext__()
 
     async def aclose(self) -> None:
         items, self._items = self._items, None
         if items is not None:
-            await items.aclose()  # type: ignore[attr-defined]
+            await items.aclose()
         self._close()
 
     async def __aenter__(self) -> Subscription:
@@ -130,25 +148,12 @@ class Subscription:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def encoded(self) -> AsyncIterator[bytes]:
+    def encoded(self) -> AsyncGenerator[bytes, None]:
         """The same, encoded for a stream (what :meth:`Hub.stream` sends): each event is encoded once
-        per publish and separator; a subscriber adds only its ``id:`` line."""
-        sep = self.sep
-        line_end = sep.encode()
-        gap_event = self.hub.gap_event
-        items = self._items = self._run()
-        try:
-            async for event_id, entry, gap in items:
-                head = b"id: " + event_id.encode() + line_end
-                if entry is not None:
-                    yield head + entry.body(sep)
-                elif gap is not None:
-                    yield Event(gap, event=gap_event, id=event_id).encode(sep)
-                else:
-                    yield head + line_end
-        finally:
-            await items.aclose()  # type: ignore[attr-defined]
-            self._close()
+        per publish and separator, and, for a subscription of one channel, framed with its id once per
+        publish, separator and epoch, whatever the number of subscribers."""
+        items = self._items = self._run(encode=True)
+        return items
 
     # -- what the reader calls -----------------------------------------------------------------------
 
@@ -157,20 +162,22 @@ class Subscription:
         if self._closed or self._overflowed:
             return
         mailbox = self.mailbox
-        mailbox.append((channel, entry))
-        self._bytes += len(entry.body(self.sep))
+        size = len(entry.body(self.sep))
+        mailbox.append((channel, entry, size))
+        self._bytes += size
         if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
             if self.overflow is Overflow.DISCONNECT:
                 self._disconnect()
                 return
             while len(mailbox) > 1 and (len(mailbox) > self._max_events or self._bytes > self._max_bytes):
-                dropped_channel, dropped = mailbox.popleft()
-                self._bytes -= len(dropped.body(self.sep))
+                dropped_channel, dropped, dropped_size = mailbox.popleft()
+                self._bytes -= dropped_size
                 self._dropped += 1
                 self._dropped_upto[dropped_channel] = dropped.position
-        if self._wakeup is not None:
-            wake(self._wakeup)
+        wakeup = self._wakeup
+        if wakeup is not None:
             self._wakeup = None
+            wake(wakeup)
 
     def epoch_changed(self, epoch: str) -> None:
         """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
@@ -181,8 +188,9 @@ class Subscription:
 
     # -- the subscription's life ---------------------------------------------------------------------
 
-    async def _run(self) -> AsyncIterator[tuple[str, Entry | None, str | None]]:
-        """(id, entry, None) per event, (id, None, gap data) per gap, (id, None, None) for the first id."""
+    async def _run(self, *, encode: bool) -> AsyncGenerator[Any, None]:
+        """The subscription's items: bytes (``encode``) or events. The live part takes every entry
+        its mailbox holds without waiting, and waits (once) only when the mailbox is empty."""
         hub = self.hub
         if self.stream is None:
             self.stream = _running_stream()
@@ -219,66 +227,82 @@ class Subscription:
                 positions[channel] = after
                 pages[channel] = history
             if reason is not None:
-                yield self._gap(reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES])
+                yield self._gap(encode, reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES])
             else:
-                yield self._id(), None, None
+                yield self._start(encode)
             for channel, history in pages.items():
                 while True:
                     for entry in history.entries:
                         if entry.position > positions[channel]:
                             positions[channel] = entry.position
                             hub.count_replayed(channel)
-                            yield self._id(), entry, None
+                            yield self._framed(entry) if encode else self._event(entry)
                     if len(history.entries) < PAGE:
                         break
                     after = positions[channel]
                     history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
+            mailbox = self.mailbox
+            wakeup_of = loop_hub.loop.wakeup
             while True:
-                channel, entry = await self._take()
+                if self._overflowed:
+                    from ssesup.stream import StreamEnding
+
+                    raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
                 if self._new_epoch is not None:
                     self._epoch, self._new_epoch = self._new_epoch, None
-                    yield self._gap(GapReason.EPOCH, list(self.channels))
+                    yield self._gap(encode, GapReason.EPOCH, list(self.channels))
+                    continue
                 if self._dropped:
                     for dropped_channel, upto in self._dropped_upto.items():
                         positions[dropped_channel] = max(positions[dropped_channel], upto)
                     channels = list(self._dropped_upto)
                     self._dropped_upto = {}
-                    yield self._gap(GapReason.DROPPED, channels, dropped=self._dropped)
-                    self._dropped = 0
-                if entry is None or entry.position <= positions[channel]:
+                    dropped, self._dropped = self._dropped, 0
+                    yield self._gap(encode, GapReason.DROPPED, channels, dropped=dropped)
+                    continue
+                if not mailbox:
+                    self._wakeup = wakeup = wakeup_of()
+                    await wait(wakeup)
+                    continue
+                channel, entry, size = mailbox.popleft()
+                self._bytes -= size
+                if entry.position <= positions[channel]:
                     continue
                 positions[channel] = entry.position
-                yield self._id(), entry, None
+                yield self._framed(entry) if encode else self._event(entry)
         finally:
             self._close()
 
-    async def _take(self) -> tuple[str, Entry | None]:
-        """The next entry of the mailbox; ``("", None)`` first when a gap is to be told."""
-        while True:
-            if self._overflowed:
-                from ssesup.stream import StreamEnding
+    def _start(self, encode: bool) -> bytes | Event:
+        """The first item: only an id (where the subscription starts)."""
+        event_id = self._id()
+        if encode:
+            line_end = self.sep.encode()
+            return b"id: " + event_id.encode() + line_end + line_end
+        return Event(id=event_id)
 
-                raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
-            if self._new_epoch is not None or self._dropped:
-                return "", None
-            if self.mailbox:
-                channel, entry = self.mailbox.popleft()
-                self._bytes -= len(entry.body(self.sep))
-                return channel, entry
-            self._wakeup = wakeup = self._loop_hub.loop.wakeup()  # type: ignore[union-attr]
-            await wait(wakeup)
+    def _framed(self, entry: Entry) -> bytes:
+        """``entry`` encoded with this subscriber's id (its positions are up to date)."""
+        if len(self.channels) == 1:  # the id is the same for every subscriber of this channel alone
+            return entry.framed(self.sep, self._epoch, self._digest)
+        return b"id: " + self._id().encode() + self.sep.encode() + entry.body(self.sep)
+
+    def _event(self, entry: Entry) -> Event:
+        fields = entry.event
+        return Event(fields.data, event=fields.event, id=self._id(), retry=fields.retry, comment=fields.comment)
 
     def _id(self) -> str:
         positions = self._positions
         return format_id(self._epoch, self._digest, [positions[channel] for channel in self.channels])
 
     def _gap(
-        self, reason: GapReason, channels: list[str], requested: str | None = None, **extra: int
-    ) -> tuple[str, None, str]:
+        self, encode: bool, reason: GapReason, channels: list[str], requested: str | None = None, **extra: int
+    ) -> bytes | Event:
         self.hub.count_gap(reason)
         resumed = self._id()
         data = {"reason": reason.value, "requested": requested, "resumed": resumed, "channels": channels, **extra}
-        return resumed, None, json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        event = Event(json.dumps(data, separators=(",", ":"), ensure_ascii=False), event=self.hub.gap_event, id=resumed)
+        return event.encode(self.sep) if encode else event
 
     def _disconnect(self) -> None:
         """Overflow with the policy ``disconnect``: free the mailbox and end the subscriber's stream."""
