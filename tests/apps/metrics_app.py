@@ -8,6 +8,9 @@
 * ``/flood``: large events as fast as the client takes them (a stalled client hits the send timeout);
 * ``/stuck-sync``: a sync generator that says hello, then blocks for good (its thread is abandoned when
   the client leaves);
+* ``/channel?channel=C&send_timeout=S``: ``hub.stream`` of one channel of an in-memory hub (history
+  of 100 events, mailboxes of 20; channel ``drops`` drops the oldest, the others close a slow consumer);
+* ``POST /publish?channel=C&count=N&size=B``: publishes ``N`` events of ``B`` bytes of padding to ``C``;
 * ``/admin/drain?grace=S``: drains this worker's streams (501 while the supervisor cannot drain);
 * ``/pid?hold=S``: the pid of the worker and of its parent, after holding the worker's event loop ``S``
   seconds (meanwhile new connections go to another worker);
@@ -39,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ssesup import Event, SupervisedStream, Supervisor
+from ssesup import Event, Hub, SupervisedStream, Supervisor
 from ssesup.logs import configure_logging
 from ssesup.metrics import metrics_app
 
@@ -92,6 +95,32 @@ def stuck_sync(request: Request) -> SupervisedStream:
     return SupervisedStream(gen())
 
 
+_hub: list[Hub] = []  # made on first use: apps that never stream a channel have no hub metrics
+
+
+def hub() -> Hub:
+    if not _hub:
+        made = Hub(history_size=100, mailbox_events=20, channel_overflow={"drops": "drop_oldest"})
+        if made.metrics is not None:  # the series at 0, so that the first close shows in rate()
+            made.metrics.slow_consumers.labels(made.backend.name)
+        _hub.append(made)
+    return _hub[0]
+
+
+async def channel(request: Request) -> SupervisedStream:
+    send_timeout = request.query_params.get("send_timeout")
+    options = {} if send_timeout is None else {"send_timeout": float(send_timeout)}
+    return hub().stream(request, request.query_params.get("channel", "ticks"), **options)
+
+
+async def publish(request: Request) -> Response:
+    name = request.query_params.get("channel", "ticks")
+    pad = "p" * int(request.query_params.get("size", "0"))
+    count = int(request.query_params.get("count", "1"))
+    ids = [await hub().publish(name, Event.json({"n": n, "pad": pad}, event="number")) for n in range(count)]
+    return JSONResponse({"ids": ids})
+
+
 async def drain(request: Request) -> Response:
     drain = getattr(supervisor, "drain", None)
     if drain is None:
@@ -114,6 +143,8 @@ app = supervisor.install(
             Route("/broken", broken),
             Route("/flood", flood),
             Route("/stuck-sync", stuck_sync),
+            Route("/channel", channel),
+            Route("/publish", publish, methods=["POST"]),
             Route("/admin/drain", drain, methods=["POST"]),
             Route("/pid", pid),
             Route("/metrics", metrics_app()),
