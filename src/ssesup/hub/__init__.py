@@ -119,7 +119,9 @@ class Hub:
         position = await self.call("append", lambda: backend.append(channel, event))
         if self.metrics is not None:
             self.metrics.published.labels(backend.name, self._channel_label(channel)).inc()
-        epoch = await self.loop_hub().current_epoch()
+        loop_hub = self.loop_hub()
+        loop_hub.published(channel)
+        epoch = await loop_hub.current_epoch()
         return format_id(epoch, channels_digest((channel,)), (position,))
 
     def stream(self, request: Request, *channels: str, **stream_options: Any) -> SupervisedStream:

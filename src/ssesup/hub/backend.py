@@ -1,6 +1,6 @@
 """The small interface a hub engine implements: append, read after a position, wait for what follows.
 
-Owns: :class:`Backend` (seven methods), :class:`Entry` (one published event and its position),
+Owns: :class:`Backend` (seven methods, and one optional), :class:`Entry` (one published event and its position),
 :class:`History` (what a read found) and :class:`HubUnavailable`. Does not own ids on the wire, fan-out
 or mailboxes (``ssesup.hub``): an engine stores and reads, the hub does the rest, so a second engine
 (NATS JetStream, say) is one module of these seven methods.
@@ -19,6 +19,8 @@ The contract, for every engine:
 * ``epoch()`` is a token of the engine's history: it changes when history is lost. It is also the
   health check (it reaches the engine).
 * ``close()`` releases this event loop's connections; the next call connects again.
+* ``appended(channel, after)`` (optional, not async) returns what ``wait`` would, for one channel, when
+  the engine has it in this process already: the publisher's loop then fans it out in the same step.
 
 Engines are used from any number of event loops (each uvicorn worker thread, a test's own loop): what
 belongs to a loop (connections) is the engine's to keep per loop.
@@ -102,3 +104,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def appended(self, channel: str, after: Position) -> Sequence[Entry]:
+        """The entries of ``channel`` after ``after`` that this process holds already, without waiting
+        (optional: an engine elsewhere, Redis, returns none and the loop's reader fetches them)."""
+        return ()

@@ -122,6 +122,16 @@ class LoopHub:
             self._reader.cancel()  # nothing left to read: the reader ends now, not at its next wake-up
             self._reader = None
 
+    def published(self, channel: str) -> None:
+        """This loop published to ``channel``: fan out what the engine holds already, in this step of the
+        loop rather than the reader's next one (the reader, woken too, then finds nothing new)."""
+        cursor = self.cursors.get(channel)
+        if cursor is None:
+            return
+        entries = self.hub.backend.appended(channel, cursor)
+        if entries:
+            self._fan_out([(channel, entry) for entry in entries])
+
     def _ensure_reader(self) -> bool:
         """Start the reader unless it runs; ``True`` when it was started now."""
         if self._reader is not None:

@@ -121,6 +121,11 @@ class MemoryBackend(Backend):
         with self._lock:
             return self._collect(cursors)
 
+    def appended(self, channel: str, after: Position) -> list[Entry]:
+        with self._lock:
+            record = self._channels.get(channel)
+            return [] if record is None else self._after(record, after)
+
     async def wake(self) -> None:
         self._loop_waiter().event.set()
 
