@@ -1,14 +1,16 @@
 """``ssesup`` on the command line and the demo it serves, as a subprocess on 127.0.0.1, read with real
 sockets (the browser's view is tests/test_browser.py): ``--version``, the endpoints listed in ``--help``
-and at start, the drain token, ``ssesup drain`` against the demo, resuming after ``Last-Event-ID``,
-and what the page may load."""
+and at start, the drain token, ``ssesup drain`` against the demo, resuming after ``Last-Event-ID``
+(numbered streams, and the hub channel from its history), and what the page may load."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,7 +21,7 @@ import pytest
 import ssesup
 from procs import free_port, serve
 from servers import raw_request, read_response, recv_until
-from ssesup.demo import ENDPOINTS, EVENT_NAMES, KINDS, PAGE
+from ssesup.demo import ENDPOINTS, EVENT_NAMES, KINDS, PAGE, PUBLISH_EVERY
 
 CLI = [sys.executable, "-m", "ssesup.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +128,38 @@ def test_ticks_count_per_connection_retry_hint_and_resume(demo_server):
     )
     with raw_request(demo_server.port, "/users/ada/ticks", extra="Last-Event-ID: not-a-number\r\n") as sock:
         assert b'id: 0\r\ndata: {"user":"ada","tick":0}' in recv_until(sock, b'"tick":0}', timeout=10)
+
+
+def channel_numbers(url: str, count: int, last_event_id: str | None = None) -> list[tuple[str, dict]]:
+    """The ids and data of the first ``count`` numbers of ``url/channel`` (after ``last_event_id``)."""
+    import httpx
+
+    headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id}
+    frames: list[str] = []
+    with httpx.stream("GET", f"{url}/channel", headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        body = ""
+        for chunk in response.iter_text():
+            body += chunk
+            frames = [frame for frame in body.split("\r\n\r\n")[:-1] if "event: number" in frame]
+            if len(frames) >= count:
+                break
+    numbers = []
+    for frame in frames[:count]:
+        fields = dict(line.split(": ", 1) for line in frame.split("\r\n"))
+        numbers.append((fields["id"], json.loads(fields["data"])))
+    return numbers
+
+
+def test_channel_resumes_from_the_hubs_history_after_the_last_event_id(demo_server):
+    first = channel_numbers(demo_server.url, 2)
+    assert [data["n"] for _, data in first] == [first[0][1]["n"], first[0][1]["n"] + 1]
+    time.sleep(3 * PUBLISH_EVERY)  # numbers published while the client is away
+    resumed = channel_numbers(demo_server.url, 4, last_event_id=first[-1][0])
+    assert [data["n"] for _, data in resumed] == [first[-1][1]["n"] + i for i in range(1, 5)]
+    assert {data["publisher"] for _, data in first + resumed} == {first[0][1]["publisher"]}
+    ids = [event_id for event_id, _ in first + resumed]
+    assert len(set(ids)) == len(ids)
 
 
 @pytest.mark.parametrize("query", ["/ticks?every=soon", "/ticks?count=-1", "/kinds?every=1e9", "/ticks?retry=x"])

@@ -1,19 +1,25 @@
 """The embedded demo app: ``ssesup demo`` serves it; a browser shows its events at ``/``, ``curl -N`` too.
 
 Owns: a small Starlette app with its own supervisor (a short drain and short reconnect hints, so a
-restart of the demo is over in seconds), streams that exercise every kind of event, the browser page
-(``demo.html``, plain ``EventSource``), ``/metrics``, ``/ready``, ``/live`` and, when it is given a
-token, the drain endpoint; and :data:`ENDPOINTS`, the one list of them that ``ssesup demo`` prints.
-Does not own: anything the library does, or the command line (``ssesup.cli``).
+restart of the demo is over in seconds), streams that exercise every kind of event, a hub channel
+and the task that publishes on it, the browser page (``demo.html``, plain ``EventSource``),
+``/metrics``, ``/ready``, ``/live`` and, when it is given a token, the drain endpoint; and
+:data:`ENDPOINTS`, the one list of them that ``ssesup demo`` prints. Does not own: anything the
+library does (the hub is ``ssesup.hub``), or the command line (``ssesup.cli``).
 
 Every stream numbers its events (``id: 0``, ``1``, ...) and resumes after the ``Last-Event-ID`` a
 reconnecting client sends, so a browser that reconnects to a restarted demo goes on where it was.
+``/channel`` is the hub's: its ids are the hub's, and its history is this process's memory, or Redis
+when ``$SSESUP_HUB_URL`` names one, so that a client drained from one demo resumes on another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
+import os
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
@@ -23,13 +29,23 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ssesup import Event, SupervisedStream, Supervisor, metrics_app
+from ssesup import Event, Hub, SupervisedStream, Supervisor, metrics_app
+from ssesup.hub import HubUnavailable
 
 DRAIN_TOKEN_ENV = "SSESUP_DRAIN_TOKEN"
 """Where ``ssesup demo`` (and ``ssesup drain``) take the drain token from."""
 
 supervisor = Supervisor(drain_grace=5, reconnect=(0.5, 2.0))
 """The demo's supervisor: a drain lasts at most 5 s, and farewells ask clients back within 0.5-2 s."""
+
+HUB_URL_ENV = "SSESUP_HUB_URL"
+"""Where the demo takes its hub's URL from (``redis://...``); unset: this process's memory."""
+
+CHANNEL = "numbers"
+"""The hub channel the demo publishes on and ``/channel`` streams."""
+
+PUBLISH_EVERY = 0.5
+"""Seconds between two numbers the demo publishes on :data:`CHANNEL`."""
 
 LARGE_EVENT_LINES = 4096
 """The large event: this many data lines of 64 characters, 256 KiB."""
@@ -51,7 +67,12 @@ KINDS: tuple[Event, ...] = (
 )
 """What ``/kinds`` sends first, in order, with ids ``0`` to ``len(KINDS) - 1``; ticks follow."""
 
-EVENT_NAMES: tuple[str, ...] = ("tick", *sorted({kind.event for kind in KINDS if kind.event is not None}))
+EVENT_NAMES: tuple[str, ...] = (
+    "tick",
+    "number",
+    "gap",
+    *sorted({kind.event for kind in KINDS if kind.event is not None}),
+)
 """Every event name the demo sends: the page listens for each (``EventSource`` dispatches named events
 only to listeners of that name)."""
 
@@ -60,6 +81,7 @@ ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("/kinds?every=1", "every kind of event once (unicode, multi-line, 256 KiB, named, JSON, retry:), then ticks"),
     ("/ticks?every=1&count=0&retry=MS", "a tick every `every` s; `count` per connection (0: no end); `retry:` hint"),
     ("/users/{user_id}/ticks", "a tick a second for one user (metrics label it by the route template)"),
+    ("/channel", "hub channel `numbers`: a number every 0.5 s; resumes from history ($SSESUP_HUB_URL: Redis)"),
     ("/metrics", "Prometheus metrics"),
     ("/ready", "readiness: 200, or 503 from the first moment of a drain"),
     ("/live", "liveness: 200 while the process runs"),
@@ -150,6 +172,17 @@ async def user_ticks(request: Request) -> Response:
     return SupervisedStream(gen())
 
 
+async def _publish_numbers(hub: Hub) -> None:
+    """Publish ``{"n": 0, "publisher": PID}``, ``{"n": 1, ...}``, ... on :data:`CHANNEL`, for good."""
+    log = logging.getLogger("ssesup.demo")
+    for n in itertools.count():
+        try:
+            await hub.publish(CHANNEL, Event.json({"n": n, "publisher": os.getpid()}, event="number"))
+        except HubUnavailable:
+            log.warning("the demo's hub is unavailable: number %d was not published", n)
+        await anyio.sleep(PUBLISH_EVERY)
+
+
 def _page() -> str:
     template = files("ssesup").joinpath("demo.html").read_text(encoding="utf-8")
     return template.replace("/*EVENT_NAMES*/[]", json.dumps(list(EVENT_NAMES)))
@@ -158,20 +191,38 @@ def _page() -> str:
 PAGE = _page()
 
 
-def build_app(drain_token: str | None = None) -> Starlette:
-    """The demo app; with ``drain_token`` (16 characters or more) it serves ``POST /drain`` too."""
+def build_app(drain_token: str | None = None, hub_url: str | None = None) -> Starlette:
+    """The demo app; with ``drain_token`` (16 characters or more) it serves ``POST /drain`` too. Its
+    hub is ``Hub(hub_url)``, by default ``$SSESUP_HUB_URL`` (unset: in memory)."""
+    hub = Hub(hub_url or os.environ.get(HUB_URL_ENV) or None)
+
+    async def channel(request: Request) -> Response:
+        """``/channel``: :data:`CHANNEL` from the hub, resumed after the client's ``Last-Event-ID``."""
+        return hub.stream(request, CHANNEL)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_publish_numbers, hub)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+        await hub.aclose()
+
     routes = [
         Route("/", page),
         Route("/kinds", kinds),
         Route("/ticks", ticks),
         Route("/users/{user_id}/ticks", user_ticks),
+        Route("/channel", channel),
         Route("/metrics", metrics_app()),
         Route("/ready", supervisor.readiness()),
         Route("/live", supervisor.liveness()),
     ]
     if drain_token is not None:
         routes.append(Route("/drain", supervisor.drain_endpoint(drain_token)))
-    return supervisor.install(Starlette(routes=routes))
+    return supervisor.install(Starlette(routes=routes, lifespan=lifespan))
 
 
 app = build_app()
