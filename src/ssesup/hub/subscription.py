@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import enum
 import json
+from asyncio import Future
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ssesup._loop import wait, wake
+from ssesup._loop import wake
 from ssesup.events import Event
 from ssesup.hub.backend import Entry
 from ssesup.hub.ids import (
@@ -177,7 +178,11 @@ class Subscription:
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
-            wake(wakeup)
+            if isinstance(wakeup, Future):
+                if not wakeup.done():
+                    wakeup.set_result(None)
+            else:
+                wake(wakeup)
 
     def epoch_changed(self, epoch: str) -> None:
         """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
@@ -243,6 +248,9 @@ class Subscription:
                     history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
             mailbox = self.mailbox
             wakeup_of = loop_hub.loop.wakeup
+            # The same for every subscriber of this channel alone: framed once per entry, not per subscriber.
+            one_channel = encode and len(self.channels) == 1
+            sep, digest = self.sep, self._digest
             while True:
                 if self._overflowed:
                     from ssesup.stream import StreamEnding
@@ -262,14 +270,21 @@ class Subscription:
                     continue
                 if not mailbox:
                     self._wakeup = wakeup = wakeup_of()
-                    await wait(wakeup)
+                    if isinstance(wakeup, Future):
+                        await wakeup
+                    else:
+                        await wakeup.wait()
                     continue
                 channel, entry, size = mailbox.popleft()
                 self._bytes -= size
-                if entry.position <= positions[channel]:
+                position = entry.position
+                if position <= positions[channel]:
                     continue
-                positions[channel] = entry.position
-                yield self._framed(entry) if encode else self._event(entry)
+                positions[channel] = position
+                if one_channel:
+                    yield entry.framed(sep, self._epoch, digest)
+                else:
+                    yield self._framed(entry) if encode else self._event(entry)
         finally:
             self._close()
 
