@@ -3,13 +3,15 @@ by Playwright, against ``ssesup demo`` running as a subprocess on 127.0.0.1.
 
 What a browser's ``EventSource`` sees: every kind of event intact, named events at their listeners, the
 ``retry:`` delay, a deploy (SIGTERM, a new process on the same port) as one reconnect that resumes after
-the last event id, an endpoint drain as a refusal it does not retry, and a page whose counts match the
-server's metrics. A run keeps a screenshot of the page (``docs/demo.png`` with SSESUP_UPDATE_SCREENSHOT=1).
+the last event id, an endpoint drain as a refusal it does not retry, a page whose counts match the
+server's metrics, and a hub channel on Redis that a deploy hands from one process to the next without
+losing or repeating an event. A run keeps a screenshot of the page (``docs/demo.png`` with SSESUP_UPDATE_SCREENSHOT=1).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,7 +26,9 @@ import pytest
 
 from procs import ServerProcess, free_port, serve
 from servers import wait_until
-from ssesup.demo import KINDS
+from ssesup.demo import KINDS, PUBLISH_EVERY
+from test_demo import channel_numbers
+from test_hub_redis import RedisServer
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches outside hosts: the machine has no network but 127.0.0.1.
@@ -63,13 +67,13 @@ def context(browser):
 
 
 @contextlib.contextmanager
-def demo(tmp_path: Path, port: int | None = None) -> Iterator[ServerProcess]:
+def demo(tmp_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """``ssesup demo`` on ``port`` (a free one by default), its log in a directory of its own."""
     port = port or free_port()
     logs = Path(tmp_path) / f"demo-{len(list(Path(tmp_path).glob('demo-*')))}"
     logs.mkdir()
     argv = [sys.executable, "-m", "ssesup.cli", "demo", "--port", str(port)]
-    with serve(argv, port, logs, env={"SSESUP_DRAIN_TOKEN": TOKEN}) as server:
+    with serve(argv, port, logs, env={"SSESUP_DRAIN_TOKEN": TOKEN, **(env or {})}) as server:
         yield server
 
 
@@ -225,3 +229,46 @@ def test_the_page_state_matches_the_server_metrics(context, tmp_path):
         wait_until(lambda: metric(server, "ssesup_streams_active", route="/kinds") == 0, timeout=10, interval=0.1)
         assert metric(server, "ssesup_streams_closed_total", route="/kinds", reason="client_disconnect") == 1
         assert metric(server, "ssesup_events_sent_total", route="/kinds") == int(state(page)["events"])
+
+
+def test_a_deploy_hands_a_hub_channel_to_the_next_process_and_the_page_misses_nothing(context, tmp_path):
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    env = {"SSESUP_HUB_URL": redis_server.url}
+    port = free_port()
+    try:
+        # Another process on the same Redis publishes all along, while the page has no process to talk to.
+        with demo(tmp_path, env=env) as other:
+            with demo(tmp_path, port, env=env) as old:
+                page = open_page(context, old, "/channel")
+                wait_for(page, "demo.state === 'open' && demo.events.length >= 4")
+                old.signal()  # SIGTERM: the old process drains, and publishes until its lifespan ends
+                assert old.process.wait(30) == -signal.SIGTERM
+                before = len(received(page))
+                assert "close_reason=drained" in old.log()
+            with demo(tmp_path, port, env=env):  # the new process resumes the page from Redis's history
+                wait_for(page, "demo.reconnects === 1 && demo.events.length >= arg", before + 6)
+                events = received(page)
+                page_state = state(page)
+            # What history holds after the page's first event, read by a plain client of the other process.
+            history = channel_numbers(other.url, len(events) - 1, last_event_id=events[0][1])
+    finally:
+        redis_server.stop()
+
+    assert page_state["state"] == "open" and page_state["opens"] == "2"
+    assert {kind for kind, _, _ in events} == {"number"}  # no gap: the id was honoured across processes
+    assert [(event_id, json.loads(data)) for _, event_id, data in events[1:]] == history
+    positions = [int(event_id.rsplit(".", 1)[1], 36) for _, event_id, _ in events]
+    assert positions == sorted(set(positions))  # each once, in order
+    numbers: dict[int, list[int]] = {}
+    for _, _, data in events:
+        numbers.setdefault(json.loads(data)["publisher"], []).append(json.loads(data)["n"])
+    for published in numbers.values():  # each publisher's numbers, none missing between its first and last
+        assert published == list(range(published[0], published[0] + len(published))), numbers
+    # The other process published while the page was away (longer than it takes to publish one), and
+    # its numbers are on both sides of the seam: those of the gap came from history.
+    assert int(page_state["reconnectMs"]) > PUBLISH_EVERY * 1000
+    seen_before = {json.loads(data)["publisher"] for _, _, data in events[:before]}
+    seen_after = {json.loads(data)["publisher"] for _, _, data in events[before:]}
+    assert other.process.pid in seen_before & seen_after
