@@ -1,12 +1,15 @@
-"""The hub scenario: publish to 1k and 10k subscribers through ``Hub()``, against a bare
+"""The hub scenario: publish to 1k to 20k subscribers through ``Hub()``, against a bare
 ``asyncio.Queue`` per subscriber (the floor: what a hand-written broadcast costs).
 
 Owns: measuring, in one process and event loop (uvloop when installed), the latency from ``publish`` to
-each subscriber having the encoded event in hand (p50, p99, max) and the CPU seconds per published
-event. No HTTP: this is the hub's fan-out alone (the cost a stream adds is measured by the other
-scenarios). Does not own the bench's report (``bench/report.py``) or its server runs (``bench/run.py``).
+each subscriber having the encoded event in hand (p50, p99, max), the CPU seconds per published and per
+delivered event, and the RSS each subscriber adds (all subscribed, before the first publish). Each
+(system, subscribers) runs in a fresh process, so no run inherits another's memory. No HTTP: this is
+the hub's fan-out alone (the cost a stream adds is measured by the other scenarios). Does not own the
+bench's report (``bench/report.py``) or its server runs (``bench/run.py``, which runs this scenario as
+``--scenarios hub``: the floor system gets the bare queues, ssesup the hub).
 
-``python -m bench.hub [--subscribers 1000 10000] [--events 200] [--json PATH]``
+``python -m bench.hub [--subscribers 1000 5000 10000 20000] [--events 100] [--json PATH]``
 """
 
 from __future__ import annotations
@@ -14,11 +17,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from ssesup import Event, Hub
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (1000, 5000, 10_000, 20_000)  # subscribers, each in a process of its own
+EVENTS = 100  # events published per run
+SYSTEMS = {"floor": "floor", "ssesup": "hub"}  # bench system -> what it runs here
 
 
 def _cpu() -> float:
@@ -26,13 +38,24 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _summary(latencies: list[float], cpu: float, events: int) -> dict[str, float]:
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _summary(latencies: list[float], cpu: float, events: int, subscribers: int, rss_kib: int) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000,
         "max_ms": ordered[-1] * 1000,
         "cpu_us_per_event": cpu / events * 1e6,
+        "cpu_us_per_delivered": cpu / (events * subscribers) * 1e6,
+        "kib_per_subscriber": rss_kib / subscribers,
+        "delivered": len(latencies) / (events * subscribers),
     }
 
 
@@ -58,20 +81,23 @@ async def run_hub(subscribers: int, events: int) -> dict[str, float]:
         finally:
             await items.aclose()
 
+    rss = _rss_kib()
     tasks = [asyncio.create_task(subscriber()) for _ in range(subscribers)]
     await ready.wait()
+    rss = _rss_kib() - rss
     cpu = _cpu()
     for n in range(events):
         sent_at[n] = time.perf_counter()
         await hub.publish("bench", Event(str(n)))
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
-    return _summary(latencies, _cpu() - cpu, events)
+    return _summary(latencies, _cpu() - cpu, events, subscribers, rss)
 
 
 async def run_floor(subscribers: int, events: int) -> dict[str, float]:
     latencies: list[float] = []
     sent_at: dict[int, float] = {}
+    rss = _rss_kib()
     queues: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in range(subscribers)]
 
     async def subscriber(queue: asyncio.Queue[bytes]) -> None:
@@ -81,6 +107,7 @@ async def run_floor(subscribers: int, events: int) -> dict[str, float]:
 
     tasks = [asyncio.create_task(subscriber(queue)) for queue in queues]
     await asyncio.sleep(0)
+    rss = _rss_kib() - rss
     cpu = _cpu()
     for n in range(events):
         sent_at[n] = time.perf_counter()
@@ -89,27 +116,71 @@ async def run_floor(subscribers: int, events: int) -> dict[str, float]:
             queue.put_nowait(chunk)
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
-    return _summary(latencies, _cpu() - cpu, events)
+    return _summary(latencies, _cpu() - cpu, events, subscribers, rss)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.hub", description=__doc__.splitlines()[0])
-    parser.add_argument("--subscribers", type=int, nargs="+", default=[1000, 10_000])
-    parser.add_argument("--events", type=int, default=200)
-    parser.add_argument("--json", help="write the results to this file")
-    args = parser.parse_args(argv)
+RUNS = {"floor": run_floor, "hub": run_hub}
+
+
+def run_here(name: str, subscribers: int, events: int) -> dict[str, float]:
+    """One run in this process, on uvloop when it is installed."""
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    return runner(RUNS[name](subscribers, events))
+
+
+def run_apart(name: str, subscribers: int, events: int, src: Path | None = None) -> dict[str, float]:
+    """One run in a fresh process (``src``: the directory of the ssesup package it imports)."""
+    path = os.pathsep.join(str(p) for p in (src, ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "bench.hub", "--child", name, "--subscribers", str(subscribers)]
+    done = subprocess.run(
+        [*command, "--events", str(events)],
+        env={**os.environ, "PYTHONPATH": path},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def scenario(system: str, src: Path | None = None, sizes: tuple[int, ...] = SIZES, events: int = EVENTS) -> dict:
+    """The figures of one bench system (``floor`` or ``ssesup``) at every size, flat, as the report reads
+    them (``p99_ms_10k``, ...), and how each grows from the smallest size to the largest."""
+    out: dict = {"sizes": list(sizes), "events": events}
+    delivered = []
+    for count in sizes:
+        figures = run_apart(SYSTEMS[system], count, events, src)
+        delivered.append(figures.pop("delivered"))
+        out |= {f"{key}_{count // 1000}k": value for key, value in figures.items()}
+    first, last = f"{sizes[0] // 1000}k", f"{sizes[-1] // 1000}k"
+    for key in ("p99_ms", "cpu_us_per_delivered", "kib_per_subscriber"):
+        out[f"{key}_growth"] = out[f"{key}_{last}"] / out[f"{key}_{first}"]
+    out["delivered"] = min(delivered)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.hub", description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--child", choices=sorted(RUNS), help=argparse.SUPPRESS)  # one run, JSON on stdout
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_here(args.child, args.subscribers[0], args.events)))
+        return {}
     results: dict = {}
     for count in args.subscribers:
-        for name, scenario in (("floor", run_floor), ("hub", run_hub)):
-            results[f"{name}/{count}"] = summary = runner(scenario(count, args.events))
+        for name in ("floor", "hub"):
+            results[f"{name}/{count}"] = summary = run_apart(name, count, args.events)
             shown = ", ".join(f"{key} {value:.3f}" for key, value in summary.items())
-            print(f"{name:5} {count:>6} subscribers: {shown}")
+            print(f"{name:5} {count:>6} subscribers: {shown}", flush=True)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)

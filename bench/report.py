@@ -71,7 +71,37 @@ def metrics(plan: dict) -> list[Metric]:
         Metric("drain", "first_close_s", "drain: first stream end after SIGTERM, s", "none", "{:.2f}", False),
         Metric("drain", "last_close_s", "drain: last stream end after SIGTERM, s", "lower", "{:.2f}"),
         Metric("drain", "peak_100ms", "drain: most stream ends within 100 ms, % of streams", "lower", "{:.1%}"),
+        *_hub_metrics(),
     ]  # fmt: skip
+
+
+def _hub_plan() -> str:
+    from bench.hub import EVENTS, SIZES
+
+    sizes = ", ".join(f"{n:,}" for n in SIZES)
+    return f"{EVENTS} events published to {sizes} subscribers, each size in a fresh process"
+
+
+def _hub_metrics() -> list[Metric]:
+    from bench.hub import SIZES
+
+    out = []
+    for n in SIZES:
+        at = f"hub fan-out (in-process) to {n:,} subscribers"
+        out += [
+            Metric("hub", f"p50_ms_{n // 1000}k", f"{at}: median latency, ms", "lower", "{:.1f}"),
+            Metric("hub", f"p99_ms_{n // 1000}k", f"{at}: p99 latency, ms", "lower", "{:.1f}"),
+            Metric("hub", f"cpu_us_per_delivered_{n // 1000}k", f"{at}: CPU per delivered event, us", "lower",
+                   "{:.2f}"),
+            Metric("hub", f"kib_per_subscriber_{n // 1000}k", f"{at}: KiB RSS per subscriber", "lower", "{:.2f}"),
+        ]  # fmt: skip
+    growth = f"hub fan-out: {SIZES[-1] // 1000}k / {SIZES[0] // 1000}k subscribers"
+    out += [
+        Metric("hub", "p99_ms_growth", f"{growth}, p99 latency", "lower", "{:.2f}x", False),
+        Metric("hub", "cpu_us_per_delivered_growth", f"{growth}, CPU per delivered event", "lower", "{:.2f}x", False),
+        Metric("hub", "kib_per_subscriber_growth", f"{growth}, RSS per subscriber", "lower", "{:.2f}x", False),
+    ]
+    return out
 
 
 # (metric id, how: "ratio" to the floor or "abs", comparison, threshold, what the issue asks). Targets of
@@ -88,7 +118,19 @@ TARGETS = [
     ("fanout.cpu_pct", "ratio", "<=", 1.3, "fan-out server CPU <= 1.3x the floor"),
     ("fanout.delivered", "abs", ">=", 1.0, "fan-out: 100% delivered"),
     ("idle.hold_rss_mib", "abs", "<", 300.0, "10k idle streams in one process under 300 MiB RSS"),
-]
+    ("hub.p99_ms_1k", "ratio", "<=", 1.3, "hub fan-out to 1k subscribers: p99 latency <= 1.3x a bare queue each"),
+    ("hub.p99_ms_10k", "ratio", "<=", 1.3, "hub fan-out to 10k subscribers: p99 latency <= 1.3x a bare queue each"),
+    ("hub.cpu_us_per_delivered_1k", "ratio", "<=", 1.3, "hub fan-out to 1k subscribers: CPU <= 1.3x a bare queue each"),
+    ("hub.cpu_us_per_delivered_10k", "ratio", "<=", 1.3,
+     "hub fan-out to 10k subscribers: CPU <= 1.3x a bare queue each"),
+    ("hub.kib_per_subscriber_10k", "ratio", "<=", 1.1,
+     "hub: memory per subscriber (10k) <= 1.1x a bare queue and task each"),
+    ("hub.p99_ms_growth", "abs", "<=", 1.5, "hub: p99 latency flat within 1.5x from 1k to 20k subscribers"),
+    ("hub.cpu_us_per_delivered_growth", "abs", "<=", 1.5,
+     "hub: CPU per delivered event flat within 1.5x from 1k to 20k subscribers"),
+    ("hub.kib_per_subscriber_growth", "abs", "<=", 1.5,
+     "hub: RSS per subscriber flat within 1.5x from 1k to 20k subscribers"),
+]  # fmt: skip
 
 
 def _value(run: dict, system: str, metric: Metric) -> float | None:
@@ -248,7 +290,7 @@ def _target_value(t: dict) -> str:
     v = t["value"]
     if v is None:
         return "not measured"
-    if t["how"] == "ratio" or t["metric"] == "cores.scaling":
+    if t["how"] == "ratio" or t["metric"] == "cores.scaling" or t["metric"].endswith("_growth"):
         return f"{v:.2f}x"
     if t["metric"].endswith(("delivered", "farewell")):
         return f"{v:.2%}"
@@ -296,6 +338,12 @@ def markdown(summary: dict, png_name: str) -> str:
             f"{plan['cores_kind']} back to back from {plan['cores_procs']} client processes, unpinned, "
             f"{plan['cores_window']:g} s counted after {plan['cores_warm']:g} s, against 1 and then 2 uvicorn workers."
             if "cores" in summary["scenarios"]
+            else ""
+        )
+        + (
+            f" Hub fan-out: in one process and event loop (no HTTP), {_hub_plan()}; the floor's column is a bare"
+            " asyncio.Queue per subscriber, ssesup's Hub()."
+            if "hub" in summary["scenarios"]
             else ""
         ),
         "",

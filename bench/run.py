@@ -6,7 +6,9 @@ run 2: every system, ...) so slow drift of the machine hits them all alike; the 
 median over repeats, and ratios are taken within each run before their median is quoted. The drain
 scenario ends its server with SIGTERM and measures how it goes. The network scenarios (``deploy``,
 ``churn``: bench/network.py) run the server in a network namespace with stuck and vanished peers; they
-need root and run only when named in ``--scenarios``. The many-cores scenario (``cores``: bench/cores.py)
+need root and run only when named in ``--scenarios``, as does the hub's fan-out (``hub``: bench/hub.py,
+in-process, each size in a fresh process: the floor system runs a bare queue per subscriber, ssesup
+``Hub()``; the other systems have no hub and skip it). The many-cores scenario (``cores``: bench/cores.py)
 runs the floor and ssesup with one uvicorn worker and then two, unpinned, against client processes.
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import client
+from bench import client, hub
 from bench.client import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,7 @@ SCENARIOS = ("latency", "burst", "burst_fields", "burst_dict", "fanout", "idle",
 BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the latency scenario
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
+NAMED_ONLY = (*NETWORK_SCENARIOS, "hub")  # run only when named in --scenarios
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -261,6 +264,8 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
             return out
 
         attempt("cores", cores)
+    if "hub" in scenarios and system.key in hub.SYSTEMS:
+        attempt("hub", lambda: hub.scenario(system.key, src))
     if "deploy" in scenarios or "churn" in scenarios:
         from bench import network
 
@@ -315,6 +320,13 @@ def brief(name: str, r: dict) -> str:
             f"after SIGTERM (spread {r['close_spread_s']:.2f} s, at most {100 * r['peak_100ms']:.1f}% in 100 ms; "
             f"{r['streams']} streams)"
         )
+    if name == "hub":
+        return "; ".join(
+            f"{n // 1000}k: p50 {r[f'p50_ms_{n // 1000}k']:.1f} ms, p99 {r[f'p99_ms_{n // 1000}k']:.1f} ms, "
+            f"{r[f'cpu_us_per_delivered_{n // 1000}k']:.2f} us CPU/delivered, "
+            f"{r[f'kib_per_subscriber_{n // 1000}k']:.2f} KiB/subscriber"
+            for n in r["sizes"]
+        )
     if name == "deploy":
         return (
             f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, healthy farewell "
@@ -358,7 +370,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help=f"comma list of {', '.join(SCENARIOS + NETWORK_SCENARIOS)} (default: all but the network ones)",
+        help=f"comma list of {', '.join(SCENARIOS + NAMED_ONLY)} (default: all but {', '.join(NAMED_ONLY)})",
     )
     p.add_argument("--repeat", type=int, default=3, help="runs of every system; medians are quoted (default 3)")
     p.add_argument("--smoke", action="store_true", help="seconds, few connections; exit 1 if any event is lost")
@@ -391,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     systems = [SYSTEMS[k.strip()] for k in args.systems.split(",") if k.strip()]
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-    if unknown := set(scenarios) - set(SCENARIOS + NETWORK_SCENARIOS):
+    if unknown := set(scenarios) - set(SCENARIOS + NAMED_ONLY):
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
