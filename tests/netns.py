@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import running
+
 TESTS = Path(__file__).parent
 PORT = 8000  # the server namespace is ours alone: the port is always free there
 CLONE_NEWNET = 0x40000000
@@ -282,31 +284,17 @@ def serve(
     process's ``PYTHONPATH``."""
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     environment = {**os.environ, "PYTHONPATH": path, **(env or {})}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            net.in_server(*argv), env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = NamespacedServer(process, net, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early ({process.returncode}):\n{server.log()}")
-            try:
-                if net.request("/", timeout=2).startswith(b"HTTP/"):  # any answer: it serves
-                    break
-            except OSError as error:
-                if error.errno not in (errno.ECONNREFUSED, errno.ECONNRESET, None):
-                    raise
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not answer in its namespace:\n{server.log()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+
+    def answers() -> bool:
+        try:
+            return net.request("/", timeout=2).startswith(b"HTTP/")  # any answer: it serves
+        except OSError as error:
+            if error.errno not in (errno.ECONNREFUSED, errno.ECONNRESET, None):
+                raise
+            return False
+
+    with running(net.in_server(*argv), log_path, environment, answers, 30, "in its namespace") as process:
+        yield NamespacedServer(process, net, log_path)
 
 
 class StreamClient:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,31 +41,50 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def serve(argv: list[str], port: int, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Run ``argv`` (a server command listening on ``port``), wait until it accepts, kill it at the end."""
-    log_path = tmp_path / f"server-{port}.log"
-    environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+def running(
+    argv: list[str], log_path: Path, env: dict[str, str], ready: Callable[[], bool], timeout: float, where: str
+) -> Iterator[subprocess.Popen]:
+    """Start ``argv`` in a process group of its own (output to ``log_path``), wait until ``ready()``
+    (failing with its log if it exits or ``timeout`` passes), kill the whole group at the end."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = ServerProcess(process, port, log_path)
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        deadline = time.monotonic() + timeout
+        while not ready():
             if process.poll() is not None:
-                raise RuntimeError(f"server exited early ({process.returncode}):\n{server.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{server.log()}") from None
-                time.sleep(0.05)
-        yield server
+                raise RuntimeError(
+                    f"server exited early ({process.returncode}):\n{log_path.read_text(errors='replace')}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not answer {where}:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield process
     finally:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        process.wait(10)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def serve(argv: list[str], port: int, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Run ``argv`` (a server command listening on ``port``), wait until it accepts, kill it at the end."""
+    log_path = tmp_path / f"server-{port}.log"
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    with running(argv, log_path, environment, lambda: _accepts(port), 20, "on 127.0.0.1") as process:
+        yield ServerProcess(process, port, log_path)
 
 
 def uvicorn_argv(app: str, port: int, *extra: str) -> list[str]:
