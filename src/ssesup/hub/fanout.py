@@ -56,7 +56,8 @@ class LoopHub:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.loop = LoopPrimitives()
-        self.subscribers: dict[str, set[Subscription]] = {}
+        # Per channel, its subscriptions in the order they joined (a dict: fan-out wakes them in that order).
+        self.subscribers: dict[str, dict[Subscription, None]] = {}
         self.cursors: dict[str, Position] = {}
         self.subscriptions: set[Subscription] = set()
         self.epoch: str | None = None
@@ -90,7 +91,7 @@ class LoopHub:
         """Follow ``channel`` for ``subscription``; return the cursor after which every entry will reach
         its mailbox."""
         self.subscriptions.add(subscription)
-        self.subscribers.setdefault(channel, set()).add(subscription)
+        self.subscribers.setdefault(channel, {})[subscription] = None
         cursor = self.cursors.get(channel)
         if cursor is not None:
             self._ensure_reader()
@@ -114,7 +115,7 @@ class LoopHub:
             followers = self.subscribers.get(channel)
             if followers is None:
                 continue
-            followers.discard(subscription)
+            followers.pop(subscription, None)
             if not followers:
                 del self.subscribers[channel]
                 self.cursors.pop(channel, None)
@@ -192,7 +193,8 @@ class LoopHub:
             followers = subscribers.get(channel)
             if not followers:
                 continue
+            item = (channel, entry)
             for subscription in tuple(followers):
-                subscription.offer(channel, entry)
+                subscription.offer(item)
             delivered[channel] = delivered.get(channel, 0) + len(followers)
         self.hub.count_delivered(delivered)

@@ -19,11 +19,12 @@ import json
 from asyncio import Future
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ssesup._loop import wake
 from ssesup.events import Event
-from ssesup.hub.backend import Entry
+from ssesup.hub.backend import Entry, History
 from ssesup.hub.ids import (
     MAX_CHANNELS,
     MAX_ID_BYTES,
@@ -110,7 +111,8 @@ class Subscription:
         self.last_event_id = last_event_id or None
         self.sep = sep
         self.stream: SupervisedStream | None = None
-        self.mailbox: deque[tuple[str, Entry, int]] = deque()  # (channel, entry, its size in bytes)
+        # (channel, entry): one tuple per entry, shared by every subscriber (nothing allocated per subscriber).
+        self.mailbox: deque[tuple[str, Entry]] = deque()
         self._bytes = 0
         self._max_events = hub.mailbox_events
         self._max_bytes = hub.mailbox_bytes
@@ -158,21 +160,20 @@ class Subscription:
 
     # -- what the reader calls -----------------------------------------------------------------------
 
-    def offer(self, channel: str, entry: Entry) -> None:
-        """A new entry of ``channel`` for this subscriber's mailbox (the reader's call, never blocking)."""
+    def offer(self, item: tuple[str, Entry]) -> None:
+        """A new ``(channel, entry)`` for this subscriber's mailbox (the reader's call, never blocking)."""
         if self._closed or self._overflowed:
             return
         mailbox = self.mailbox
-        size = len(entry.body(self.sep))
-        mailbox.append((channel, entry, size))
-        self._bytes += size
+        mailbox.append(item)
+        self._bytes += len(item[1].body(self.sep))
         if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
             if self.overflow is Overflow.DISCONNECT:
                 self._disconnect()
                 return
             while len(mailbox) > 1 and (len(mailbox) > self._max_events or self._bytes > self._max_bytes):
-                dropped_channel, dropped, dropped_size = mailbox.popleft()
-                self._bytes -= dropped_size
+                dropped_channel, dropped = mailbox.popleft()
+                self._bytes -= len(dropped.body(self.sep))
                 self._dropped += 1
                 self._dropped_upto[dropped_channel] = dropped.position
         wakeup = self._wakeup
@@ -202,50 +203,15 @@ class Subscription:
         loop_hub = self._loop_hub = hub.loop_hub()
         hub.count_subscriber(1)
         try:
-            backend = hub.backend
-            epoch = self._epoch = await loop_hub.retrying("epoch", loop_hub.current_epoch)
-            requested: list[Position] | None = None
-            reason: GapReason | None = None
-            if self.last_event_id is not None:
-                try:
-                    requested = parse_id(self.last_event_id, epoch, self._digest, len(self.channels))
-                except Unhonoured as unhonoured:
-                    reason = unhonoured.reason
-            cursors = [await loop_hub.join(self, channel) for channel in self.channels]
+            # The start in methods of their own: what it needs is not kept, with the generator's frame,
+            # for as long as the subscription lives.
+            first, pages = await self._begin(loop_hub, encode)
+            yield first
+            if pages:
+                async for item in self._replay(loop_hub, pages, encode):
+                    yield item
+            del first, pages
             positions = self._positions
-            lost: list[str] = []
-            pages = {}
-            for index, channel in enumerate(self.channels):
-                after = requested[index] if requested is not None else None
-                if after is None:
-                    positions[channel] = cursors[index]
-                    continue
-                history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
-                if after > history.last:
-                    reason = reason or GapReason.UNKNOWN
-                    lost.append(channel)
-                    positions[channel] = cursors[index]
-                    continue
-                if history.lost:
-                    reason = reason or GapReason.EXPIRED
-                    lost.append(channel)
-                positions[channel] = after
-                pages[channel] = history
-            if reason is not None:
-                yield self._gap(encode, reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES])
-            else:
-                yield self._start(encode)
-            for channel, history in pages.items():
-                while True:
-                    for entry in history.entries:
-                        if entry.position > positions[channel]:
-                            positions[channel] = entry.position
-                            hub.count_replayed(channel)
-                            yield self._framed(entry) if encode else self._event(entry)
-                    if len(history.entries) < PAGE:
-                        break
-                    after = positions[channel]
-                    history = await loop_hub.retrying("read", lambda c=channel, a=after: backend.read(c, a, PAGE))
             mailbox = self.mailbox
             wakeup_of = loop_hub.loop.wakeup
             # The same for every subscriber of this channel alone: framed once per entry, not per subscriber.
@@ -275,8 +241,8 @@ class Subscription:
                     else:
                         await wakeup.wait()
                     continue
-                channel, entry, size = mailbox.popleft()
-                self._bytes -= size
+                channel, entry = mailbox.popleft()
+                self._bytes -= len(entry.body(sep))
                 position = entry.position
                 if position <= positions[channel]:
                     continue
@@ -287,6 +253,61 @@ class Subscription:
                     yield self._framed(entry) if encode else self._event(entry)
         finally:
             self._close()
+
+    async def _begin(self, loop_hub: LoopHub, encode: bool) -> tuple[bytes | Event, dict[str, History]]:
+        """Join every channel, then read history after the id asked for: the first item (an id, or a
+        gap when the id cannot be honoured in full) and the first page to replay per channel."""
+        epoch = self._epoch = await loop_hub.retrying("epoch", loop_hub.current_epoch)
+        requested: list[Position] | None = None
+        reason: GapReason | None = None
+        if self.last_event_id is not None:
+            try:
+                requested = parse_id(self.last_event_id, epoch, self._digest, len(self.channels))
+            except Unhonoured as unhonoured:
+                reason = unhonoured.reason
+        cursors = []
+        for channel in self.channels:
+            cursors.append(await loop_hub.join(self, channel))
+        read = self.hub.backend.read
+        positions = self._positions
+        lost: list[str] = []
+        pages = {}
+        for index, channel in enumerate(self.channels):
+            after = requested[index] if requested is not None else None
+            if after is None:
+                positions[channel] = cursors[index]
+                continue
+            history = await loop_hub.retrying("read", partial(read, channel, after, PAGE))
+            if after > history.last:
+                reason = reason or GapReason.UNKNOWN
+                lost.append(channel)
+                positions[channel] = cursors[index]
+                continue
+            if history.lost:
+                reason = reason or GapReason.EXPIRED
+                lost.append(channel)
+            positions[channel] = after
+            pages[channel] = history
+        if reason is not None:
+            return self._gap(encode, reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES]), pages
+        return self._start(encode), pages
+
+    async def _replay(
+        self, loop_hub: LoopHub, pages: dict[str, History], encode: bool
+    ) -> AsyncGenerator[bytes | Event, None]:
+        """History after the id asked for, page by page, from the first pages :meth:`_begin` read."""
+        read = self.hub.backend.read
+        positions = self._positions
+        for channel, history in pages.items():
+            while True:
+                for entry in history.entries:
+                    if entry.position > positions[channel]:
+                        positions[channel] = entry.position
+                        self.hub.count_replayed(channel)
+                        yield self._framed(entry) if encode else self._event(entry)
+                if len(history.entries) < PAGE:
+                    break
+                history = await loop_hub.retrying("read", partial(read, channel, positions[channel], PAGE))
 
     def _start(self, encode: bool) -> bytes | Event:
         """The first item: only an id (where the subscription starts)."""
