@@ -7,7 +7,10 @@ new epoch. Does not own mailboxes or ids (``ssesup.hub.subscription``) or storag
 
 The task is started by the first subscription of the loop and ends with the last one, like the
 supervisor's timers: it lives in an anyio ``RunVar`` per hub and loop, so it needs no lifespan, and a
-drain, which ends the loop's streams, ends it too.
+drain, which ends the loop's streams, ends it too. A publish on the loop to an engine that holds its
+entries in this process (memory) fans out at once (:meth:`LoopHub.published`), not a step of the loop
+later; the reader, woken too, finds those entries at or before its cursor and skips them. Subscribers
+are woken in the order they joined.
 
 The seam between history and live events rests on one invariant: every entry after the cursor
 :meth:`LoopHub.join` returns reaches the subscriber's mailbox (the cursor is read, and entries are
