@@ -64,6 +64,8 @@ SYSTEMS = {
         System("sse-starlette", "bench.apps.sse_starlette_app:app", "sse-starlette"),
         System("fastapi", "bench.apps.fastapi_sse_app:app", "FastAPI fastapi.sse"),
         System("ssesup-bare", "bench.apps.ssesup_app:app", "ssesup ping=0 send_timeout=0", {"BENCH_SSESUP_BARE": "1"}),
+        System("ssesup-hub", "bench.apps.ssesup_app:app", "ssesup, fan-out through Hub()",
+               {"BENCH_SSESUP_HUB": "1"}, ("fanout",)),
         System("ssesup-stdjson", "bench.apps.ssesup_app:app", "ssesup, JSON by the standard library (no orjson)",
                {"BENCH_SSESUP_JSON": "stdlib"}, ("burst_fields", "burst_dict")),
     )

@@ -7,6 +7,8 @@ a supervisor of those keyword arguments (a JSON object; the churn scenario's sho
 the app runs on the default supervisor with no middleware, as an application with zero configuration
 would. ``BENCH_SSESUP_JSON=stdlib`` makes ``import orjson`` fail in the server, so ssesup writes JSON with
 the standard library, as where orjson is not installed (the library itself is not touched).
+``BENCH_SSESUP_HUB=1`` serves ``/fanout`` through ``Hub()``: every tick is published to one channel
+that every stream follows (``hub.stream``), the hub's fan-out over HTTP.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bench.apps.common import SIZE, Broadcaster, filler, loop_stats, tick, timed
-from ssesup import Event, SupervisedStream, Supervisor, default_supervisor
+from bench.apps.common import SIZE, TICK, Broadcaster, filler, loop_stats, tick, timed
+from ssesup import Event, Hub, SupervisedStream, Supervisor, default_supervisor
 
 OPTIONS = {"ping": 0, "send_timeout": 0} if os.environ.get("BENCH_SSESUP_BARE") == "1" else {}
 broadcaster = Broadcaster()
@@ -116,6 +118,27 @@ async def fanout(request: Request) -> SupervisedStream:
     return SupervisedStream(gen(), **OPTIONS)
 
 
+hub = Hub(metrics=False)
+hub_ticker: asyncio.Task | None = None
+
+
+async def _publish_ticks() -> None:
+    loop = asyncio.get_running_loop()
+    deadline, seq = loop.time(), 0
+    while True:
+        deadline += TICK
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        seq += 1
+        await hub.publish("ticks", Event(timed(seq, SIZE)))
+
+
+async def hub_fanout(request: Request) -> SupervisedStream:
+    global hub_ticker
+    if hub_ticker is None:
+        hub_ticker = asyncio.get_running_loop().create_task(_publish_ticks())
+    return hub.stream(request, "ticks", **OPTIONS)
+
+
 async def stats(request: Request) -> JSONResponse:
     return JSONResponse(loop_stats(supervisor.live.timers.pending))
 
@@ -128,7 +151,7 @@ app = Starlette(
         Route("/latency", latency),
         Route("/idle", idle),
         Route("/ticks", ticks),
-        Route("/fanout", fanout),
+        Route("/fanout", hub_fanout if os.environ.get("BENCH_SSESUP_HUB") == "1" else fanout),
         Route("/stats", stats),
     ]
 )
