@@ -100,10 +100,7 @@ _hub: list[Hub] = []  # made on first use: apps that never stream a channel have
 
 def hub() -> Hub:
     if not _hub:
-        made = Hub(history_size=100, mailbox_events=20, channel_overflow={"drops": "drop_oldest"})
-        if made.metrics is not None:  # the series at 0, so that the first close shows in rate()
-            made.metrics.slow_consumers.labels(made.backend.name)
-        _hub.append(made)
+        _hub.append(Hub(history_size=100, mailbox_events=20, channel_overflow={"drops": "drop_oldest"}))
     return _hub[0]
 
 

@@ -44,6 +44,8 @@ HISTORY_SIZE = 1000
 HISTORY_TTL = 300.0
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
+# The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
+ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait")
 
 
 class Hub:
@@ -99,6 +101,12 @@ class Hub:
             from ssesup.hub.metrics import hub_metrics
 
             self.metrics = hub_metrics(None if metrics is True else metrics)
+            # The series at 0 from the start, so that the first close or engine error shows in rate().
+            name = self.backend.name
+            self.metrics.slow_consumers.labels(name)
+            self.metrics.subscribers.labels(name)
+            for operation in ENGINE_OPERATIONS:
+                self.metrics.backend_errors.labels(name, operation)
         self.metrics_channels = metrics_channels
         self._live: RunVar[LoopHub] = RunVar(f"ssesup.hub.{id(self)}")
 
