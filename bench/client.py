@@ -631,6 +631,13 @@ class Plan:
     cores_procs: int = 2
     cores_warm: float = 2.0
     cores_window: float = 5.0
+    hub_resume_events: int = 10_000
+    hub_resume_grace: float = 5.0
+    hub_resume_timeout: float = 120.0
+    hub_redis_streams: int = 1000  # per server process (two)
+    hub_redis_rate: float = 100.0
+    hub_redis_warm: float = 5.0
+    hub_redis_window: float = 20.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -663,4 +670,11 @@ class Plan:
             cores_procs=1,
             cores_warm=0.2,
             cores_window=0.5,
+            hub_resume_events=1000,
+            hub_resume_grace=1.0,
+            hub_resume_timeout=60.0,
+            hub_redis_streams=20,
+            hub_redis_rate=20.0,
+            hub_redis_warm=0.5,
+            hub_redis_window=2.0,
         )

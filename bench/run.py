@@ -33,7 +33,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import client, hub
+from bench import client, hub, redis_hub
 from bench.client import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ SCENARIOS = ("latency", "burst", "burst_fields", "burst_dict", "fanout", "idle",
 BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the latency scenario
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
-NAMED_ONLY = (*NETWORK_SCENARIOS, "hub")  # run only when named in --scenarios
+NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis")  # run only when named in --scenarios
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -268,6 +268,10 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         attempt("cores", cores)
     if "hub" in scenarios and system.key in hub.SYSTEMS:
         attempt("hub", lambda: hub.scenario(system.key, src))
+    if "hub_resume" in scenarios and system.key in redis_hub.RESUME_SYSTEMS:
+        attempt("hub_resume", lambda: redis_hub.hub_resume(plan, log, src))
+    if "hub_redis" in scenarios and system.key in redis_hub.SYSTEMS:
+        attempt("hub_redis", lambda: redis_hub.hub_redis(system.key, plan, log, src))
     if "deploy" in scenarios or "churn" in scenarios:
         from bench import network
 
@@ -329,6 +333,24 @@ def brief(name: str, r: dict) -> str:
             f"{r[f'kib_per_subscriber_{n // 1000}k']:.2f} KiB/subscriber"
             for n in r["sizes"]
         )
+    if name == "hub_resume":
+        return (
+            f"received {r['received']:,} of {r['events']:,} numbers: {r['duplicates']} duplicates, "
+            f"{r['missing']} missing, in order {'yes' if r['in_order'] else 'no'}, {r['gaps']} gap events, "
+            f"delivered {100 * r['delivered']:.2f}%; first event from B {1000 * r['reconnect_s']:.0f} ms after "
+            f"SIGTERM to A, A exited after {r['a_exit_s']:.2f} s; {r['publish_per_s']:,.0f} publishes/s "
+            f"({r['through_a']:,} through A, {r['through_b']:,} through B)"
+        )
+    if name == "hub_redis":
+        text = (
+            f"{r['streams']:,} streams on {r['processes']} processes, {r['rate']:g} publishes/s: "
+            f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['cpu_us_per_delivered']:.1f} us server CPU "
+            f"per delivered (servers {r['server_cpu_pct']:.0f}%, Redis {r['redis_cpu_pct']:.0f}% of a core), "
+            f"delivered {100 * r['delivered']:.2f}% of {r['expected']:,}"
+        )
+        if "inprocess_p99_ms" in r:
+            text += f"; in-process hub p99 {r['inprocess_p99_ms']:.1f} ms: {r['p99_vs_inprocess']:.2f}x"
+        return text
     if name == "deploy":
         return (
             f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, healthy farewell "
