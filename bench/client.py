@@ -635,7 +635,7 @@ class Plan:
     hub_resume_grace: float = 5.0
     hub_resume_timeout: float = 120.0
     hub_redis_streams: int = 1000  # per server process (two)
-    hub_redis_rate: float = 100.0
+    hub_redis_rate: float = 10.0  # publishes/s (issue 13 asks 100: more than 2 cores hold, bench/redis_hub.py)
     hub_redis_warm: float = 5.0
     hub_redis_window: float = 20.0
     extra: dict = field(default_factory=dict)

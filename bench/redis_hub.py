@@ -24,8 +24,14 @@ and padding, event ``tick``) on channel ``bench`` through its own ``Hub(redis_ur
 ``Broadcast(redis_url)`` (sse-starlette). After a warm-up, over ``window`` seconds: publish-to-deliver
 p50 and p99 (from the publisher's clock to this process's, one machine), the share of (event,
 subscriber) pairs delivered, and the CPU seconds of both server processes per delivered event (and
-Redis's, for information). For ssesup, the in-process hub's p99 at ``streams`` subscribers
-(``bench/hub.py``, a fresh process, in the same run) is measured too, and the ratio of the two.
+Redis's, for information). For ssesup, two references in the same run: the in-process hub's p99 at
+``streams`` subscribers (``bench/hub.py``, no HTTP, a fresh process), and the same load over sockets
+through ``Hub()`` in memory (one uvicorn process with every stream, publishing itself: what Redis and
+a second process add to the same client's view).
+
+The issue's load, 1k subscribers per process at 100 publishes/s, is 200k deliveries/s: more than a
+2-core machine holds with the client on it (ssesup delivers it all at a p99 near a second, the anchor
+cannot open its streams), so the plan's rate is 10 publishes/s; ``Plan.hub_redis_rate`` sets it.
 """
 
 from __future__ import annotations
@@ -376,11 +382,27 @@ def hub_redis(system: str, plan: Plan, log: Path, src: Path) -> dict:
         out["inprocess_subscribers"] = plan.hub_redis_streams
         out["inprocess_p99_ms"] = inprocess["p99_ms"]
         out["p99_vs_inprocess"] = out["p99_ms"] / inprocess["p99_ms"]
+        memory = _memory_hub(plan, log, src)
+        out |= {f"memory_{key}": memory[key] for key in ("p50_ms", "p99_ms", "cpu_us_per_delivered", "delivered")}
+        out["p99_vs_memory"] = out["p99_ms"] / memory["p99_ms"]
     return out
 
 
+def _memory_hub(plan: Plan, log: Path, src: Path) -> dict:
+    """The same load through ``Hub()`` in one process's memory: one uvicorn process (not pinned) with
+    every stream, its own task publishing (the ``ssesup-hub`` system's ``/fanout``), no Redis."""
+    from bench.run import Server, System, run_client
+
+    app = System("ssesup-hub", "bench.apps.ssesup_app:app", "ssesup, Hub() in memory", {"BENCH_SSESUP_HUB": "1"})
+    rate, streams = plan.hub_redis_rate, 2 * plan.hub_redis_streams
+    with Server(app, plan, False, log, src, env={"BENCH_TICK": str(1 / rate)}) as server:
+        return run_client(
+            _fanout((server,), None, streams, rate, plan.hub_redis_warm, plan.hub_redis_window, plan.concurrency)
+        )
+
+
 async def _fanout(
-    servers: tuple[Server, ...], redis_pid: int, streams: int, rate: float, warm: float, window: float,
+    servers: tuple[Server, ...], redis_pid: int | None, streams: int, rate: float, warm: float, window: float,
     concurrency: int,
 ) -> dict:  # fmt: skip
     """``streams`` timed streams of ``/fanout`` on each server; the events published after the warm-up
@@ -403,9 +425,10 @@ async def _fanout(
         if not started:
             raise StreamError(f"the streams did not reach event {first - 1} within {warm + 30:g} s")
         pids = [s.pid for s in servers]
-        cpu0, redis0, t0 = sum(map(cpu_seconds, pids)), cpu_seconds(redis_pid), time.perf_counter()
+        others = [redis_pid] if redis_pid is not None else []
+        cpu0, redis0, t0 = sum(map(cpu_seconds, pids)), sum(map(cpu_seconds, others)), time.perf_counter()
         await _until(lambda: _max_seq(conns) >= last, window + 30)
-        cpu1, redis1, t1 = sum(map(cpu_seconds, pids)), cpu_seconds(redis_pid), time.perf_counter()
+        cpu1, redis1, t1 = sum(map(cpu_seconds, pids)), sum(map(cpu_seconds, others)), time.perf_counter()
         # Stragglers: wait (bounded) until every stream has the last event or was lost.
         await _until(lambda: all(c.lost or c.samples[-1][0] >= last for c in conns), 30.0)
     finally:
@@ -431,7 +454,7 @@ async def _fanout(
         "max_ms": max(latencies, default=float("nan")),
         "cpu_us_per_delivered": (cpu1 - cpu0) / max(1, delivered) * 1e6,
         "server_cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
-        "redis_cpu_pct": 100 * (redis1 - redis0) / (t1 - t0),
+        "redis_cpu_pct": 100 * (redis1 - redis0) / (t1 - t0) if others else float("nan"),
         "lost_streams": sum(c.lost for c in conns),
         "delivered": delivered / expected,
         "events": delivered,

@@ -72,6 +72,7 @@ def metrics(plan: dict) -> list[Metric]:
         Metric("drain", "last_close_s", "drain: last stream end after SIGTERM, s", "lower", "{:.2f}"),
         Metric("drain", "peak_100ms", "drain: most stream ends within 100 ms, % of streams", "lower", "{:.1%}"),
         *_hub_metrics(),
+        *_redis_hub_metrics(plan),
     ]  # fmt: skip
 
 
@@ -104,8 +105,55 @@ def _hub_metrics() -> list[Metric]:
     return out
 
 
-# (metric id, how: "ratio" to the floor or "abs", comparison, threshold, what the issue asks). Targets of
-# scenarios a run did not measure are listed as not measured.
+def _redis_hub_metrics(plan: dict) -> list[Metric]:
+    """The scenarios across processes on Redis (bench/redis_hub.py)."""
+    at = (
+        f"hub on Redis, 2 processes x {plan.get('hub_redis_streams', 1000):,} streams, "
+        f"{plan.get('hub_redis_rate', 10.0):g} publishes/s"
+    )
+    resume = f"resume across processes ({plan.get('hub_resume_events', 10_000):,} events)"
+    return [
+        Metric("hub_redis", "p50_ms", f"{at}: median publish-to-deliver latency, ms", "lower", "{:.1f}"),
+        Metric("hub_redis", "p99_ms", f"{at}: p99 latency, ms", "lower", "{:.1f}"),
+        Metric("hub_redis", "cpu_us_per_delivered", f"{at}: server CPU per delivered event, us", "lower", "{:.1f}"),
+        Metric("hub_redis", "delivered", f"{at}: events delivered, %", "higher", "{:.2%}"),
+        Metric("hub_redis", "p99_vs_inprocess", "hub on Redis: p99 / the in-process hub's (no HTTP, same run)",
+               "lower", "{:.2f}x", False),
+        Metric("hub_redis", "p99_vs_memory", "hub on Redis: p99 / Hub() in memory over sockets (1 process)",
+               "lower", "{:.2f}x", False),
+        Metric("hub_resume", "delivered", f"{resume}: numbers received, %", "higher", "{:.2%}", False),
+        Metric("hub_resume", "duplicates", f"{resume}: duplicates", "lower", "{:.0f}", False),
+        Metric("hub_resume", "missing", f"{resume}: missing", "lower", "{:.0f}", False),
+        Metric("hub_resume", "gaps", f"{resume}: gap events", "lower", "{:.0f}", False),
+        Metric("hub_resume", "reconnect_s", f"{resume}: SIGTERM to A until the first event from B, s", "lower",
+               "{:.2f}", False),
+        Metric("hub_resume", "a_exit_s", f"{resume}: SIGTERM to A's exit, s", "none", "{:.2f}", False),
+        Metric("hub_resume", "publish_per_s", f"{resume}: publishes/s (one at a time, through A and B)", "none",
+               "{:,.0f}", False),
+    ]  # fmt: skip
+
+
+def _redis_plan(plan: dict, scenarios: list[str]) -> str:
+    text = ""
+    if "hub_redis" in scenarios:
+        text += (
+            f" Hub on Redis: 2 uvicorn processes (not pinned) sharing a redis-server, "
+            f"{plan.get('hub_redis_streams', 1000):,} streams on each, a publisher process at "
+            f"{plan.get('hub_redis_rate', 10.0):g} events/s, {plan.get('hub_redis_window', 20.0):g} s measured after "
+            f"{plan.get('hub_redis_warm', 5.0):g} s; ssesup's Hub(redis_url) against sse-starlette with broadcaster's "
+            "Broadcast(redis_url) (pub/sub)."
+        )
+    if "hub_resume" in scenarios:
+        text += (
+            f" Resume across processes: {plan.get('hub_resume_events', 10_000):,} numbered events published "
+            "one at a time through two processes' hubs on one Redis; the client moves from A to B at SIGTERM "
+            f"(drain grace {plan.get('hub_resume_grace', 5.0):g} s) with Last-Event-ID."
+        )
+    return text
+
+
+# (metric id, how: "ratio" to the floor, "peer" (ratio to sse-starlette) or "abs", comparison, threshold,
+# what the issue asks). Targets of scenarios a run did not measure are listed as not measured.
 TARGETS = [
     ("burst.events_per_s", "ratio", ">=", 4.0, "burst throughput >= 4x the floor"),
     ("burst_fields.events_per_s", "ratio", ">=", 4.0, "burst of id + event + JSON events >= 4x the floor"),
@@ -130,6 +178,12 @@ TARGETS = [
      "hub: CPU per delivered event flat within 1.5x from 1k to 20k subscribers"),
     ("hub.kib_per_subscriber_growth", "abs", "<=", 1.5,
      "hub: RSS per subscriber flat within 1.5x from 1k to 20k subscribers"),
+    ("hub_redis.cpu_us_per_delivered", "peer", "<=", 1.0,
+     "hub on Redis, 2 processes: CPU per delivered event <= sse-starlette with broadcaster's"),
+    ("hub_redis.p99_vs_inprocess", "abs", "<=", 1.5, "hub on Redis, 2 processes: p99 <= 1.5x the in-process hub's"),
+    ("hub_redis.delivered", "abs", ">=", 1.0, "hub on Redis, 2 processes: 100% delivered"),
+    ("hub_resume.delivered", "abs", ">=", 1.0,
+     "resume across processes: every number received (a duplicate, disorder or gap fails the run)"),
 ]  # fmt: skip
 
 
@@ -171,8 +225,8 @@ def summarize(result: dict) -> dict:
         for metric_id, how, op, threshold, text in TARGETS:
             if metric_id == "idle.hold_rss_mib" and result["plan"]["idle_hold"] < 10_000:
                 continue  # the 300 MiB target is for 10k streams
-            if how == "ratio":
-                value = ratios["ssesup"].get(metric_id, {}).get(FLOOR)
+            if how in ("ratio", "peer"):
+                value = ratios["ssesup"].get(metric_id, {}).get(FLOOR if how == "ratio" else PEER)
             else:
                 st = values["ssesup"].get(metric_id)
                 # Delivery and farewells must hold in every run; the other absolute targets use the median.
@@ -290,7 +344,11 @@ def _target_value(t: dict) -> str:
     v = t["value"]
     if v is None:
         return "not measured"
-    if t["how"] == "ratio" or t["metric"] == "cores.scaling" or t["metric"].endswith("_growth"):
+    if (
+        t["how"] in ("ratio", "peer")
+        or t["metric"] == "cores.scaling"
+        or t["metric"].endswith(("_growth", "_vs_inprocess"))
+    ):
         return f"{v:.2f}x"
     if t["metric"].endswith(("delivered", "farewell")):
         return f"{v:.2%}"
@@ -345,7 +403,8 @@ def markdown(summary: dict, png_name: str) -> str:
             " asyncio.Queue per subscriber, ssesup's Hub()."
             if "hub" in summary["scenarios"]
             else ""
-        ),
+        )
+        + _redis_plan(plan, summary["scenarios"]),
         "",
         "### Absolute figures (median over runs; min-max in brackets)",
         "",

@@ -349,7 +349,11 @@ def brief(name: str, r: dict) -> str:
             f"delivered {100 * r['delivered']:.2f}% of {r['expected']:,}"
         )
         if "inprocess_p99_ms" in r:
-            text += f"; in-process hub p99 {r['inprocess_p99_ms']:.1f} ms: {r['p99_vs_inprocess']:.2f}x"
+            text += (
+                f"; p99 {r['p99_vs_inprocess']:.2f}x the in-process hub's ({r['inprocess_p99_ms']:.1f} ms, no HTTP), "
+                f"{r['p99_vs_memory']:.2f}x Hub() in memory over sockets ({r['memory_p99_ms']:.1f} ms, "
+                f"{r['memory_cpu_us_per_delivered']:.1f} us CPU per delivered, 1 process)"
+            )
         return text
     if name == "deploy":
         return (
