@@ -444,10 +444,24 @@ class SupervisedStream(Response):
                 chunk = encode_item(item, sep)
                 if max_size is not None and len(chunk) > max_size:
                     raise EventTooLarge(f"an event of {len(chunk)} bytes exceeds max_event_size ({max_size} bytes)")
-                if not queue and not self._sender_running and _clock() - self._quiet_since > ARRIVED_ALONE:
-                    # Nothing was queued or sent in the last ARRIVED_ALONE: send it from here,
-                    # without a hand-off. Only who sends changes, never when.
-                    await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True}, 1)
+                if (
+                    not queue
+                    and not self._sender_running
+                    and _clock() - self._quiet_since > ARRIVED_ALONE
+                    and len(chunk) <= HIGH_WATER
+                ):
+                    # Nothing was queued or sent in the last ARRIVED_ALONE: send it from here, without a
+                    # hand-off. Only who sends changes, never when. This is _send without its coroutine:
+                    # a lone event's latency is mostly what is touched before its bytes leave.
+                    self._send_started = self._last_activity = self._clock()
+                    try:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except Exception as exc:
+                        self._send_refused(exc)
+                    else:
+                        self._count(1, 0, len(chunk))
+                    finally:
+                        self._send_ended()
                 else:
                     queue.append(chunk)
                     self._queued_bytes += len(chunk)
@@ -528,27 +542,38 @@ class SupervisedStream(Response):
         self._send_started = self._last_activity = self._clock()
         try:
             await send(message)
-        except OSError:
-            self._fire(Trigger.CLIENT_DISCONNECT)
-            return False
-        except Exception:
-            # Not the client's doing: the server refused what was sent (an invalid header, say).
-            log.exception("stream.send_failed", stream_id=self.stream_id, route=self.route)
-            self._fire(Trigger.SEND_FAILED)
+        except Exception as exc:
+            self._send_refused(exc)
             return False
         finally:
-            self._send_started = None
-            self._quiet_since = _clock()
-            if self._sender_wake is not None and (self._queue or self._machine.state is CLOSED):
-                self._wake_sender()  # a sender that waited for this send to finish
+            self._send_ended()
         if events or pings:
-            self.events_sent += events
-            self.pings_sent += pings
-            self.bytes_sent += len(message["body"])
-            if not self._unreported:
-                self._unreported = True
-                self._supervisor.sent_later(self, self._live)
+            self._count(events, pings, len(message["body"]))
         return True
+
+    def _send_refused(self, error: Exception) -> None:
+        """A send raised: the client is gone (``OSError``), or the server refused what was sent."""
+        if isinstance(error, OSError):
+            self._fire(Trigger.CLIENT_DISCONNECT)
+            return
+        # Not the client's doing: the server refused what was sent (an invalid header, say).
+        log.error("stream.send_failed", stream_id=self.stream_id, route=self.route, exc_info=error)
+        self._fire(Trigger.SEND_FAILED)
+
+    def _send_ended(self) -> None:
+        self._send_started = None
+        self._quiet_since = _clock()
+        if self._sender_wake is not None and (self._queue or self._machine.state is CLOSED):
+            self._wake_sender()  # a sender that waited for this send to finish
+
+    def _count(self, events: int, pings: int, size: int) -> None:
+        """Count a sent chunk; the observers hear of it from the supervisor within a second."""
+        self.events_sent += events
+        self.pings_sent += pings
+        self.bytes_sent += size
+        if not self._unreported:
+            self._unreported = True
+            self._supervisor.sent_later(self, self._live)
 
     async def _send_slices(self, send: Send, body: bytes, events: int, pings: int) -> bool:
         """A chunk larger than the high-water mark goes out in slices of that size, each under the
@@ -558,12 +583,8 @@ class SupervisedStream(Response):
             piece = {"type": "http.response.body", "body": bytes(view[start : start + HIGH_WATER]), "more_body": True}
             if not await self._send(send, piece):
                 return False
-        self.events_sent += events
-        self.pings_sent += pings
-        self.bytes_sent += len(body)
-        if (events or pings) and not self._unreported:
-            self._unreported = True
-            self._supervisor.sent_later(self, self._live)
+        if events or pings:
+            self._count(events, pings, len(body))
         return True
 
     def _wake_sender(self) -> None:
