@@ -18,8 +18,10 @@ number. Figures: events received, duplicates, missing, whether in order, gap eve
 first event from B, SIGTERM to A's exit, publishes per second.
 
 ``hub_redis``: two uvicorn processes (uvloop, httptools, one worker each, not pinned: the scheduler
-spreads them over both cores), ``streams`` subscribers on each, held by this process's raw-socket
-client; a publisher process publishes ``rate`` timed events per second (``"<time.time()> <seq> "``
+spreads them over both cores, as it does Redis and the publisher), ``streams`` subscribers on each,
+held by this process's raw-socket client (on CPU 1 when the bench pins; each server's first stream
+is opened alone, then the rest: broadcaster loses subscribers that join while a channel's first
+subscription is being made); a publisher process publishes ``rate`` timed events per second (``"<time.time()> <seq> "``
 and padding, event ``tick``) on channel ``bench`` through its own ``Hub(redis_url)`` (ssesup) or
 ``Broadcast(redis_url)`` (sse-starlette). After a warm-up, over ``window`` seconds: publish-to-deliver
 p50 and p99 (from the publisher's clock to this process's, one machine), the share of (event,
