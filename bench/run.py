@@ -8,7 +8,9 @@ scenario ends its server with SIGTERM and measures how it goes. The network scen
 ``churn``: bench/network.py) run the server in a network namespace with stuck and vanished peers; they
 need root and run only when named in ``--scenarios``, as does the hub's fan-out (``hub``: bench/hub.py,
 in-process, each size in a fresh process: the floor system runs a bare queue per subscriber, ssesup
-``Hub()``; the other systems have no hub and skip it). The many-cores scenario (``cores``: bench/cores.py)
+``Hub()``; the other systems have no hub and skip it), and the scenarios across processes on Redis
+(``hub_resume``, ``hub_redis``: bench/redis_hub.py, a redis-server of their own; ssesup, and sse-starlette
+with broadcaster in ``hub_redis``). The many-cores scenario (``cores``: bench/cores.py)
 runs the floor and ssesup with one uvicorn worker and then two, unpinned, against client processes.
 """
 
@@ -419,6 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--churn-ssesup", help="ssesup's Supervisor keyword arguments in the churn scenario, as JSON (short deadlines)"
     )
+    p.add_argument("--hub-redis-rate", type=float, help="publishes/s in the hub_redis scenario (10)")
     p.add_argument("--src", help="the directory holding the ssesup package to measure (default: this tree's src)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
@@ -436,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
                  "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap", "deploy_grace",
-                 "churn_ssesup"):  # fmt: skip
+                 "churn_ssesup", "hub_redis_rate"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     repeat = 1 if args.smoke and args.repeat == 3 else args.repeat
