@@ -67,7 +67,7 @@ SYSTEMS = {
         System("fastapi", "bench.apps.fastapi_sse_app:app", "FastAPI fastapi.sse"),
         System("ssesup-bare", "bench.apps.ssesup_app:app", "ssesup ping=0 send_timeout=0", {"BENCH_SSESUP_BARE": "1"}),
         System("ssesup-hub", "bench.apps.ssesup_app:app", "ssesup, fan-out through Hub()",
-               {"BENCH_SSESUP_HUB": "1"}, ("fanout",)),
+               {"BENCH_SSESUP_HUB": "1"}, ("fanout", "idle")),
         System("ssesup-stdjson", "bench.apps.ssesup_app:app", "ssesup, JSON by the standard library (no orjson)",
                {"BENCH_SSESUP_JSON": "stdlib"}, ("burst_fields", "burst_dict")),
     )

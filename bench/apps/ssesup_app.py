@@ -8,7 +8,8 @@ the app runs on the default supervisor with no middleware, as an application wit
 would. ``BENCH_SSESUP_JSON=stdlib`` makes ``import orjson`` fail in the server, so ssesup writes JSON with
 the standard library, as where orjson is not installed (the library itself is not touched).
 ``BENCH_SSESUP_HUB=1`` serves ``/fanout`` through ``Hub()``: every tick is published to one channel
-that every stream follows (``hub.stream``), the hub's fan-out over HTTP.
+that every stream follows (``hub.stream``), the hub's fan-out over HTTP; and ``/idle`` as an idle
+subscriber (``hub.stream`` of a channel whose one event each stream replays), the memory of one.
 """
 
 from __future__ import annotations
@@ -139,6 +140,21 @@ async def hub_fanout(request: Request) -> SupervisedStream:
     return hub.stream(request, "ticks", **OPTIONS)
 
 
+idle_start: str | None = None  # the id of the "idle" channel before its one event
+
+
+async def hub_idle(request: Request) -> SupervisedStream:
+    """An idle subscriber: ``hub.stream`` of a channel with one event in its history, resumed from
+    before it (so the client gets one event, as from ``/idle``), then nothing."""
+    global idle_start
+    if idle_start is None:
+        async with hub.subscribe("idle") as subscription:
+            idle_start = (await anext(subscription)).id  # a subscription's first event: its position, id only
+        await hub.publish("idle", Event(data=filler(_params(request)[1])))
+    headers = [*request.scope["headers"], (b"last-event-id", str(idle_start).encode())]
+    return hub.stream(Request({**request.scope, "headers": headers}, request.receive), "idle", **OPTIONS)
+
+
 async def stats(request: Request) -> JSONResponse:
     return JSONResponse(loop_stats(supervisor.live.timers.pending))
 
@@ -149,7 +165,7 @@ app = Starlette(
         Route("/burst_fields", burst_fields),
         Route("/burst_dict", burst_dict),
         Route("/latency", latency),
-        Route("/idle", idle),
+        Route("/idle", hub_idle if os.environ.get("BENCH_SSESUP_HUB") == "1" else idle),
         Route("/ticks", ticks),
         Route("/fanout", hub_fanout if os.environ.get("BENCH_SSESUP_HUB") == "1" else fanout),
         Route("/stats", stats),
