@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -54,20 +55,25 @@ def test_demo_help_lists_every_endpoint():
         assert re.search(rf"^  {re.escape(path)} +{re.escape(what)}$", result.stdout, re.MULTILINE), path
 
 
-def test_the_demo_lists_its_endpoints_and_drain_token_at_start_and_ssesup_drain_drains_it(tmp_path):
+@pytest.mark.parametrize("env_token", [None, "-a-token-that-begins-with-a-dash"], ids=["generated", "leading-dash"])
+def test_the_demo_lists_its_endpoints_and_drain_token_at_start_and_ssesup_drain_drains_it(tmp_path, env_token):
     port = free_port()
-    with serve([*CLI, "demo", "--port", str(port)], port, tmp_path) as server:
+    env = {"SSESUP_DRAIN_TOKEN": env_token} if env_token else {}
+    with serve([*CLI, "demo", "--port", str(port)], port, tmp_path, env) as server:
         started = server.log()
         for path, _ in ENDPOINTS:
             assert f"{server.url}{path}" in started
         token = re.search(r"^drain token: (\S+)$", started, re.MULTILINE).group(1)
         assert len(token) >= 16
-        assert f"ssesup drain {server.url}/drain --token {token}" in started
+        assert token == env_token if env_token else not token.startswith("-")
+        # The command as printed, run as a user would paste it (a token may begin with '-').
+        printed = re.search(r"^drain it: +ssesup (drain \S+ --token[ =]\S+)$", started, re.MULTILINE).group(1)
+        assert token in printed and f"{server.url}/drain" in printed
 
         with raw_request(port, "/ticks?every=0.1") as sock:
             recv_until(sock, b'data: {"tick":1}', timeout=10)
             assert run_cli("drain", f"{server.url}/drain", "--token", "not-the-token-0123456789").returncode == 1
-            drained = run_cli("drain", f"{server.url}/drain", "--token", token)
+            drained = run_cli(*shlex.split(printed))
             assert drained.returncode == 0, drained.stderr
             assert drained.stdout.startswith("drained in")
             ended = recv_until(sock, b"\r\n0\r\n\r\n", timeout=10)  # the farewell, then a clean end of body

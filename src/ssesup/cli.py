@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        token = os.environ.get(DRAIN_TOKEN_ENV) or secrets.token_urlsafe(24)
+        token = os.environ.get(DRAIN_TOKEN_ENV) or secrets.token_hex(24)  # hex: never a leading '-'
         if len(token) < 16:
             parser.error(f"${DRAIN_TOKEN_ENV} must be at least 16 characters")
         return run_demo(args.host, args.port, token)
@@ -97,7 +97,9 @@ def run_demo(host: str, port: int, drain_token: str) -> int:
     print(f"ssesup demo on {base}: open {base}/ in a browser, or curl -N {base}/ticks", flush=True)
     print(endpoint_list(base), flush=True)
     print(f"drain token: {drain_token}", flush=True)
-    print(f"drain it:    ssesup drain {base}/drain --token {drain_token}", flush=True)
+    # ``--token=`` keeps a token of the environment that begins with '-' from reading as an option.
+    token_option = f"--token={drain_token}" if drain_token.startswith("-") else f"--token {drain_token}"
+    print(f"drain it:    ssesup drain {base}/drain {token_option}", flush=True)
     uvicorn.run(build_app(drain_token), host=host, port=port)
     return 0
 
