@@ -443,15 +443,7 @@ async def fanout(port: int, pid: int, streams: int, window: float, tick: float, 
     finally:
         for conn in conns:
             conn.close()
-    lat: list[float] = []
-    got = 0
-    for conn in conns:
-        seqs = set()
-        for seq, value in conn.samples:
-            if first <= seq <= last and seq not in seqs:
-                seqs.add(seq)
-                lat.append(value * 1000)
-        got += len(seqs)
+    lat, got = window_samples(conns, first, last)
     expected = ticks * streams
     return {
         "p50_ms": statistics.median(lat) if lat else float("nan"),
@@ -578,6 +570,21 @@ async def drain(
         "problems": sorted({c.problem for c in conns if c.problem}),
         "never_ended": sum(c.ended is None for c in conns),
     }
+
+
+def window_samples(conns: list[SSEConnection], first: int, last: int) -> tuple[list[float], int]:
+    """The latencies (ms) of the timed events ``first`` to ``last`` as every stream got them (a repeat
+    counted once), and how many (event, stream) pairs arrived."""
+    latencies: list[float] = []
+    delivered = 0
+    for conn in conns:
+        seqs = set()
+        for seq, value in conn.samples:
+            if first <= seq <= last and seq not in seqs:
+                seqs.add(seq)
+                latencies.append(value * 1000)
+        delivered += len(seqs)
+    return latencies, delivered
 
 
 def _max_seq(conns: list[SSEConnection]) -> int:

@@ -1,8 +1,10 @@
-"""A server's memory and CPU, read from ``/proc`` (Linux)."""
+"""A server's memory and CPU, read from ``/proc`` (Linux), and how the bench stops one."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -22,3 +24,15 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rpartition(")")[2].split()
     # After the command name: state is field 3, utime field 14 and stime field 15 (1-based).
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def stop(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM ``proc`` unless it has exited; killed if it is still running ``grace`` s later."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 from bench import client
 from bench.client import StreamError, _max_seq, _until, open_streams, quantile
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, stop
 
 if TYPE_CHECKING:
     from bench.client import Plan
@@ -116,14 +116,7 @@ class RedisServer:
         return self.proc.pid
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop(self.proc, 5)
 
 
 def _servers(stack: contextlib.ExitStack, system: str, plan: Plan, log: Path, src: Path, env: dict,
@@ -436,15 +429,7 @@ async def _fanout(
     finally:
         for conn in conns:
             conn.close()
-    latencies: list[float] = []
-    delivered = 0
-    for conn in conns:
-        seqs = set()
-        for seq, value in conn.samples:
-            if first <= seq <= last and seq not in seqs:
-                seqs.add(seq)
-                latencies.append(value * 1000)
-        delivered += len(seqs)
+    latencies, delivered = client.window_samples(conns, first, last)
     expected = count * len(conns)
     return {
         "streams": len(conns),

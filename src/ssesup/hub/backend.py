@@ -58,12 +58,13 @@ class Entry:
             body = self._encoded[sep] = self.event.encode(sep)
         return body
 
-    def framed(self, sep: str, epoch: str, digest: str) -> bytes:
-        """The event encoded with ``sep`` after the ``id:`` line of a subscription of its channel alone
-        (``digest`` names that channel), made once per separator and epoch."""
-        key = (sep, epoch, digest)
+    def framed(self, key: tuple[str, str, str]) -> bytes:
+        """The event encoded with separator ``sep`` after the ``id:`` line of a subscription of its
+        channel alone, ``key`` being ``(sep, epoch, digest)`` (``digest`` names that channel; the
+        subscription keeps its key, so a delivery makes nothing): made once per separator and epoch."""
         framed = self._encoded.get(key)
         if framed is None:
+            sep, epoch, digest = key
             event_id = format_id(epoch, digest, (self.position,))
             framed = self._encoded[key] = b"id: " + event_id.encode() + sep.encode() + self.body(sep)
         return framed

@@ -88,6 +88,7 @@ class Subscription:
         "_dropped",
         "_dropped_upto",
         "_epoch",
+        "_frame",
         "_items",
         "_loop_hub",
         "_max_bytes",
@@ -120,6 +121,7 @@ class Subscription:
         self._digest = channels_digest(self.channels)
         self._positions: dict[str, Position] = {}
         self._epoch = ""
+        self._frame = (sep, "", self._digest)  # Entry.framed's key: kept, not made per delivery
         self._new_epoch: str | None = None
         self._dropped = 0
         self._dropped_upto: dict[str, Position] = {}
@@ -216,14 +218,15 @@ class Subscription:
             wakeup_of = loop_hub.loop.wakeup
             # The same for every subscriber of this channel alone: framed once per entry, not per subscriber.
             one_channel = encode and len(self.channels) == 1
-            sep, digest = self.sep, self._digest
+            sep = self.sep
             while True:
                 if self._overflowed:
                     from ssesup.stream import StreamEnding
 
                     raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
                 if self._new_epoch is not None:
-                    self._epoch, self._new_epoch = self._new_epoch, None
+                    self._set_epoch(self._new_epoch)
+                    self._new_epoch = None
                     yield self._gap(encode, GapReason.EPOCH, list(self.channels))
                     continue
                 if self._dropped:
@@ -248,7 +251,7 @@ class Subscription:
                     continue
                 positions[channel] = position
                 if one_channel:
-                    yield entry.framed(sep, self._epoch, digest)
+                    yield entry.framed(self._frame)
                 else:
                     yield self._framed(entry) if encode else self._event(entry)
         finally:
@@ -257,7 +260,8 @@ class Subscription:
     async def _begin(self, loop_hub: LoopHub, encode: bool) -> tuple[bytes | Event, dict[str, History]]:
         """Join every channel, then read history after the id asked for: the first item (an id, or a
         gap when the id cannot be honoured in full) and the first page to replay per channel."""
-        epoch = self._epoch = await loop_hub.retrying("epoch", loop_hub.current_epoch)
+        epoch = await loop_hub.retrying("epoch", loop_hub.current_epoch)
+        self._set_epoch(epoch)
         requested: list[Position] | None = None
         reason: GapReason | None = None
         if self.last_event_id is not None:
@@ -317,10 +321,14 @@ class Subscription:
             return b"id: " + event_id.encode() + line_end + line_end
         return Event(id=event_id)
 
+    def _set_epoch(self, epoch: str) -> None:
+        self._epoch = epoch
+        self._frame = (self.sep, epoch, self._digest)
+
     def _framed(self, entry: Entry) -> bytes:
         """``entry`` encoded with this subscriber's id (its positions are up to date)."""
         if len(self.channels) == 1:  # the id is the same for every subscriber of this channel alone
-            return entry.framed(self.sep, self._epoch, self._digest)
+            return entry.framed(self._frame)
         return b"id: " + self._id().encode() + self.sep.encode() + entry.body(self.sep)
 
     def _event(self, entry: Entry) -> Event:
