@@ -19,6 +19,7 @@ fanned out, in one step of the loop).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import structlog
 
-from ssesup._loop import LoopPrimitives, spawn_owned
+from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
 from ssesup.hub.backend import Entry, HubUnavailable
 from ssesup.hub.ids import Position
+from ssesup.hub.waiter import Waiter, ring
 
 if TYPE_CHECKING:
     from ssesup.hub import Hub
@@ -59,6 +61,8 @@ class LoopHub:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.loop = LoopPrimitives()
+        # asyncio: each subscription's one Waiter (ssesup.hub.waiter); trio: the loop's own wake-up.
+        self.asyncio_loop = None if running_trio() else asyncio.get_running_loop()
         # Per channel, its subscriptions in the order they joined (a dict: fan-out wakes them in that order).
         self.subscribers: dict[str, dict[Subscription, None]] = {}
         self.cursors: dict[str, Position] = {}
@@ -186,6 +190,7 @@ class LoopHub:
 
     def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:
         delivered: dict[str, int] = {}
+        ringing: list[Waiter] = []
         cursors = self.cursors
         subscribers = self.subscribers
         for channel, entry in batch:
@@ -198,6 +203,13 @@ class LoopHub:
                 continue
             item = (channel, entry)
             for subscription in tuple(followers):
-                subscription.offer(item)
+                wakeup = subscription.offer(item)
+                if wakeup is not None:
+                    if type(wakeup) is Waiter:
+                        ringing.append(wakeup)
+                    else:
+                        wake(wakeup)
             delivered[channel] = delivered.get(channel, 0) + len(followers)
         self.hub.count_delivered(delivered)
+        if ringing:
+            self.loop.call_soon(ring, ringing)  # one callback wakes them all, in the order they joined

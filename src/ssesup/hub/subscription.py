@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import json
-from asyncio import Future
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
@@ -35,6 +34,7 @@ from ssesup.hub.ids import (
     format_id,
     parse_id,
 )
+from ssesup.hub.waiter import Waiter
 from ssesup.states import Trigger
 
 if TYPE_CHECKING:
@@ -162,30 +162,26 @@ class Subscription:
 
     # -- what the reader calls -----------------------------------------------------------------------
 
-    def offer(self, item: tuple[str, Entry]) -> None:
-        """A new ``(channel, entry)`` for this subscriber's mailbox (the reader's call, never blocking)."""
+    def offer(self, item: tuple[str, Entry]) -> Any:
+        """A new ``(channel, entry)`` for this subscriber's mailbox (the reader's call, never blocking).
+        Returns the subscriber's wake-up when it waits for one (the caller wakes it), else ``None``."""
         if self._closed or self._overflowed:
-            return
+            return None
         mailbox = self.mailbox
         mailbox.append(item)
         self._bytes += len(item[1].body(self.sep))
         if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
             if self.overflow is Overflow.DISCONNECT:
                 self._disconnect()
-                return
+                return None
             while len(mailbox) > 1 and (len(mailbox) > self._max_events or self._bytes > self._max_bytes):
                 dropped_channel, dropped = mailbox.popleft()
                 self._bytes -= len(dropped.body(self.sep))
                 self._dropped += 1
                 self._dropped_upto[dropped_channel] = dropped.position
         wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            if isinstance(wakeup, Future):
-                if not wakeup.done():
-                    wakeup.set_result(None)
-            else:
-                wake(wakeup)
+        self._wakeup = None
+        return wakeup
 
     def epoch_changed(self, epoch: str) -> None:
         """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
@@ -216,6 +212,8 @@ class Subscription:
             positions = self._positions
             mailbox = self.mailbox
             wakeup_of = loop_hub.loop.wakeup
+            # One waiter for the subscription's life on asyncio (nothing allocated per wait).
+            waiter = None if loop_hub.asyncio_loop is None else Waiter(loop_hub.asyncio_loop)
             # The same for every subscriber of this channel alone: framed once per entry, not per subscriber.
             one_channel = encode and len(self.channels) == 1
             sep = self.sep
@@ -238,10 +236,11 @@ class Subscription:
                     yield self._gap(encode, GapReason.DROPPED, channels, dropped=dropped)
                     continue
                 if not mailbox:
-                    self._wakeup = wakeup = wakeup_of()
-                    if isinstance(wakeup, Future):
-                        await wakeup
+                    if waiter is not None:
+                        self._wakeup = waiter
+                        await waiter
                     else:
+                        self._wakeup = wakeup = wakeup_of()
                         await wakeup.wait()
                     continue
                 channel, entry = mailbox.popleft()
