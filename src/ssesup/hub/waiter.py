@@ -63,7 +63,9 @@ class Waiter:
         if state == ARMED:
             self._asyncio_future_blocking = True
             return self  # to the task, which waits for its callback
-        self._rearm()
+        self._state = IDLE  # resumed: ready for the next wait (what _rearm does, written out: once per delivery)
+        self._callback = self._context = None
+        self._asyncio_future_blocking = False
         if state == CANCELLED:
             raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
         raise StopIteration
@@ -143,18 +145,6 @@ class Waiter:
         assert callback is not None
         self._loop.call_soon(callback, self, context=context)
 
-    def _run(self) -> None:
-        """Wake the waiting task now: its step runs here. Only from a callback of the loop (no task
-        runs), as the loop runs its ready callbacks."""
-        if self._state != ARMED:
-            return
-        self._state = SET
-        callback, context = self._callback, self._context
-        if callback is None:  # the task has not looked yet: it will find the waiter done
-            return
-        self._callback = self._context = None
-        context.run(callback, self)  # type: ignore[union-attr]
-
 
 def ring(waiters: Sequence[Waiter], start: int = 0) -> None:
     """Wake ``waiters`` in order within this callback of the loop (schedule it with ``call_soon``).
@@ -165,7 +155,16 @@ def ring(waiters: Sequence[Waiter], start: int = 0) -> None:
     index = start
     try:
         for index in range(start, len(waiters)):
-            waiters[index]._run()
+            waiter = waiters[index]  # its task's step runs here, as the loop would run it
+            if waiter._state != ARMED:
+                continue
+            waiter._state = SET
+            callback = waiter._callback
+            if callback is None:  # the task has not looked yet: it will find the waiter done
+                continue
+            context = waiter._context
+            waiter._callback = waiter._context = None
+            context.run(callback, waiter)  # type: ignore[union-attr]
     except BaseException:
         if index + 1 < len(waiters):
             waiters[index]._loop.call_soon(ring, waiters, index + 1)
