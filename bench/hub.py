@@ -3,7 +3,8 @@
 
 Owns: measuring, in one process and event loop (uvloop when installed), the latency from ``publish`` to
 each subscriber having the encoded event in hand (p50, p99, max), the CPU seconds per published and per
-delivered event, and the RSS each subscriber adds (all subscribed, before the first publish). Each
+delivered event, and the RSS each subscriber adds (all subscribed, before the first publish), over
+the events published after ``WARMUP`` untimed ones (the first publishes run cold). Each
 (system, subscribers) runs in a fresh process, so no run inherits another's memory. No HTTP: this is
 the hub's fan-out alone (the cost a stream adds is measured by the other scenarios). Does not own the
 bench's report (``bench/report.py``) or its server runs (``bench/run.py``, which runs this scenario as
@@ -29,7 +30,8 @@ from ssesup import Event, Hub
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (1000, 5000, 10_000, 20_000)  # subscribers, each in a process of its own
-EVENTS = 100  # events published per run
+EVENTS = 100  # events published per run, timed
+WARMUP = 10  # events published first, not timed (the first publishes run cold: up to twice as slow)
 SYSTEMS = {"floor": "floor", "ssesup": "hub"}  # bench system -> what it runs here
 
 
@@ -60,14 +62,14 @@ def _summary(latencies: list[float], cpu: float, events: int, subscribers: int, 
 
 
 async def run_hub(subscribers: int, events: int) -> dict[str, float]:
-    hub = Hub(metrics=False, history_size=events + 1)
+    hub = Hub(metrics=False, history_size=WARMUP + events + 1)
     latencies: list[float] = []
     sent_at: dict[int, float] = {}
-    ready = asyncio.Event()
-    joined = 0
+    ready, warm = asyncio.Event(), asyncio.Event()
+    joined = warmed = 0
 
     async def subscriber() -> None:
-        nonlocal joined
+        nonlocal joined, warmed
         subscription = hub.subscribe("bench")
         items = subscription.encoded()
         await anext(items)  # the first id: subscribed
@@ -75,6 +77,11 @@ async def run_hub(subscribers: int, events: int) -> dict[str, float]:
         if joined == subscribers:
             ready.set()
         try:
+            for _ in range(WARMUP):
+                await anext(items)
+            warmed += 1
+            if warmed == subscribers:
+                warm.set()
             for _ in range(events):
                 chunk = await anext(items)
                 latencies.append(time.perf_counter() - sent_at[int(chunk.rsplit(b"data: ", 1)[1])])
@@ -85,6 +92,10 @@ async def run_hub(subscribers: int, events: int) -> dict[str, float]:
     tasks = [asyncio.create_task(subscriber()) for _ in range(subscribers)]
     await ready.wait()
     rss = _rss_kib() - rss
+    for n in range(-WARMUP, 0):
+        await hub.publish("bench", Event(str(n)))
+        await asyncio.sleep(0)
+    await warm.wait()
     cpu = _cpu()
     for n in range(events):
         sent_at[n] = time.perf_counter()
@@ -99,8 +110,16 @@ async def run_floor(subscribers: int, events: int) -> dict[str, float]:
     sent_at: dict[int, float] = {}
     rss = _rss_kib()
     queues: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in range(subscribers)]
+    warm = asyncio.Event()
+    warmed = 0
 
     async def subscriber(queue: asyncio.Queue[bytes]) -> None:
+        nonlocal warmed
+        for _ in range(WARMUP):
+            await queue.get()
+        warmed += 1
+        if warmed == subscribers:
+            warm.set()
         for _ in range(events):
             chunk = await queue.get()
             latencies.append(time.perf_counter() - sent_at[int(chunk.rsplit(b"data: ", 1)[1])])
@@ -108,12 +127,20 @@ async def run_floor(subscribers: int, events: int) -> dict[str, float]:
     tasks = [asyncio.create_task(subscriber(queue)) for queue in queues]
     await asyncio.sleep(0)
     rss = _rss_kib() - rss
-    cpu = _cpu()
-    for n in range(events):
-        sent_at[n] = time.perf_counter()
+
+    def publish(n: int) -> None:
         chunk = Event(str(n), id=str(n)).encode()
         for queue in queues:
             queue.put_nowait(chunk)
+
+    for n in range(-WARMUP, 0):
+        publish(n)
+        await asyncio.sleep(0)
+    await warm.wait()
+    cpu = _cpu()
+    for n in range(events):
+        sent_at[n] = time.perf_counter()
+        publish(n)
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     return _summary(latencies, _cpu() - cpu, events, subscribers, rss)

@@ -77,10 +77,10 @@ def metrics(plan: dict) -> list[Metric]:
 
 
 def _hub_plan() -> str:
-    from bench.hub import EVENTS, SIZES
+    from bench.hub import EVENTS, SIZES, WARMUP
 
     sizes = ", ".join(f"{n:,}" for n in SIZES)
-    return f"{EVENTS} events published to {sizes} subscribers, each size in a fresh process"
+    return f"{EVENTS} events published (after {WARMUP} untimed) to {sizes} subscribers, each size in a fresh process"
 
 
 def _hub_metrics() -> list[Metric]:
