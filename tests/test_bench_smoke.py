@@ -1,6 +1,6 @@
 """The benchmark's smoke mode, ssesup against the floor: the bench still runs end to end, nothing is lost
 (the realistic bursts' ids arrive in order), and a SIGTERM drain gives every stream its farewell and a
-proper end of body. The many-cores scenario (two servers per system) is left out to keep this quick.
+proper end of body; and the many-cores load reads its bursts to their end on one and two workers.
 
 Timings are not asserted here (CI machines are noisy); the figures live in docs/benchmarks.md.
 """
@@ -46,3 +46,24 @@ def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
     floor = re.search(r"^\s*floor\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
     assert floor is not None, out
     assert float(floor[2]) == 0.0
+
+
+def test_bench_smoke_many_cores_reads_every_burst_to_its_end_on_one_and_two_workers():
+    """The many-cores load (bench/cores.py) in smoke mode: each system's 1- and 2-worker servers deliver
+    bursts that the clients read to their last id (a burst that ends early, skips back or is cut fails)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "floor,ssesup", "--scenarios", "cores", "--no-report"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "all systems delivered every event" in out
+    for system in ("floor", "ssesup"):
+        line = re.search(
+            rf"^\s*{system}\s+cores\s+1 worker ([\d,]+) events/s, 2 workers ([\d,]+) events/s: [\d.]+x", out, re.M
+        )
+        assert line is not None, out
+        assert all(int(figure.replace(",", "")) > 0 for figure in line.groups()), out
