@@ -16,19 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = "latency,burst,burst_fields,burst_dict,fanout,idle,drain"
 
 
-def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
+def smoke(scenarios: str) -> str:
+    """``python -m bench --smoke`` of the floor and ssesup: its output, once it has exited 0 with every
+    event of every system delivered."""
+    command = [sys.executable, "-m", "bench", "--smoke", "--systems", "floor,ssesup", "--no-report"]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--smoke",
-            "--systems",
-            "floor,ssesup",
-            "--scenarios",
-            SCENARIOS,
-            "--no-report",
-        ],
+        [*command, "--scenarios", scenarios],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -37,6 +30,11 @@ def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "all systems delivered every event" in out
+    return out
+
+
+def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
+    out = smoke(SCENARIOS)
     for kind in ("burst_fields", "burst_dict"):
         assert re.search(rf"^\s*ssesup\s+{kind}\s+[\d,]+ events/s \([\d,]+ ids checked in order\)", out, re.M), out
     drain = re.search(r"^\s*ssesup\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
@@ -51,16 +49,7 @@ def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
 def test_bench_smoke_many_cores_reads_every_burst_to_its_end_on_one_and_two_workers():
     """The many-cores load (bench/cores.py) in smoke mode: each system's 1- and 2-worker servers deliver
     bursts that the clients read to their last id (a burst that ends early, skips back or is cut fails)."""
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--systems", "floor,ssesup", "--scenarios", "cores", "--no-report"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out
-    assert "all systems delivered every event" in out
+    out = smoke("cores")
     for system in ("floor", "ssesup"):
         line = re.search(
             rf"^\s*{system}\s+cores\s+1 worker ([\d,]+) events/s, 2 workers ([\d,]+) events/s: [\d.]+x", out, re.M
