@@ -294,8 +294,10 @@ class DrainConnection(_Response):
         return out
 
 
-def request(path: str, port: int) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+def request(path: str, port: int, *, close: bool = False) -> bytes:
+    """A GET of ``path``; with ``close``, the server ends the connection after the response."""
+    connection = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n{connection}\r\n".encode()
 
 
 async def connect(port: int, path: str, *, timed: bool = False, expect: int = 0, ids: bool = False) -> SSEConnection:

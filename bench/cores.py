@@ -53,7 +53,7 @@ class BurstReader(_Response):
     ids went back between reads, or on a framing error or a lost connection."""
 
     def __init__(self, path: str, port: int, n: int) -> None:
-        super().__init__(request(path, port)[:-2] + b"Connection: close\r\n\r\n")
+        super().__init__(request(path, port, close=True))
         loop = asyncio.get_running_loop()
         self.n = n
         self.count = 0

@@ -141,16 +141,18 @@ async def hub_fanout(request: Request) -> SupervisedStream:
 
 
 idle_start: str | None = None  # the id of the "idle" channel before its one event
+idle_setup = asyncio.Lock()  # the first streams open together: one of them publishes the event
 
 
 async def hub_idle(request: Request) -> SupervisedStream:
     """An idle subscriber: ``hub.stream`` of a channel with one event in its history, resumed from
     before it (so the client gets one event, as from ``/idle``), then nothing."""
     global idle_start
-    if idle_start is None:
-        async with hub.subscribe("idle") as subscription:
-            idle_start = (await anext(subscription)).id  # a subscription's first event: its position, id only
-        await hub.publish("idle", Event(data=filler(_params(request)[1])))
+    async with idle_setup:
+        if idle_start is None:
+            async with hub.subscribe("idle") as subscription:
+                idle_start = (await anext(subscription)).id  # a subscription's first event: its position
+            await hub.publish("idle", Event(data=filler(_params(request)[1])))
     headers = [*request.scope["headers"], (b"last-event-id", str(idle_start).encode())]
     return hub.stream(Request({**request.scope, "headers": headers}, request.receive), "idle", **OPTIONS)
 

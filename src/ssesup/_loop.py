@@ -48,15 +48,15 @@ def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
 
 
 class LoopPrimitives:
-    """The clock, the wake-up, the call at the loop's next step (and its thread-safe form) of one event
-    loop, and (asyncio only) its own task factory.
+    """The clock, the wake-up and the thread-safe call of one event loop, and (asyncio only) its own
+    task factory.
 
     ``create_task`` is asyncio's: a task whose cancellation is delivered once (edge-triggered), so a
     generator cancelled in it can still await its cleanup. Trio has no such task (``None``): there,
     cancellation is level-triggered by design.
     """
 
-    __slots__ = ("call_soon", "call_soon_threadsafe", "clock", "create_task", "wakeup")
+    __slots__ = ("call_soon_threadsafe", "clock", "create_task", "wakeup")
 
     def __init__(self) -> None:
         if running_trio():
@@ -66,14 +66,12 @@ class LoopPrimitives:
             self.wakeup: Callable[[], Any] = trio.Event
             self.create_task: Callable[..., asyncio.Task] | None = None
             self.call_soon_threadsafe: Callable[..., Any] = trio.lowlevel.current_trio_token().run_sync_soon
-            self.call_soon: Callable[..., Any] = self.call_soon_threadsafe
         else:
             loop = asyncio.get_running_loop()
             self.clock = loop.time
             self.wakeup = loop.create_future
             self.create_task = loop.create_task
             self.call_soon_threadsafe = loop.call_soon_threadsafe
-            self.call_soon = loop.call_soon
 
 
 def abandon_task(task: asyncio.Task) -> None:

@@ -31,7 +31,7 @@ import structlog
 from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
 from ssesup.hub.backend import Entry, HubUnavailable
 from ssesup.hub.ids import Position
-from ssesup.hub.waiter import Waiter, ring
+from ssesup.hub.waiter import Waiter, ring_soon
 
 if TYPE_CHECKING:
     from ssesup.hub import Hub
@@ -212,4 +212,4 @@ class LoopHub:
             delivered[channel] = delivered.get(channel, 0) + len(followers)
         self.hub.count_delivered(delivered)
         if ringing:
-            self.loop.call_soon(ring, ringing)  # one callback wakes them all, in the order they joined
+            ring_soon(ringing)  # one callback wakes them all, in the order they joined

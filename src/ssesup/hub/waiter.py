@@ -3,9 +3,9 @@ many subscribers with one callback of the loop.
 
 Owns: :class:`Waiter`, a Future-compatible object (the protocol asyncio's tasks accept for third-party
 futures: ``_asyncio_future_blocking``, ``add_done_callback``, ``result``, ``cancel``, ``get_loop``) that
-one task at a time awaits and that is armed again for the next wait, and :func:`ring`, which wakes a
-list of them in order within one callback of the loop. Does not own what a subscriber waits for (its
-mailbox, ``ssesup.hub.subscription``) or who is woken (``ssesup.hub.fanout``).
+one task at a time awaits and that is armed again for the next wait, and :func:`ring`, which wakes a list
+of them in order within one callback of the loop (:func:`ring_soon` schedules it). Does not own what a
+subscriber waits for (its mailbox, ``ssesup.hub.subscription``) or who is woken (``ssesup.hub.fanout``).
 
 Why not a future per wait: a publish to N subscribers made N futures (each alive until the next
 publish) and scheduled N callbacks of the loop at once. Both are objects the garbage collector tracks,
@@ -63,11 +63,10 @@ class Waiter:
         if state == ARMED:
             self._asyncio_future_blocking = True
             return self  # to the task, which waits for its callback
-        self._state = IDLE  # resumed: ready for the next wait (what _rearm does, written out: once per delivery)
-        self._callback = self._context = None
-        self._asyncio_future_blocking = False
+        # Resumed: ready for the next wait (whoever woke it took its callback; the task reset the flag).
+        self._state = IDLE
         if state == CANCELLED:
-            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
+            raise self._cancelled_error()
         raise StopIteration
 
     def send(self, value: object) -> Waiter:
@@ -81,6 +80,9 @@ class Waiter:
 
     def close(self) -> None:
         self._rearm()
+
+    def _cancelled_error(self) -> asyncio.CancelledError:
+        return asyncio.CancelledError(*(() if self._message is None else (self._message,)))
 
     def _rearm(self) -> None:
         self._state = IDLE
@@ -99,7 +101,7 @@ class Waiter:
             self._schedule()
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        if self._callback is not fn and self._callback != fn:
+        if self._callback != fn:  # a task's wake-up is a new bound method each time: equal, not identical
             return 0
         self._callback = self._context = None
         return 1
@@ -112,7 +114,7 @@ class Waiter:
 
     def result(self) -> None:
         if self._state == CANCELLED:
-            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
+            raise self._cancelled_error()
         if self._state != SET:
             raise asyncio.InvalidStateError("the waiter has not been woken")
 
@@ -146,8 +148,13 @@ class Waiter:
         self._loop.call_soon(callback, self, context=context)
 
 
+def ring_soon(waiters: Sequence[Waiter]) -> None:
+    """Wake ``waiters`` (of one loop) at the loop's next step, with one callback: :func:`ring`."""
+    waiters[0]._loop.call_soon(ring, waiters)
+
+
 def ring(waiters: Sequence[Waiter], start: int = 0) -> None:
-    """Wake ``waiters`` in order within this callback of the loop (schedule it with ``call_soon``).
+    """Wake ``waiters`` in order within this callback of the loop (scheduled by :func:`ring_soon`).
 
     One callback for all of them instead of one per waiter. Should a task's step raise past the loop
     (``SystemExit``, ``KeyboardInterrupt``), the waiters after it are woken at the next step.
