@@ -1,9 +1,11 @@
 """``python -m bench``: start each system's server in turn, measure it from this (client) process, report.
 
 One server process per system and scenario (uvicorn, uvloop, httptools, one worker, loopback), started
-fresh so no scenario inherits another's memory. Repeats interleave the systems (run 1: every system,
-run 2: every system, ...) so slow drift of the machine hits them all alike; the report quotes the
-median over repeats, and ratios are taken within each run before their median is quoted. The drain
+fresh so no scenario inherits another's memory. Within a run the systems take turns per scenario
+(the floor's bursts, ssesup's bursts, ..., then everyone's fan-out, ...), each run starting one system
+further on, so a slow stretch of the machine falls on both sides of a ratio; repeats do the same again.
+The report quotes the median over repeats, and ratios are taken within each run before their median is
+quoted. The drain
 scenario ends its server with SIGTERM and measures how it goes. The network scenarios (``deploy``,
 ``churn``: bench/network.py) run the server in a network namespace with stuck and vanished peers; they
 need root and run only when named in ``--scenarios``, as does the hub's fan-out (``hub``: bench/hub.py,
@@ -46,6 +48,9 @@ BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
 NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis")  # run only when named in --scenarios
+# The order of a run: every system measures one group before any system measures the next.
+GROUPS = (("latency", *BURSTS), ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
+          ("hub_redis",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -288,6 +293,20 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
     return out
 
 
+def one_run(
+    systems: list[System], plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path, turn: int
+) -> dict:
+    """Every system's results of one run, the systems taking turns per group of scenarios; ``turn``
+    rotates which system goes first."""
+    order = systems[turn % len(systems) :] + systems[: turn % len(systems)]
+    run: dict = {s.key: {} for s in systems}
+    for group in GROUPS:
+        if wanted := tuple(name for name in group if name in scenarios):
+            for system in order:
+                run[system.key] |= measure(system, plan, wanted, pin, tag, src)
+    return run
+
+
 def brief(name: str, r: dict) -> str:
     if "error" in r:
         return f"FAILED {r['error']}"
@@ -427,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     systems = [SYSTEMS[k.strip()] for k in args.systems.split(",") if k.strip()]
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
-    if unknown := set(scenarios) - set(SCENARIOS + NAMED_ONLY):
+    if unknown := set(scenarios) - {name for group in GROUPS for name in group}:
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
@@ -451,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     for i in range(repeat):
         say(f"run {i + 1}/{repeat}")
-        runs.append({s.key: measure(s, plan, scenarios, pin, f"{tag}-r{i + 1}", src) for s in systems})
+        runs.append(one_run(systems, plan, scenarios, pin, f"{tag}-r{i + 1}", src, i))
     result = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),

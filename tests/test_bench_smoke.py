@@ -1,12 +1,14 @@
 """The benchmark's smoke mode, ssesup against the floor: the bench still runs end to end, nothing is lost
 (the realistic bursts' ids arrive in order), and a SIGTERM drain gives every stream its farewell and a
-proper end of body; and the many-cores load reads its bursts to their end on one and two workers.
+proper end of body; the systems take turns scenario by scenario; and the many-cores load reads its
+bursts to their end on one and two workers.
 
 Timings are not asserted here (CI machines are noisy); the figures live in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = "latency,burst,burst_fields,burst_dict,fanout,idle,drain"
+LINE = r"^\s*(floor|ssesup)\s+(latency|burst\w*|fanout|idle|drain)\s"  # a scenario's result line
 
 
 def smoke(scenarios: str) -> str:
@@ -35,6 +38,11 @@ def smoke(scenarios: str) -> str:
 
 def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
     out = smoke(SCENARIOS)
+    # The systems take turns per group of scenarios (bench/run.py GROUPS), not all of one system first.
+    bursts = ("latency", "burst", "burst_fields", "burst_dict")
+    turns = [(system, "bursts" if name in bursts else name) for system, name in re.findall(LINE, out, re.M)]
+    expected = [(system, group) for group in ("bursts", "fanout", "idle", "drain") for system in ("floor", "ssesup")]
+    assert [turn for turn, _ in itertools.groupby(turns)] == expected, out
     for kind in ("burst_fields", "burst_dict"):
         assert re.search(rf"^\s*ssesup\s+{kind}\s+[\d,]+ events/s \([\d,]+ ids checked in order\)", out, re.M), out
     drain = re.search(r"^\s*ssesup\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
