@@ -639,7 +639,8 @@ class Plan:
     cores_streams: int = 8
     cores_procs: int = 2
     cores_warm: float = 2.0
-    cores_window: float = 5.0
+    cores_window: float = 5.0  # per turn: each server is measured in cores_rounds turns
+    cores_rounds: int = 2
     hub_resume_events: int = 10_000
     hub_resume_grace: float = 5.0
     hub_resume_timeout: float = 120.0

@@ -11,7 +11,10 @@ client for its count of events and its own CPU time, reads the CPU time of every
 Delivered events/s is the sum of the clients' counts over the window; the clients' CPU says whether
 they, not the server, were the limit; each server process's CPU says whether the load reached every
 worker, and the machine's busy time (``/proc/stat``: every process and the kernel) what an event costs
-in all.
+in all. The 1- and 2-worker servers are both up for the scenario (an idle one costs nothing) and take
+turns, 1, 2, 2, 1 (``alternate``), each one's windows merged: measured one after the other, a drift of
+the machine's speed between the two windows moved the ratio from run to run (1.57x to 1.78x for the
+same code in one full run).
 
 The clients read lightly, so that as much of the machine as possible is left to the server: a burst's
 progress is its last ``id`` (its events are numbered 0 to n-1), found at the end of each read, and each
@@ -284,4 +287,40 @@ def load(port: int, pid: int, kind: str, n: int, streams: int, procs: int, warm:
         "client_procs": procs,
         "window_s": elapsed,
         "delivered": 1.0,
+    }
+
+
+def alternate(servers: dict[int, tuple[int, int]], rounds: int, **load_args) -> dict[int, dict]:
+    """``load`` of each server (workers -> (port, pid)), taking turns in ``rounds`` rounds, every other
+    round in the reverse order (with two servers and two rounds: A B B A, so a steady drift of the
+    machine's speed weighs on both alike); each server's windows merged into one result."""
+    windows: dict[int, list[dict]] = {workers: [] for workers in servers}
+    order = list(servers)
+    for i in range(rounds):
+        for workers in order if i % 2 == 0 else order[::-1]:
+            port, pid = servers[workers]
+            windows[workers].append(load(port, pid, **load_args))
+    return {workers: merged(results) for workers, results in windows.items()}
+
+
+def merged(windows: list[dict]) -> dict:
+    """Windows of one server as one: events/s and CPU shares over their summed time, the machine's CPU per
+    event over their summed events; each window's events/s is kept in ``windows_events_per_s``."""
+    elapsed = sum(w["window_s"] for w in windows)
+    events = sum(w["events_per_s"] * w["window_s"] for w in windows)
+
+    def share(key: str) -> float:
+        return sum(w[key] * w["window_s"] for w in windows) / elapsed
+
+    processes = [w["server_process_cpu_pct"] for w in windows]
+    return windows[-1] | {
+        "events_per_s": events / elapsed,
+        "client_cpu_pct": share("client_cpu_pct"),
+        "server_cpu_pct": share("server_cpu_pct"),
+        "server_process_cpu_pct": [round(sum(c) / len(c), 1) for c in zip(*processes, strict=False)],
+        "machine_cpu_pct": share("machine_cpu_pct"),
+        "machine_us_per_event": sum(w["machine_us_per_event"] * w["events_per_s"] * w["window_s"] for w in windows)
+        / events,
+        "window_s": elapsed,
+        "windows_events_per_s": [round(w["events_per_s"]) for w in windows],
     }

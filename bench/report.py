@@ -394,7 +394,8 @@ def markdown(summary: dict, png_name: str) -> str:
         + (
             f" Many cores: {plan['cores_streams']} connections reading bursts of {plan['cores_n']:,} "
             f"{plan['cores_kind']} back to back from {plan['cores_procs']} client processes, unpinned, "
-            f"{plan['cores_window']:g} s counted after {plan['cores_warm']:g} s, against 1 and then 2 uvicorn workers."
+            f"1 and 2 uvicorn workers taking turns ({plan.get('cores_rounds', 1)} rounds: 1, 2, 2, 1), each turn "
+            f"{plan['cores_window']:g} s counted after {plan['cores_warm']:g} s."
             if "cores" in summary["scenarios"]
             else ""
         )

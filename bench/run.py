@@ -252,12 +252,22 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         def cores() -> dict:
             from bench import cores as load
 
-            out: dict = {}
-            for workers in (1, 2):
-                with Server(system, plan, False, log, src, workers=workers) as server:
-                    out[f"w{workers}"] = load.load(server.port, server.pid, plan.cores_kind, plan.cores_n,
-                                                   plan.cores_streams, plan.cores_procs, plan.cores_warm,
-                                                   plan.cores_window)  # fmt: skip
+            # Both servers up at once (an idle one costs nothing), measured in turns: 1, 2, 2, 1 workers.
+            with (
+                Server(system, plan, False, log, src, workers=1) as w1,
+                Server(system, plan, False, log, src, workers=2) as w2,
+            ):
+                merged = load.alternate(
+                    {1: (w1.port, w1.pid), 2: (w2.port, w2.pid)},
+                    plan.cores_rounds,
+                    kind=plan.cores_kind,
+                    n=plan.cores_n,
+                    streams=plan.cores_streams,
+                    procs=plan.cores_procs,
+                    warm=plan.cores_warm,
+                    window=plan.cores_window,
+                )
+            out: dict = {"w1": merged[1], "w2": merged[2]}
             one, two = out["w1"], out["w2"]
             for key in ("events_per_s", "client_cpu_pct", "server_cpu_pct", "machine_cpu_pct", "machine_us_per_event"):
                 out[f"{key}_1"], out[f"{key}_2"] = one[key], two[key]
