@@ -298,6 +298,18 @@ def machine() -> dict:
 # -- rendering -------------------------------------------------------------------------------------
 
 
+def _probe(mach: dict) -> str:
+    """The machine's speed at the run's start and end (bench/probe.py), when the run measured it."""
+    if "probe_start" not in mach:
+        return ""
+    a, b = mach["probe_start"], mach.get("probe_end", mach["probe_start"])
+    return (
+        f" Machine probe (bench/probe.py) at the start / end: Python {a['python_ns']:.0f} / {b['python_ns']:.0f} ns"
+        f" per step at best (median {a['python_median_ns']:.0f} / {b['python_median_ns']:.0f}), memory copy"
+        f" {a['memory_gbps']:.2f} / {b['memory_gbps']:.2f} GB/s."
+    )
+
+
 def _metric_objs(summary: dict) -> list[Metric]:
     return [
         Metric(m["scenario"], m["key"], m["label"], m["better"], m["fmt"], m.get("ratio", True))
@@ -370,7 +382,8 @@ def markdown(summary: dict, png_name: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
         + f". ssesup at {mach.get('revision', '?')} (last commit touching src/; its files copied at the start,"
         + f" sha256 {mach.get('src_digest', '?')})."
-        + f" Server pinned to CPU 0 and client to CPU 1: {'yes' if summary['pinned'] else 'no'}.",
+        + f" Server pinned to CPU 0 and client to CPU 1: {'yes' if summary['pinned'] else 'no'}."
+        + _probe(mach),
         "",
         f"Plan: burst {plan['burst_n']:,} events of {plan['size']} B, {plan['burst_runs']} bursts per run; "
         f"single-event latency {plan['latency_n']} events, one per {plan['latency_every'] * 1000:.0f} ms; "

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import client, hub, redis_hub
+from bench import client, hub, probe, redis_hub
 from bench.client import Plan
 from bench.procstat import stop
 
@@ -477,10 +477,14 @@ def main(argv: list[str] | None = None) -> int:
 
     mach = report.machine()
     src, mach["src_digest"] = snapshot_src(tag, Path(args.src) if args.src else ROOT / "src")
+    mach["probe_start"] = probe.measure()
+    say(f"machine probe: {mach['probe_start']}")
     runs: list[dict] = []
     for i in range(repeat):
         say(f"run {i + 1}/{repeat}")
         runs.append(one_run(systems, plan, scenarios, pin, f"{tag}-r{i + 1}", src, i))
+    mach["probe_end"] = probe.measure()
+    say(f"machine probe: {mach['probe_end']}")
     result = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),

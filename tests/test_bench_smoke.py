@@ -33,6 +33,7 @@ def smoke(scenarios: str) -> str:
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "all systems delivered every event" in out
+    assert len(re.findall(r"^machine probe: \{'python_ns': [\d.]+, .*'memory_gbps': [\d.]+\}$", out, re.M)) == 2, out
     return out
 
 
