@@ -64,7 +64,8 @@ def run(request):
             loop.slow_callback_duration = 60.0  # debug mode's slow-step warnings are about the machine
             if task_factory is not None:
                 loop.set_task_factory(task_factory)
-            return await main()
+            async with asyncio.timeout(60):  # a wake-up that never comes fails, it does not hang
+                return await main()
 
         records = _Records()
         logger = logging.getLogger("asyncio")
@@ -133,7 +134,7 @@ async def on_a_future(act: Callable[[asyncio.Task, Callable[[], Awaitable[Any]]]
             future.set_result("woken")
 
     await act(task, wake)
-    await asyncio.wait([task])
+    await asyncio.wait([task], timeout=10)
     return seen, ending(task)
 
 
@@ -146,7 +147,7 @@ async def on_a_subscription(
     task = asyncio.create_task(watched(lambda: anext(subscription), seen))
     await until_waiting(subscription)
     await act(task, lambda: hub.publish("c", Event("woken", event="wake")))
-    await asyncio.wait([task])
+    await asyncio.wait([task], timeout=10)
     outcome = ending(task)
     await subscription.aclose()
     if outcome[0] == "result":
@@ -335,7 +336,7 @@ def test_a_cancel_after_a_slow_consumer_s_wake_up_cancels_it_as_with_a_future(ru
         await hub.publish("c", Event("x" * 100))  # over 64 bytes: both overflow, woken by set()
         assert subscription._wakeup is None  # woken
         await _wake_then_cancel(task, _woken_already)
-        await asyncio.wait([task])
+        await asyncio.wait([task], timeout=10)
         assert (seen, ending(task)) == reference == ([(("same step",), 1)], ("cancelled", ("same step",)))
         from ssesup.stream import StreamEnding
 
@@ -412,7 +413,7 @@ def test_a_shielded_wait_goes_on_when_the_outer_task_is_cancelled_and_the_subscr
         await until_waiting(subscription)
         await asyncio.sleep(0)
         assert outer.cancel("outer only")
-        await asyncio.wait([outer])
+        await asyncio.wait([outer], timeout=10)
         assert ending(outer) == ("cancelled", ("outer only",)) and seen == [(("outer only",), 1)]
         assert not inner.done() and type(subscription._wakeup) is Waiter
         first = await hub.publish("c", Event("one", event="n"))
