@@ -1,7 +1,7 @@
 """The subscriber's wake-up on asyncio and uvloop (``ssesup.hub.waiter``): a publish wakes every waiting
 subscriber in the order it joined, with one waiter per subscription and no future per wait; a
 cancelled, timed-out or moved-on subscriber wakes alone and loses nothing for the others; and on trio
-the hub keeps the loop's own wake-up."""
+the hub keeps the loop's own wake-up, and a subscription closed by another task ends the wait in it."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_a_cancelled_subscriber_wakes_alone_and_the_others_get_every_event(run):
 def test_a_subscriber_that_times_out_or_moves_on_can_wait_again_and_loses_nothing(run):
     async def main() -> None:
         hub = Hub(metrics=False)
-        subscription = await subscribed(hub)
+        subscription = hub.subscribe("c")
         items = subscription.encoded()  # the stream's form, iterated by hand
         await anext(items)
         with pytest.raises(TimeoutError):
@@ -221,5 +221,34 @@ def test_on_trio_the_hub_wakes_every_subscriber_with_the_loop_s_own_wake_up():
                 for n in range(3):
                     await hub.publish("c", Event(str(n)))
         assert got == {n: ["0", "1", "2"] for n in range(3)}
+
+    trio.run(main)
+
+
+def test_on_trio_a_subscription_closed_from_another_task_ends_the_wait_in_it():
+    import trio
+    import trio.testing
+
+    async def main() -> None:
+        hub = Hub(metrics=False)
+        subscription, other = hub.subscribe("c"), hub.subscribe("c")
+        await anext(subscription)
+        await anext(other)
+        ended: list[str] = []
+
+        async def waiting() -> None:
+            with pytest.raises(StopAsyncIteration):
+                await anext(subscription)
+            ended.append("closed")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiting)
+                await trio.testing.wait_all_tasks_blocked()
+                await subscription.aclose()  # from this task, while `waiting` waits in it
+        assert ended == ["closed"]
+        await hub.publish("c", Event("after"))
+        assert (await anext(other)).data == "after"
+        await other.aclose()
 
     trio.run(main)

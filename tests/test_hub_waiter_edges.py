@@ -664,3 +664,68 @@ def test_a_burst_of_publishes_in_one_step_reaches_each_subscriber_once_in_order(
             await subscription.aclose()
 
     run(main)
+
+
+# -- a subscription closed by another task, or used after it is closed ------------------------------
+
+
+def test_a_subscription_closed_from_another_task_ends_the_wait_of_the_task_in_it(run):
+    async def main() -> None:
+        hub = Hub(metrics=False)
+        subscription, other = await subscribed(hub), await subscribed(hub)
+        waiting = asyncio.create_task(anext(subscription))
+        other_waiting = asyncio.create_task(anext(other))
+        await until_waiting(subscription, other)
+        await subscription.aclose()  # from this task, while `waiting` waits in it
+        assert hub.loop_hub().subscriptions == {other}
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 10)
+        event_id = await hub.publish("c", Event("after", event="n"))
+        assert await asyncio.wait_for(other_waiting, 10) == Event("after", event="n", id=event_id)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(subscription), 10)
+        assert hub.loop_hub().subscriptions == {other}
+        await other.aclose()
+        assert not hub.loop_hub().subscriptions
+
+    run(main)
+
+
+def test_a_closed_subscription_iterated_again_ends_at_once_and_does_not_join_again(run):
+    async def main() -> None:
+        hub = Hub(metrics=False)
+        subscription = await subscribed(hub)
+        await subscription.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(subscription), 10)
+        never = hub.subscribe("c")
+        await never.aclose()  # closed before its first event: it never joins
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(never), 10)
+        assert not hub.loop_hub().subscriptions
+
+    run(main)
+
+
+def test_a_subscription_is_iterated_once_as_events_or_encoded_not_both(run):
+    async def main() -> None:
+        hub = Hub(metrics=False)
+        subscription = await subscribed(hub)
+        with pytest.raises(RuntimeError, match="iterated already"):
+            subscription.encoded()
+        encoded = hub.subscribe("c")
+        items = encoded.encoded()
+        assert (await anext(items)).startswith(b"id: ")
+        with pytest.raises(RuntimeError, match="iterated already"):
+            encoded.encoded()
+        # Still one subscription each, both delivering.
+        event_id = await hub.publish("c", Event("x", id=None, event="n"))
+        assert await asyncio.wait_for(anext(subscription), 10) == Event("x", event="n", id=event_id)
+        assert (await asyncio.wait_for(anext(items), 10)).endswith(b"event: n\r\ndata: x\r\n\r\n")
+        await subscription.aclose()
+        await items.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            encoded.encoded()
+        assert not hub.loop_hub().subscriptions
+
+    run(main)

@@ -78,7 +78,9 @@ class Subscription:
 
     Made by :meth:`Hub.subscribe`. Its first event has only an id (where it starts); a gap event
     (``event`` named by the hub's ``gap_event``) says when events were lost. Close it with ``aclose()``
-    or ``async with`` (a stream's generator that uses it closes it in its own ``finally``).
+    or ``async with`` (a stream's generator that uses it closes it in its own ``finally``), from any
+    task: a task waiting in it ends its iteration. It is iterated once, by one task at a time; closed,
+    it does not join again.
     """
 
     __slots__ = (
@@ -138,11 +140,20 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         if self._items is None:
+            if self._closed:  # closed before it was iterated, or after: it does not join again
+                raise StopAsyncIteration
             self._items = self._run(encode=False)
         return await self._items.__anext__()
 
     async def aclose(self) -> None:
-        items, self._items = self._items, None
+        """End the subscription: it leaves the hub; a task waiting in it (another task) ends its iteration."""
+        items = self._items
+        if items is not None and items.ag_running:
+            # Another task is inside it, waiting (for an event, or for the engine while it starts): end
+            # the subscription now; that task, woken, ends its iteration (``StopAsyncIteration``).
+            self._close()
+            return
+        self._items = None
         if items is not None:
             await items.aclose()
         self._close()
@@ -156,7 +167,13 @@ class Subscription:
     def encoded(self) -> AsyncGenerator[bytes, None]:
         """The same, encoded for a stream (what :meth:`Hub.stream` sends): each event is encoded once
         per publish and separator, and, for a subscription of one channel, framed with its id once per
-        publish, separator and epoch, whatever the number of subscribers."""
+        publish, separator and epoch, whatever the number of subscribers.
+
+        A subscription is iterated once: as events or encoded, not both (``RuntimeError``)."""
+        if self._items is not None or self._closed:
+            raise RuntimeError(
+                "this subscription is closed" if self._closed else "this subscription is iterated already"
+            )
         items = self._items = self._run(encode=True)
         return items
 
@@ -204,6 +221,8 @@ class Subscription:
             # The start in methods of their own: what it needs is not kept, with the generator's frame,
             # for as long as the subscription lives.
             first, pages = await self._begin(loop_hub, encode)
+            if self._closed:  # by another task, while it joined
+                return
             yield first
             if pages:
                 async for item in self._replay(loop_hub, pages, encode):
@@ -242,6 +261,8 @@ class Subscription:
                     else:
                         self._wakeup = wakeup = wakeup_of()
                         await wakeup.wait()
+                    if self._closed:  # by another task, while this one waited
+                        return
                     continue
                 channel, entry = mailbox.popleft()
                 self._bytes -= len(entry.body(sep))
@@ -311,6 +332,8 @@ class Subscription:
                 if len(history.entries) < PAGE:
                     break
                 history = await loop_hub.retrying("read", partial(read, channel, positions[channel], PAGE))
+                if self._closed:  # by another task, while this one read
+                    return
 
     def _start(self, encode: bool) -> bytes | Event:
         """The first item: only an id (where the subscription starts)."""
@@ -362,14 +385,19 @@ class Subscription:
             self._wakeup = None
 
     def _close(self) -> None:
+        if self._loop_hub is not None:
+            # At every call: a join under way at the first (closed by another task) has ended since.
+            self._loop_hub.leave(self)
         if self._closed:
             return
         self._closed = True
         self.mailbox.clear()
         self._bytes = 0
         if self._loop_hub is not None:
-            self._loop_hub.leave(self)
             self.hub.count_subscriber(-1)
+        if self._wakeup is not None:  # a task waits in it: wake it to end its iteration
+            wake(self._wakeup)
+            self._wakeup = None
 
 
 def _running_stream() -> SupervisedStream | None:
