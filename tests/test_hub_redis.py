@@ -1,6 +1,7 @@
 """The hub on Redis Streams, against a real ``redis-server`` on 127.0.0.1 (scripts/install-redis.sh):
 two uvicorn instances sharing history across a drain, ``uvicorn --workers 3``, a Redis restart, a
-flushed Redis, trimming, and publishing while Redis is down."""
+flushed Redis, trimming, publishing while Redis is down, and a subscription closed by another task while
+it reads history."""
 
 from __future__ import annotations
 
@@ -237,6 +238,38 @@ def test_publishing_while_redis_is_down_raises_a_clear_error_without_the_passwor
             await hub.publish("orders", Event("x"))
         assert "secret" not in str(raised.value)
         assert not await hub.healthy()
+        await hub.aclose()
+
+    anyio.run(main)
+
+
+def test_a_subscription_closed_by_another_task_during_a_history_read_ends_there(redis_url):
+    """A subscriber replaying more than a page of history from Redis is closed by another task while it
+    waits for the next page: its iteration ends there (nothing of that page), and it has left the hub."""
+    from ssesup.hub.subscription import PAGE
+
+    async def main() -> None:
+        hub = Hub(redis_url, history_size=PAGE * 4, metrics=False)
+        ids = [await hub.publish("orders", Event.json({"n": n}, event="order")) for n in range(PAGE * 2 + 100)]
+        subscription = hub.subscribe("orders", last_event_id=ids[0])
+        got: list[Event] = []
+
+        async def read() -> None:
+            async for event in subscription:  # no await of its own: it waits only inside the subscription
+                got.append(event)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read)
+                # The reader runs through the first page without yielding, then waits for the second.
+                while not (len(got) == 1 + PAGE and subscription._items is not None and subscription._items.ag_running):
+                    await anyio.sleep(0)
+                await subscription.aclose()
+        assert got[0].data is None and [json.loads(e.data)["n"] for e in got[1:]] == list(range(1, PAGE + 1))
+        assert {e.event for e in got[1:]} == {"order"} and got[-1].id is not None
+        assert not hub.loop_hub().subscriptions
+        with pytest.raises(StopAsyncIteration):
+            await subscription.__anext__()
         await hub.aclose()
 
     anyio.run(main)

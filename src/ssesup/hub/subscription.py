@@ -227,6 +227,8 @@ class Subscription:
             if pages:
                 async for item in self._replay(loop_hub, pages, encode):
                     yield item
+                if self._closed:  # by another task, while it read history (the replay ended there)
+                    return
             del first, pages
             positions = self._positions
             mailbox = self.mailbox
