@@ -310,8 +310,9 @@ def alternate(servers: dict[int, tuple[int, int]], rounds: int, **load_args) -> 
 
 
 def merged(windows: list[dict]) -> dict:
-    """Windows of one server as one: events/s and CPU shares over their summed time, the machine's CPU per
-    event over their summed events; each window's events/s is kept in ``windows_events_per_s``."""
+    """Windows of one server as one: events/s and CPU shares over their summed time (each server process's
+    share the mean of its windows', all of one length), the machine's CPU per event over their summed
+    events; each window's events/s is kept in ``windows_events_per_s``."""
     elapsed = sum(w["window_s"] for w in windows)
     events = sum(w["events_per_s"] * w["window_s"] for w in windows)
 

@@ -1,7 +1,7 @@
 """The hub on Redis Streams, against a real ``redis-server`` on 127.0.0.1 (scripts/install-redis.sh):
 two uvicorn instances sharing history across a drain, ``uvicorn --workers 3``, a Redis restart, a
 flushed Redis, trimming, publishing while Redis is down, and a subscription closed by another task while
-it reads history."""
+it joins or reads history."""
 
 from __future__ import annotations
 
@@ -271,5 +271,36 @@ def test_a_subscription_closed_by_another_task_during_a_history_read_ends_there(
         with pytest.raises(StopAsyncIteration):
             await subscription.__anext__()
         await hub.aclose()
+
+    anyio.run(main)
+
+
+def test_a_subscription_closed_by_another_task_while_it_joins_leaves_every_channel(redis_url):
+    """Closed by another task while it waits for Redis to start (the epoch, its joins): its iteration
+    ends, and it is left in no channel, not even those it joined after the close."""
+
+    async def main() -> None:
+        hub = Hub(redis_url, metrics=False)
+        subscription = hub.subscribe("orders", "invoices")
+        ended: list[str] = []
+
+        async def read() -> None:
+            with pytest.raises(StopAsyncIteration):
+                await subscription.__anext__()
+            ended.append("ended")
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read)
+                while not (subscription._items is not None and subscription._items.ag_running):
+                    await anyio.sleep(0)
+                await subscription.aclose()  # the reader is inside its start, waiting for Redis
+        assert ended == ["ended"]
+        loop_hub = hub.loop_hub()
+        try:
+            assert not loop_hub.subscriptions and not loop_hub.subscribers
+        finally:
+            loop_hub.leave(subscription)  # after a failure too: its reader ends, and the loop can close
+            await hub.aclose()
 
     anyio.run(main)

@@ -148,11 +148,13 @@ async def hub_idle(request: Request) -> SupervisedStream:
     """An idle subscriber: ``hub.stream`` of a channel with one event in its history, resumed from
     before it (so the client gets one event, as from ``/idle``), then nothing."""
     global idle_start
-    async with idle_setup:
-        if idle_start is None:
-            async with hub.subscribe("idle") as subscription:
-                idle_start = (await anext(subscription)).id  # a subscription's first event: its position
-            await hub.publish("idle", Event(data=filler(_params(request)[1])))
+    if idle_start is None:  # the lock only until the channel is set up, not for every stream
+        async with idle_setup:
+            if idle_start is None:
+                async with hub.subscribe("idle") as subscription:
+                    start = (await anext(subscription)).id  # a subscription's first event: its position
+                await hub.publish("idle", Event(data=filler(_params(request)[1])))
+                idle_start = start
     headers = [*request.scope["headers"], (b"last-event-id", str(idle_start).encode())]
     return hub.stream(Request({**request.scope, "headers": headers}, request.receive), "idle", **OPTIONS)
 

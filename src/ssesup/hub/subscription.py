@@ -221,7 +221,8 @@ class Subscription:
             # The start in methods of their own: what it needs is not kept, with the generator's frame,
             # for as long as the subscription lives.
             first, pages = await self._begin(loop_hub, encode)
-            if self._closed:  # by another task, while it joined
+            if self._closed:  # by another task, while it joined: what it joined after that, it leaves
+                loop_hub.leave(self)
                 return
             yield first
             if pages:
@@ -387,15 +388,13 @@ class Subscription:
             self._wakeup = None
 
     def _close(self) -> None:
-        if self._loop_hub is not None:
-            # At every call: a join under way at the first (closed by another task) has ended since.
-            self._loop_hub.leave(self)
         if self._closed:
             return
         self._closed = True
         self.mailbox.clear()
         self._bytes = 0
         if self._loop_hub is not None:
+            self._loop_hub.leave(self)
             self.hub.count_subscriber(-1)
         if self._wakeup is not None:  # a task waits in it: wake it to end its iteration
             wake(self._wakeup)
