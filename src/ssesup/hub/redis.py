@@ -17,6 +17,11 @@ Redis >= 7.0.
   loop's own (``<prefix>wake:<token>``), so that a new channel is read at once.
 * The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
   before are refused with a gap. Deleting one channel's key by hand is not noticed.
+* Every call has a deadline of ssesup's own (``anyio.fail_after``), not redis-py's ``socket_timeout``:
+  with a socket timeout, redis-py writes each command through ``asyncio.wait_for``, which before Python
+  3.12 swallows a cancellation that arrives as the write completes. A publish or a join then returned
+  as if never cancelled, and a reader cancelled at loop teardown kept reading, so ``asyncio.run`` never
+  returned. An anyio deadline is level-triggered: it is delivered until the call has ended.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from anyio.lowlevel import RunVar
 
 from ssesup.events import Event
@@ -35,6 +41,9 @@ from ssesup.hub.ids import START, Position
 
 # Entries one XREAD takes per channel; more are read by the next call.
 READ_COUNT = 1000
+# Seconds a call may take (a blocking XREAD: its block time and this) before Redis counts as unreachable.
+CALL_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
 
 _APPEND = """
 local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -93,17 +102,14 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
 class _LoopClients:
     """One event loop's clients: redis-py's asyncio connections belong to the loop that made them."""
 
-    def __init__(self, url: str, block_timeout: float) -> None:
+    def __init__(self, url: str) -> None:
         redis = _redis()
         no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry, socket_timeout=5, socket_connect_timeout=2)
-        self.reader = redis.asyncio.Redis.from_url(
-            url,
-            retry=no_retry,
-            single_connection_client=True,
-            socket_timeout=block_timeout + 5,
-            socket_connect_timeout=2,
-        )
+        # No socket timeout (redis-py's default is 5 s): the deadlines are RedisBackend._run's (see the
+        # module's docstring).
+        timeouts = {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT}
+        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry, **timeouts)
+        self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True, **timeouts)
         self.append = self.pool.register_script(_APPEND)
         self.wake_key = ""
         self.wake_cursor = "0-0"
@@ -126,10 +132,10 @@ class RedisBackend(Backend):
         self._where = _where(url)
         self._clients: RunVar[_LoopClients | None] = RunVar(f"ssesup.hub.redis.{id(self)}", default=None)
 
-    def _loop(self, block_timeout: float = 5.0) -> _LoopClients:
+    def _loop(self) -> _LoopClients:
         clients = self._clients.get()
         if clients is None:
-            clients = _LoopClients(self.url, block_timeout)
+            clients = _LoopClients(self.url)
             clients.wake_key = f"{self.prefix}wake:{secrets.token_hex(8)}"
             self._clients.set(clients)
         return clients
@@ -140,10 +146,11 @@ class RedisBackend(Backend):
     def _key(self, channel: str) -> str:
         return self._stream_prefix + channel
 
-    async def _run(self, fn: Any) -> Any:
+    async def _run(self, fn: Any, timeout: float = CALL_TIMEOUT) -> Any:
         errors = self._errors
         try:
-            return await fn()
+            with anyio.fail_after(timeout):  # TimeoutError, an OSError, when it passes
+                return await fn()
         except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
@@ -187,11 +194,12 @@ class RedisBackend(Backend):
         return parse_redis_id(newest[0][0]) if newest else START
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
-        clients = self._loop(timeout)
+        clients = self._loop()
         streams = {self._key(channel): redis_id(cursor) for channel, cursor in cursors.items()}
         streams[clients.wake_key] = clients.wake_cursor
         found = await self._run(
-            lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000)))
+            lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
+            timeout + CALL_TIMEOUT,
         )
         entries: list[tuple[str, Entry]] = []
         skip = len(self._stream_prefix)
