@@ -416,13 +416,18 @@ async def latency(port: int, n: int, every: float, size: int) -> dict:
                 raise StreamError(f"latency stream delivered {conn.count} of {n} events: connection closed")
             conn.data_received(data)
     conn.done.exception()  # a failure (an HTTP error) is raised here
-    lat = [s[1] * 1000 for s in conn.samples]
+    return latency_summary([s[1] * 1000 for s in conn.samples], n)
+
+
+def latency_summary(lat: list[float], n: int) -> dict:
+    """The single-event figures of ``lat`` (ms), of ``n`` events sent."""
     return {
         "p50_ms": statistics.median(lat),
         "p99_ms": quantile(lat, 0.99),
         "mean_ms": statistics.fmean(lat),
         "n": len(lat),
         "delivered": len(lat) / n,
+        "samples_ms": lat,
     }
 
 
@@ -611,6 +616,7 @@ class Plan:
     burst_runs: int = 5
     latency_n: int = 150
     latency_every: float = 0.02
+    latency_turns: int = 3  # the systems take turns, latency_n / latency_turns events each time
     fanout_streams: int = 1000
     fanout_window: float = 30.0
     tick: float = 0.2
@@ -654,8 +660,9 @@ class Plan:
     def smoke(cls) -> Plan:
         return cls(
             burst_n=2000,
-            burst_runs=1,
+            burst_runs=2,  # two turns: the bursts alternate between systems
             latency_n=10,
+            latency_turns=2,
             fanout_streams=20,
             fanout_window=1.0,
             idle_streams=50,

@@ -385,8 +385,10 @@ def markdown(summary: dict, png_name: str) -> str:
         + f" Server pinned to CPU 0 and client to CPU 1: {'yes' if summary['pinned'] else 'no'}."
         + _probe(mach),
         "",
-        f"Plan: burst {plan['burst_n']:,} events of {plan['size']} B, {plan['burst_runs']} bursts per run; "
-        f"single-event latency {plan['latency_n']} events, one per {plan['latency_every'] * 1000:.0f} ms; "
+        f"Plan: burst {plan['burst_n']:,} events of {plan['size']} B, {plan['burst_runs']} bursts per run"
+        + (" (the systems taking turns burst by burst); " if "latency_turns" in plan else "; ")
+        + f"single-event latency {plan['latency_n']} events, one per {plan['latency_every'] * 1000:.0f} ms"
+        f"{_latency_turns(plan)}; "
         f"fan-out {plan['fanout_streams']:,} streams, tick {plan['tick'] * 1000:.0f} ms, "
         f"{plan['fanout_window']:.0f} s measured; idle {plan['idle_streams']:,} streams for memory per stream, "
         f"{plan['idle_hold']:,} held for RSS and {plan['cpu_window']:.0f} s of idle CPU"
@@ -516,3 +518,8 @@ def write(summary: dict, md: Path) -> None:
     else:
         text = f"# Benchmarks\n\nGenerated {dt.date.today()} by `python -m bench`.\n\n## Results\n\n{block}\n"
     md.write_text(text)
+
+
+def _latency_turns(plan: dict) -> str:
+    turns = plan.get("latency_turns", 1)  # results from before the turns have none
+    return f", in {turns} turns of {plan['latency_n'] // turns}" if turns > 1 else ""

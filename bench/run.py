@@ -2,8 +2,10 @@
 
 One server process per system and scenario (uvicorn, uvloop, httptools, one worker, loopback), started
 fresh so no scenario inherits another's memory. Within a run the systems take turns per scenario
-(the floor's bursts, ssesup's bursts, ..., then everyone's fan-out, ...), each run starting one system
-further on, so a slow stretch of the machine falls on both sides of a ratio; repeats do the same again.
+(everyone's fan-out, then everyone's idle streams, ...), each run starting one system further on, so a
+slow stretch of the machine falls on both sides of a ratio; repeats do the same again. The bursts take
+turns burst by burst (every system's servers up at once: the floor's first burst, ssesup's first, ...,
+then everyone's second), so the bursts a ratio compares are seconds apart.
 The report quotes the median over repeats, and ratios are taken within each run before their median is
 quoted. The drain
 scenario ends its server with SIGTERM and measures how it goes. The network scenarios (``deploy``,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,6 +31,7 @@ import resource
 import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -48,8 +52,10 @@ BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
 NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis")  # run only when named in --scenarios
-# The order of a run: every system measures one group before any system measures the next.
-GROUPS = (("latency", *BURSTS), ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
+# The order of a run: every system measures one group before any system measures the next (in the
+# burst group, the systems take turns burst by burst: measure_bursts).
+BURST_GROUP = ("latency", *BURSTS)
+GROUPS = (BURST_GROUP, ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
           ("hub_redis",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -173,7 +179,8 @@ def snapshot_src(tag: str, tree: Path = ROOT / "src") -> tuple[Path, str]:
 
 
 def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path) -> dict:
-    """Every scenario of one system, each against a fresh server; an error is recorded, not raised."""
+    """Every scenario of one system but the bursts (:func:`measure_bursts`), each against a fresh
+    server; an error is recorded, not raised."""
     if system.only is not None:
         scenarios = tuple(s for s in scenarios if s in system.only)
     out: dict = {}
@@ -188,30 +195,6 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         out[name]["seconds"] = round(time.perf_counter() - started, 2)
         say(f"  {system.key:14} {name:8} {brief(name, out[name])}")
 
-    bursts = [kind for kind in BURSTS if kind in scenarios]
-    if "latency" in scenarios or bursts:
-        try:
-            with Server(system, plan, pin, log, src) as server:
-                # Warm-up: import paths, first-request costs, the allocator.
-                for kind in bursts or ["burst"]:
-                    run_client(client.burst(server.port, min(2000, plan.burst_n), plan.size, 1, kind=kind))
-                if "latency" in scenarios:
-                    attempt(
-                        "latency",
-                        lambda: run_client(client.latency(server.port, plan.latency_n, plan.latency_every, plan.size)),
-                    )
-                for kind in bursts:
-                    attempt(
-                        kind,
-                        lambda kind=kind: run_client(
-                            client.burst(server.port, plan.burst_n, plan.size, plan.burst_runs, kind=kind,
-                                         ids=kind != "burst")
-                        ),
-                    )  # fmt: skip
-        except Exception as exc:
-            for name in ("latency", *bursts):
-                if name in scenarios and name not in out:
-                    out[name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
     if "fanout" in scenarios:
 
         def fanout() -> dict:
@@ -303,6 +286,91 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
     return out
 
 
+def measure_bursts(
+    systems: list[System], plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path
+) -> dict[str, dict]:
+    """Single-event latency and the bursts of every system, against one server per system, all of them
+    up for the group (an idle server costs nothing), in turns: each system's stream of
+    ``latency_n / latency_turns`` single events, ``latency_turns`` times (its figures are those of all its
+    events); then one burst of each system after the other, ``burst_runs`` times, each system's median
+    of its own. What a ratio compares is then seconds apart, not minutes. An error is recorded for its
+    system, not raised."""
+    out: dict[str, dict] = {system.key: {} for system in systems}
+    wanted = {s.key: tuple(n for n in ("latency", *BURSTS) if n in scenarios and (s.only is None or n in s.only))
+              for s in systems}  # fmt: skip
+    rates: dict[tuple[str, str], list[float]] = {}
+    checked: dict[tuple[str, str], int] = {}
+
+    def failed(system: System, exc: Exception, names: tuple[str, ...]) -> None:
+        for name in names:
+            if name not in out[system.key] or "error" not in out[system.key][name]:
+                out[system.key][name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
+                say(f"  {system.key:14} {name:8} {brief(name, out[system.key][name])}")
+
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        for system in systems:
+            if not wanted[system.key]:
+                continue
+            try:
+                server = servers[system.key] = stack.enter_context(
+                    Server(system, plan, pin, RAW / f"{tag}-{system.key}.log", src)
+                )
+                # Warm-up: import paths, first-request costs, the allocator.
+                for kind in [k for k in wanted[system.key] if k in BURSTS] or ["burst"]:
+                    run_client(client.burst(server.port, min(2000, plan.burst_n), plan.size, 1, kind=kind))
+            except Exception as exc:
+                servers.pop(system.key, None)
+                failed(system, exc, wanted[system.key])
+        samples: dict[str, list[float]] = {}
+        per_turn = max(1, plan.latency_n // plan.latency_turns)
+        for turn in range(1, plan.latency_turns + 1):
+            for system in systems:
+                if system.key not in servers or "latency" not in wanted[system.key] or "latency" in out[system.key]:
+                    continue
+                try:
+                    port = servers[system.key].port
+                    result = run_client(client.latency(port, per_turn, plan.latency_every, plan.size))
+                except Exception as exc:
+                    failed(system, exc, ("latency",))
+                    continue
+                samples.setdefault(system.key, []).extend(result["samples_ms"])
+                say(f"  {system.key:14} latency  turn {turn}: {brief('latency', result)}")
+        for system in systems:
+            if system.key in samples and "latency" not in out[system.key]:
+                result = out[system.key]["latency"] = client.latency_summary(
+                    samples[system.key], per_turn * plan.latency_turns
+                )
+                say(f"  {system.key:14} latency  {brief('latency', result)}")
+        for kind in BURSTS:
+            for turn in range(1, plan.burst_runs + 1):
+                for system in systems:
+                    if system.key not in servers or kind not in wanted[system.key] or kind in out[system.key]:
+                        continue  # not measured, or failed already
+                    try:
+                        result = run_client(
+                            client.burst(servers[system.key].port, plan.burst_n, plan.size, 1, kind=kind,
+                                         ids=kind != "burst")
+                        )  # fmt: skip
+                    except Exception as exc:
+                        failed(system, exc, (kind,))
+                        continue
+                    rates.setdefault((system.key, kind), []).extend(result["runs"])
+                    if "ids_checked" in result:
+                        checked[(system.key, kind)] = checked.get((system.key, kind), 0) + result["ids_checked"]
+                    say(f"  {system.key:14} {kind:8} turn {turn}: {result['events_per_s']:,.0f} events/s")
+            for system in systems:
+                if (system.key, kind) in rates and kind not in out[system.key]:
+                    runs = rates[(system.key, kind)]
+                    result = {"events_per_s": statistics.median(runs), "runs": runs, "n": plan.burst_n,
+                              "size": plan.size, "delivered": 1.0}  # fmt: skip
+                    if (system.key, kind) in checked:
+                        result["ids_checked"] = checked[(system.key, kind)]
+                    out[system.key][kind] = result
+                    say(f"  {system.key:14} {kind:8} {brief(kind, result)}")
+    return out
+
+
 def one_run(
     systems: list[System], plan: Plan, scenarios: tuple[str, ...], pin: bool, tag: str, src: Path, turn: int
 ) -> dict:
@@ -311,9 +379,14 @@ def one_run(
     order = systems[turn % len(systems) :] + systems[: turn % len(systems)]
     run: dict = {s.key: {} for s in systems}
     for group in GROUPS:
-        if wanted := tuple(name for name in group if name in scenarios):
-            for system in order:
-                run[system.key] |= measure(system, plan, wanted, pin, tag, src)
+        if not (wanted := tuple(name for name in group if name in scenarios)):
+            continue
+        if group == BURST_GROUP:
+            for key, results in measure_bursts(order, plan, wanted, pin, tag, src).items():
+                run[key] |= results
+            continue
+        for system in order:
+            run[system.key] |= measure(system, plan, wanted, pin, tag, src)
     return run
 
 

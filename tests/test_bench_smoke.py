@@ -1,7 +1,7 @@
 """The benchmark's smoke mode, ssesup against the floor: the bench still runs end to end, nothing is lost
 (the realistic bursts' ids arrive in order), and a SIGTERM drain gives every stream its farewell and a
-proper end of body; the systems take turns scenario by scenario; and the many-cores load reads its
-bursts to their end on one and two workers.
+proper end of body; the systems take turns scenario by scenario (the bursts burst by burst); and the
+many-cores load reads its bursts to their end on one and two workers.
 
 Timings are not asserted here (CI machines are noisy); the figures live in docs/benchmarks.md.
 """
@@ -39,11 +39,20 @@ def smoke(scenarios: str) -> str:
 
 def test_bench_smoke_runs_and_ssesup_drains_every_stream_with_a_farewell():
     out = smoke(SCENARIOS)
-    # The systems take turns per group of scenarios (bench/run.py GROUPS), not all of one system first.
+    # The systems take turns per group of scenarios (bench/run.py GROUPS), not all of one system first,
+    # and in the bursts burst by burst (measure_bursts): the floor's first, ssesup's first, the floor's second...
     bursts = ("latency", "burst", "burst_fields", "burst_dict")
     turns = [(system, "bursts" if name in bursts else name) for system, name in re.findall(LINE, out, re.M)]
-    expected = [(system, group) for group in ("bursts", "fanout", "idle", "drain") for system in ("floor", "ssesup")]
-    assert [turn for turn, _ in itertools.groupby(turns)] == expected, out
+    assert [group for group, _ in itertools.groupby(group for _, group in turns)] == [
+        "bursts", "fanout", "idle", "drain"
+    ], out  # fmt: skip
+    for group in ("fanout", "idle", "drain"):
+        assert [system for system, name in turns if name == group] == ["floor", "ssesup"], out
+    latency_turns = re.findall(r"^\s*(floor|ssesup)\s+latency\s+turn (\d):", out, re.M)
+    assert latency_turns == [(system, turn) for turn in "12" for system in ("floor", "ssesup")], out
+    burst_turns = re.findall(r"^\s*(floor|ssesup)\s+(burst\w*)\s+turn (\d):", out, re.M)
+    expected = [(system, kind, turn) for kind in bursts[1:] for turn in "12" for system in ("floor", "ssesup")]
+    assert burst_turns == expected, out
     for kind in ("burst_fields", "burst_dict"):
         assert re.search(rf"^\s*ssesup\s+{kind}\s+[\d,]+ events/s \([\d,]+ ids checked in order\)", out, re.M), out
     drain = re.search(r"^\s*ssesup\s+drain\s+exit [\d.]+ s, clean end ([\d.]+)%, farewell ([\d.]+)%", out, re.M)
