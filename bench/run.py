@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if pin:
         os.sched_setaffinity(0, {CLIENT_CPU})
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     tag = started.strftime("%Y%m%dT%H%M%S")
     say(f"{command}: {len(systems)} systems x {repeat} runs, scenarios {', '.join(scenarios)}, pinned={pin}")
     from bench import report  # matplotlib only when a chart is drawn
@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
-        "minutes": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60, 1),
+        "minutes": round((dt.datetime.now(dt.UTC) - started).total_seconds() / 60, 1),
         "pinned": pin,
         "machine": mach,
         "plan": asdict(plan),

@@ -30,7 +30,7 @@ from apps.core import Recorder
 from servers import UvicornThread, raw_request, read_response, recv_until, wait_until
 from ssesup import Event, SupervisedStream, Supervisor
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 class Item(BaseModel):

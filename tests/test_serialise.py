@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from ssesup.events import Event, encode_item, json_data
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def fastapi_sse_json(obj: Any) -> Any:

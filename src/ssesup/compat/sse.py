@@ -25,7 +25,7 @@ import contextlib
 import math
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import anyio
@@ -236,9 +236,7 @@ class EventSourceResponse(SupervisedStream):
     def _ping_event(self) -> _Encoded:
         factory = self.ping_message_factory
         ping = (
-            factory()
-            if factory is not None
-            else ServerSentEvent(comment=f"ping - {datetime.now(timezone.utc)}", sep=self.sep)
+            factory() if factory is not None else ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep)
         )
         return _Encoded(ensure_bytes(ping, self.sep))
 
