@@ -29,6 +29,7 @@ from servers import wait_until
 from ssesup import Event, Hub
 from ssesup.hub import HubUnavailable
 from ssesup.hub.redis import CALL_TIMEOUT
+from ssesup.stream import StreamEnding
 
 TOTAL = 10_000
 BATCH = 100
@@ -426,3 +427,64 @@ def test_a_stuck_redis_is_unavailable_at_the_deadline_and_subscriptions_carry_on
         server.stop()
     # A publish that failed may or may not have been stored (Redis reads the command once it goes on).
     assert got in (["before", "after"], ["before", "unanswered", "after"]), got
+
+
+def publish_numbers(url: str, channel: str, total: int) -> None:
+    """Publish ``0 .. total-1`` to ``channel`` through a hub on an event loop of this thread's own."""
+
+    async def main() -> None:
+        hub = Hub(url, metrics=False)
+        for number in range(total):
+            await hub.publish(channel, str(number))
+        await hub.aclose()
+
+    anyio.run(main)
+
+
+def test_a_backlog_the_reader_reads_at_once_reaches_a_subscriber_that_keeps_up_without_overflow(redis_url):
+    """The loop's reader falls behind Redis (here its loop is blocked while another process's hub
+    publishes 1,000 events; after an outage it is the same): its next reads return hundreds of events
+    at once, ten times the subscriber's mailbox. A subscriber that keeps up gets every one, in order;
+    the reader fans them out in pieces that fit, not all in one step (which ended the subscriber as a
+    slow consumer: its mailbox overflowed before it could run)."""
+    total = 1000
+
+    async def main() -> list[str]:
+        hub = Hub(redis_url, metrics=False, mailbox_events=100)
+        got: list[str] = []
+        async with hub.subscribe("backlog") as subscription:
+            await subscription.__anext__()  # the start: joined, the reader waits on Redis
+            publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", 1000))
+            publisher.start()
+            publisher.join(60)  # this loop, and its reader, blocked meanwhile
+            assert not publisher.is_alive()
+            with anyio.fail_after(30):
+                async for event in subscription:
+                    got.append(event.data)
+                    if len(got) == total:
+                        break
+        await hub.aclose()
+        return got
+
+    assert asyncio.run(main()) == [str(number) for number in range(total)]
+
+
+def test_a_subscriber_that_does_not_take_a_backlog_still_overflows_its_mailbox(redis_url):
+    """The pieces wait for a subscriber only so long (PIECE_WAIT): one that reads nothing while the
+    reader fans out a backlog of 1,000 events overflows its mailbox of 100 and ends as a slow consumer,
+    and the reader's memory stays bounded."""
+
+    async def main() -> None:
+        hub = Hub(redis_url, metrics=False, mailbox_events=100)
+        async with hub.subscribe("backlog") as subscription:
+            await subscription.__anext__()
+            publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", 1000))
+            publisher.start()
+            publisher.join(60)
+            await anyio.sleep(5)  # not reading: the reader fans out meanwhile
+            assert not hub.loop_hub().subscriptions  # it left the hub when its mailbox overflowed
+            with pytest.raises(StreamEnding, match="overflowed"):
+                await subscription.__anext__()
+        await hub.aclose()
+
+    asyncio.run(main())

@@ -48,6 +48,12 @@ HEALTH_EVERY = 5.0
 # drawn between half and all of it (jitter: processes that lost the engine together do not return in step).
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
+# A reader behind its engine (after an outage, or a burst published on another loop) fans out what it
+# read in pieces of at most a quarter of a mailbox, and before each piece after the first waits up to
+# PIECE_WAIT for the followers to hold no more than a piece (checking every PIECE_POLL): a subscriber
+# that keeps up takes a backlog at its own pace; only one that does not fills its mailbox.
+PIECE_WAIT = 0.05
+PIECE_POLL = 0.002
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -176,7 +182,7 @@ class LoopHub:
                     attempt = 0
                     self.healthy = True
                     if batch:
-                        self._fan_out(batch)
+                        await self._deliver(batch)
         finally:
             if self._reader is scope:
                 self._reader = None
@@ -187,6 +193,40 @@ class LoopHub:
             for subscription in tuple(self.subscriptions):
                 subscription.epoch_changed(epoch)
         self.epoch = epoch
+
+    async def _deliver(self, batch: list[tuple[str, Entry]]) -> None:
+        """Fan ``batch`` out, in pieces that fit the mailboxes (at most a quarter of one, in events and
+        in bytes of data); a batch that fits is fanned out in this step. Before each further piece, the
+        followers of its channels get up to PIECE_WAIT to take what they hold down to a piece."""
+        hub = self.hub
+        most_events, most_bytes = max(1, hub.mailbox_events // 4), max(1, hub.mailbox_bytes // 4)
+        start = 0
+        while start < len(batch):
+            end, size = start, 0
+            while end < len(batch) and end - start < most_events and size < most_bytes:
+                size += len(batch[end][1].event.data or "")
+                end += 1
+            if start:
+                await self._settled({channel for channel, _ in batch[start:end]}, most_events, most_bytes)
+            self._fan_out(batch[start:end] if start or end < len(batch) else batch)
+            start = end
+
+    async def _settled(self, channels: set[str], most_events: int, most_bytes: int) -> None:
+        """Until every follower of ``channels`` holds at most ``most_events`` and ``most_bytes`` in its
+        mailbox, or PIECE_WAIT has passed."""
+        deadline = self.loop.clock() + PIECE_WAIT
+        while True:
+            behind = False
+            for channel in channels:
+                for subscription in self.subscribers.get(channel, ()):
+                    if len(subscription.mailbox) > most_events or subscription.held_bytes > most_bytes:
+                        behind = True
+                        break
+                if behind:
+                    break
+            if not behind or self.loop.clock() >= deadline:
+                return
+            await anyio.sleep(PIECE_POLL)
 
     def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:
         delivered: dict[str, int] = {}

@@ -200,6 +200,11 @@ class Subscription:
         self._wakeup = None
         return wakeup
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the events in the mailbox (as the subscriber sends them)."""
+        return self._bytes
+
     def epoch_changed(self, epoch: str) -> None:
         """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
         self._new_epoch = epoch
