@@ -327,19 +327,21 @@ async def _cancelled_after(steps: int, call: Callable[[], Any]) -> str:
     return "returned"
 
 
-def test_a_publish_or_a_join_cancelled_at_any_step_is_cancelled(redis_url):
+@pytest.mark.parametrize("query", ["", "?socket_timeout=5"], ids=["url", "url asking for a socket timeout"])
+def test_a_publish_or_a_join_cancelled_at_any_step_is_cancelled(redis_url, query):
     """A task cancelled while it publishes or joins (connecting, writing a command, reading its reply)
     ends cancelled, at every step of the loop: none returns as if it had not been cancelled. (redis-py,
     with a socket timeout, writes through ``asyncio.wait_for``, which before Python 3.12 swallows a
-    cancellation that arrives as the write completes: a publish returned at 6 of these 40 steps.)"""
+    cancellation that arrives as the write completes: a publish returned at 6 of these 40 steps. The
+    hub sets its own deadlines, also when the URL's query asks for a socket timeout.)"""
 
     async def main() -> dict[str, dict[str, list[int]]]:
-        warm = Hub(redis_url, metrics=False)
+        warm = Hub(redis_url + query, metrics=False)
         await warm.publish("steps", "warm")
         outcomes: dict[str, dict[str, list[int]]] = {}
         for name in ("publish", "join", "publish on a new hub", "join on a new hub"):
             for steps in range(40):
-                hub = Hub(redis_url, metrics=False) if "new" in name else warm
+                hub = Hub(redis_url + query, metrics=False) if "new" in name else warm
 
                 async def call(hub: Hub = hub, name: str = name) -> None:
                     if name.startswith("publish"):
@@ -429,44 +431,66 @@ def test_a_stuck_redis_is_unavailable_at_the_deadline_and_subscriptions_carry_on
     assert got in (["before", "after"], ["before", "unanswered", "after"]), got
 
 
-def publish_numbers(url: str, channel: str, total: int) -> None:
-    """Publish ``0 .. total-1`` to ``channel`` through a hub on an event loop of this thread's own."""
+def publish_numbers(url: str, channel: str, total: int, pad: str = "") -> None:
+    """Publish ``pad + "0"`` .. ``pad + str(total - 1)`` to ``channel`` through a hub on an event loop of
+    this thread's own."""
 
     async def main() -> None:
         hub = Hub(url, metrics=False)
         for number in range(total):
-            await hub.publish(channel, str(number))
+            await hub.publish(channel, pad + str(number))
         await hub.aclose()
 
     anyio.run(main)
 
 
-def test_a_backlog_the_reader_reads_at_once_reaches_a_subscriber_that_keeps_up_without_overflow(redis_url):
+@pytest.mark.parametrize(
+    ("total", "pad", "options"),
+    [
+        pytest.param(1000, "", {"mailbox_events": 100}, id="1,000 small events, mailboxes of 100"),
+        pytest.param(300, "\N{GRINNING FACE}" * 4096, {}, id="300 events of 16 KiB, mailboxes of 1 MiB"),
+    ],
+)
+def test_a_backlog_the_reader_reads_at_once_reaches_subscribers_that_keep_up_without_overflow(
+    redis_url, total, pad, options
+):
     """The loop's reader falls behind Redis (here its loop is blocked while another process's hub
-    publishes 1,000 events; after an outage it is the same): its next reads return hundreds of events
-    at once, ten times the subscriber's mailbox. A subscriber that keeps up gets every one, in order;
-    the reader fans them out in pieces that fit, not all in one step (which ended the subscriber as a
-    slow consumer: its mailbox overflowed before it could run)."""
-    total = 1000
+    publishes; after an outage it is the same): its next read returns the whole backlog at once, several
+    times a mailbox (in events, or in bytes: 4.8 MiB of 4-byte characters). Two subscribers that keep
+    up get every event, in order, with no gap, while a third on the same loop reads nothing (its
+    mailbox drops its oldest events): the reader hands the backlog out in pieces that fit, each once the
+    readers have taken the last, and does not wait for the one that stopped. (All in one step, the
+    mailboxes overflowed before their subscribers could run.)"""
 
-    async def main() -> list[str]:
-        hub = Hub(redis_url, metrics=False, mailbox_events=100)
-        got: list[str] = []
-        async with hub.subscribe("backlog") as subscription:
-            await subscription.__anext__()  # the start: joined, the reader waits on Redis
-            publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", 1000))
-            publisher.start()
-            publisher.join(60)  # this loop, and its reader, blocked meanwhile
-            assert not publisher.is_alive()
-            with anyio.fail_after(30):
-                async for event in subscription:
-                    got.append(event.data)
-                    if len(got) == total:
-                        break
+    async def main() -> list[list[str | None]]:
+        hub = Hub(redis_url, metrics=False, overflow="drop_oldest", **options)
+        readers = [hub.subscribe("backlog") for _ in range(3)]
+        for subscription in readers:
+            await subscription.__anext__()  # the start: joined, the loop's reader waits on Redis
+        publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", total, pad))
+        publisher.start()
+        publisher.join(60)  # this loop, and its reader, blocked meanwhile
+        assert not publisher.is_alive()
+        got: list[list[str | None]] = [[], []]
+
+        async def read(subscription: Any, into: list[str | None]) -> None:
+            async for event in subscription:
+                into.append(event.data if event.event != "gap" else "gap")
+                if len(into) == total:
+                    return
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                for subscription, into in zip(readers, got, strict=False):
+                    tasks.start_soon(read, subscription, into)
+        for subscription in readers:
+            await subscription.aclose()
         await hub.aclose()
         return got
 
-    assert asyncio.run(main()) == [str(number) for number in range(total)]
+    expected = [pad + str(number) for number in range(total)]
+    for got in asyncio.run(main()):
+        assert got == expected, [value if value == "gap" else value[-5:] for value in got[:5]]
 
 
 def test_a_subscriber_that_does_not_take_a_backlog_still_overflows_its_mailbox(redis_url):

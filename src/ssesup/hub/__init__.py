@@ -115,7 +115,8 @@ class Hub:
     async def publish(self, channel: str, event: Event | str) -> str:
         """Append ``event`` to ``channel`` and return its id (as a subscriber of that channel alone
         sees it). The hub sets ids: an event with one raises ``ValueError``. Raises
-        :class:`HubUnavailable` when the engine cannot be reached (nothing was published)."""
+        :class:`HubUnavailable` when the engine cannot be reached (nothing was published) or does not
+        answer within its deadline (Redis: 5 s per call; the event may have been stored)."""
         check_channel(channel)
         if isinstance(event, str):
             event = Event(event)
@@ -167,6 +168,12 @@ class Hub:
 
     async def aclose(self) -> None:
         """Release this event loop's connections to the engine (the next use connects again)."""
+        try:
+            live = self._live.get()
+        except LookupError:
+            pass
+        else:
+            await live.reader_stopped()  # a reader its last subscription cancelled ends on its connection
         await self.backend.close()
 
     # -- what the hub's parts share ------------------------------------------------------------------

@@ -38,7 +38,8 @@ from ssesup.hub.ids import Position, format_id
 
 
 class HubUnavailable(ConnectionError):
-    """The hub's engine cannot be reached (Redis down, say): nothing was published."""
+    """The hub's engine cannot be reached (Redis down, say: nothing was published), or did not answer
+    within its deadline (what was being published may have been stored)."""
 
 
 class Entry:

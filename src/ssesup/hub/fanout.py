@@ -49,11 +49,14 @@ HEALTH_EVERY = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 # A reader behind its engine (after an outage, or a burst published on another loop) fans out what it
-# read in pieces of at most a quarter of a mailbox, and before each piece after the first waits up to
-# PIECE_WAIT for the followers to hold no more than a piece (checking every PIECE_POLL): a subscriber
-# that keeps up takes a backlog at its own pace; only one that does not fills its mailbox.
+# read in pieces of at most a quarter of a mailbox (LoopHub._deliver): before each piece after the first,
+# while the followers that hold more than a piece take some of it (looked at every PIECE_POLL), it waits
+# up to PIECE_WAIT, and BATCH_WAIT in all per batch. A subscriber that keeps up takes a backlog at its own
+# pace; one that takes nothing is not waited for, and fills its mailbox.
 PIECE_WAIT = 0.05
+BATCH_WAIT = 0.5
 PIECE_POLL = 0.002
+SIZE_SEP = "\r\n"  # the separator a piece's bytes are counted with (the default; others differ little)
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -136,6 +139,14 @@ class LoopHub:
             self._reader.cancel()  # nothing left to read: the reader ends now, not at its next wake-up
             self._reader = None
 
+    async def reader_stopped(self) -> None:
+        """Wait (a second at most) for a reader whose last subscription left to end, so that the
+        engine's connections are not closed under its cancelled read."""
+        task = self._task
+        if self._reader is None and isinstance(task, asyncio.Task) and not task.done():
+            with anyio.move_on_after(1.0):
+                await asyncio.wait((task,))
+
     def published(self, channel: str) -> None:
         """This loop published to ``channel``: fan out what the engine holds already, in this step of the
         loop rather than the reader's next one (the reader, woken too, then finds nothing new)."""
@@ -195,37 +206,51 @@ class LoopHub:
         self.epoch = epoch
 
     async def _deliver(self, batch: list[tuple[str, Entry]]) -> None:
-        """Fan ``batch`` out, in pieces that fit the mailboxes (at most a quarter of one, in events and
-        in bytes of data); a batch that fits is fanned out in this step. Before each further piece, the
-        followers of its channels get up to PIECE_WAIT to take what they hold down to a piece."""
+        """Fan ``batch`` out in pieces that fit the mailboxes: at most a quarter of one, in events and in
+        encoded bytes (a batch that fits goes out in this step). Before each further piece, the
+        followers of its channels that hold more than a piece get time to take it down: while they take
+        something, up to PIECE_WAIT per piece and BATCH_WAIT per batch; followers that take nothing are
+        not waited for. (A publish of this loop meanwhile still fans out at once: what it fans out, the
+        rest of the batch then skips.)"""
         hub = self.hub
         most_events, most_bytes = max(1, hub.mailbox_events // 4), max(1, hub.mailbox_bytes // 4)
+        if len(batch) == 1:
+            self._fan_out(batch)
+            return
+        clock = self.loop.clock
+        last_wait = clock() + BATCH_WAIT
         start = 0
         while start < len(batch):
             end, size = start, 0
-            while end < len(batch) and end - start < most_events and size < most_bytes:
-                size += len(batch[end][1].event.data or "")
+            while end < len(batch) and end - start < most_events:
+                size += len(batch[end][1].body(SIZE_SEP))
+                if size > most_bytes and end > start:
+                    break
                 end += 1
-            if start:
-                await self._settled({channel for channel, _ in batch[start:end]}, most_events, most_bytes)
-            self._fan_out(batch[start:end] if start or end < len(batch) else batch)
+            piece = batch if start == 0 and end == len(batch) else batch[start:end]
+            if start and clock() < last_wait:
+                channels = {channel for channel, _ in piece}
+                await self._settled(channels, most_events, most_bytes, min(clock() + PIECE_WAIT, last_wait))
+            self._fan_out(piece)
             start = end
 
-    async def _settled(self, channels: set[str], most_events: int, most_bytes: int) -> None:
-        """Until every follower of ``channels`` holds at most ``most_events`` and ``most_bytes`` in its
-        mailbox, or PIECE_WAIT has passed."""
-        deadline = self.loop.clock() + PIECE_WAIT
+    async def _settled(self, channels: set[str], most_events: int, most_bytes: int, deadline: float) -> None:
+        """Until every follower of ``channels`` holds at most ``most_events`` and ``most_bytes``, the
+        loop's clock reaches ``deadline``, or those that hold more took nothing since the last look."""
+        held = None
         while True:
-            behind = False
-            for channel in channels:
-                for subscription in self.subscribers.get(channel, ()):
-                    if len(subscription.mailbox) > most_events or subscription.held_bytes > most_bytes:
-                        behind = True
-                        break
-                if behind:
-                    break
-            if not behind or self.loop.clock() >= deadline:
+            behind = [
+                subscription
+                for channel in channels
+                for subscription in self.subscribers.get(channel, ())
+                if len(subscription.mailbox) > most_events or subscription.held_bytes > most_bytes
+            ]
+            if not behind:
                 return
+            now_held = sum(len(subscription.mailbox) for subscription in behind)
+            if (held is not None and now_held >= held) or self.loop.clock() >= deadline:
+                return
+            held = now_held
             await anyio.sleep(PIECE_POLL)
 
     def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:

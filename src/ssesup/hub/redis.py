@@ -110,6 +110,8 @@ class _LoopClients:
         timeouts = {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT}
         self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry, **timeouts)
         self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True, **timeouts)
+        for client in (self.pool, self.reader):  # the URL's query (``?socket_timeout=``) wins in from_url
+            client.connection_pool.connection_kwargs.update(timeouts)
         self.append = self.pool.register_script(_APPEND)
         self.wake_key = ""
         self.wake_cursor = "0-0"
