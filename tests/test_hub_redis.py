@@ -512,3 +512,47 @@ def test_a_subscriber_that_does_not_take_a_backlog_still_overflows_its_mailbox(r
         await hub.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+def test_a_reader_behind_by_more_than_the_history_kept_says_so_with_an_expired_gap(redis_url, engine):
+    """The loop's reader falls behind by more than the history the engine keeps (its loop blocked while
+    another loop publishes 2,000 events into a history of 100): the events history dropped before the
+    reader read them reach the subscriber as one ``expired`` gap, in their place, between the events
+    before and after them, which arrive in order and end with the last. (They were skipped silently.)"""
+    total = 2000
+
+    async def main() -> list[str]:
+        hub = Hub(None if engine == "memory" else redis_url, metrics=False, history_size=100)
+
+        async def publish() -> None:
+            for number in range(total):
+                await hub.publish("kept", str(number))
+
+        got: list[str] = []
+        async with hub.subscribe("kept") as subscription:
+            await subscription.__anext__()  # the start: joined, the loop's reader waits on the engine
+            publisher = threading.Thread(target=anyio.run, args=(publish,))
+            publisher.start()
+            publisher.join(60)  # this loop, and its reader, blocked meanwhile
+            assert not publisher.is_alive()
+            with anyio.fail_after(30):
+                async for event in subscription:
+                    if event.event == "gap":
+                        gap = json.loads(event.data)
+                        assert (gap["reason"], gap["channels"]) == ("expired", ["kept"]), gap
+                        got.append("gap")
+                    else:
+                        got.append(event.data)
+                    if event.data == str(total - 1):
+                        break
+        await hub.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert got.count("gap") == 1, got[:5]
+    at = got.index("gap")
+    before, after = [int(n) for n in got[:at]], [int(n) for n in got[at + 1 :]]
+    assert before == list(range(len(before))), before[:5]  # from the first, none skipped
+    assert after == list(range(after[0], total)), after[:5]  # to the last, none skipped
+    assert len(before) + len(after) < total  # history dropped the rest

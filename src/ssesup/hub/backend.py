@@ -43,13 +43,16 @@ class HubUnavailable(ConnectionError):
 
 
 class Entry:
-    """One published event (without an id: ids are the hub's) at its position in its channel."""
+    """One published event (without an id: ids are the hub's) at its position in its channel, and the
+    position of the entry before it in that channel when the engine knows it (``previous``): a reader
+    whose cursor is before ``previous`` missed what history dropped in between."""
 
-    __slots__ = ("_encoded", "event", "position")
+    __slots__ = ("_encoded", "event", "position", "previous")
 
-    def __init__(self, position: Position, event: Event) -> None:
+    def __init__(self, position: Position, event: Event, previous: Position | None = None) -> None:
         self.position = position
         self.event = event
+        self.previous = previous
         self._encoded: dict[object, bytes] = {}
 
     def body(self, sep: str) -> bytes:
@@ -111,3 +114,19 @@ class Backend(abc.ABC):
         """The entries of ``channel`` after ``after`` that this process holds already, without waiting
         (optional: an engine elsewhere, Redis, returns none and the loop's reader fetches them)."""
         return ()
+
+
+class Missed(Entry):
+    """Not an event: the mark, in a subscriber's mailbox, that its channel's events up to ``position``
+    were dropped from history before the reader read them (the subscriber sends an ``expired`` gap)."""
+
+    __slots__ = ()
+
+    def __init__(self, position: Position) -> None:
+        super().__init__(position, _NO_EVENT)
+
+    def body(self, sep: str) -> bytes:
+        return b""
+
+
+_NO_EVENT = Event(comment="")

@@ -29,7 +29,7 @@ import anyio
 import structlog
 
 from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
-from ssesup.hub.backend import Entry, HubUnavailable
+from ssesup.hub.backend import Entry, HubUnavailable, Missed
 from ssesup.hub.ids import Position
 from ssesup.hub.waiter import Waiter, ring_soon
 
@@ -253,6 +253,16 @@ class LoopHub:
             held = now_held
             await anyio.sleep(PIECE_POLL)
 
+    @staticmethod
+    def _offer_missed(followers: dict[Subscription, None], missed: tuple[str, Missed], ringing: list[Waiter]) -> None:
+        """The rare part of a fan-out: tell every follower that history dropped events it did not get."""
+        for subscription in tuple(followers):
+            wakeup = subscription.offer(missed)
+            if type(wakeup) is Waiter:
+                ringing.append(wakeup)
+            elif wakeup is not None:
+                wake(wakeup)
+
     def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:
         delivered: dict[str, int] = {}
         ringing: list[Waiter] = []
@@ -266,6 +276,9 @@ class LoopHub:
             followers = subscribers.get(channel)
             if not followers:
                 continue
+            previous = entry.previous
+            if previous is not None and previous > cursor:  # history dropped what came between
+                self._offer_missed(followers, (channel, Missed(previous)), ringing)
             item = (channel, entry)
             for subscription in tuple(followers):
                 wakeup = subscription.offer(item)

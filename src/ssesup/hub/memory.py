@@ -85,7 +85,7 @@ class MemoryBackend(Backend):
             self._counter += 1
             position = (self._counter, 0)
             record = self._channel(channel)
-            record.entries.append((now, Entry(position, event)))
+            record.entries.append((now, Entry(position, event, record.last)))
             record.last = position
             self._trim(record, now)
             waiting, self._waiting = self._waiting, set()

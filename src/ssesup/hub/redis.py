@@ -211,7 +211,10 @@ class RedisBackend(Backend):
                 clients.wake_cursor = items[-1][0].decode()
                 continue
             channel = key[skip:]
-            entries.extend((channel, Entry(parse_redis_id(raw_id), _event(fields))) for raw_id, fields in items)
+            entries.extend(
+                (channel, Entry(parse_redis_id(raw_id), _event(fields), parse_redis_id(fields[b"p"])))
+                for raw_id, fields in items
+            )
         return entries
 
     async def wake(self) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ssesup._loop import wake
 from ssesup.events import Event
-from ssesup.hub.backend import Entry, History
+from ssesup.hub.backend import Entry, History, Missed
 from ssesup.hub.ids import (
     MAX_CHANNELS,
     MAX_ID_BYTES,
@@ -278,6 +278,9 @@ class Subscription:
                 if position <= positions[channel]:
                     continue
                 positions[channel] = position
+                if type(entry) is Missed:
+                    yield self._gap(encode, GapReason.EXPIRED, [channel])
+                    continue
                 if one_channel:
                     yield entry.framed(self._frame)
                 else:
