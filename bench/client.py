@@ -387,9 +387,14 @@ async def burst(
                 )
             checked += conn.ids_checked
         rates.append(n / (finished - started))
+    return burst_summary(rates, n, size, checked if ids else None)
+
+
+def burst_summary(rates: list[float], n: int, size: int, ids_checked: int | None) -> dict:
+    """The burst figures of bursts of ``n`` events of ``size`` B read at ``rates`` events/s: their median."""
     out = {"events_per_s": statistics.median(rates), "runs": rates, "n": n, "size": size, "delivered": 1.0}
-    if ids:
-        out["ids_checked"] = checked
+    if ids_checked is not None:
+        out["ids_checked"] = ids_checked
     return out
 
 

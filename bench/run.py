@@ -31,12 +31,13 @@ import resource
 import shlex
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -298,8 +299,7 @@ def measure_bursts(
     out: dict[str, dict] = {system.key: {} for system in systems}
     wanted = {s.key: tuple(n for n in ("latency", *BURSTS) if n in scenarios and (s.only is None or n in s.only))
               for s in systems}  # fmt: skip
-    rates: dict[tuple[str, str], list[float]] = {}
-    checked: dict[tuple[str, str], int] = {}
+    servers: dict[str, Server] = {}  # started below, for the whole group
 
     def failed(system: System, exc: Exception, names: tuple[str, ...]) -> None:
         for name in names:
@@ -307,8 +307,27 @@ def measure_bursts(
                 out[system.key][name] = {"error": f"{type(exc).__name__}: {exc}", "delivered": 0.0}
                 say(f"  {system.key:14} {name:8} {brief(name, out[system.key][name])}")
 
+    def in_turns(name: str, turns: int, one: Callable[[int], Any], merge: Callable[[list[dict]], dict]) -> None:
+        """``one(port)`` of every system that measures ``name``, one after the other, ``turns`` times;
+        each system's results merged into one; a system that fails is left out of the later turns."""
+        parts: dict[str, list[dict]] = {}
+        for turn in range(1, turns + 1):
+            for system in systems:
+                if system.key not in servers or name not in wanted[system.key] or name in out[system.key]:
+                    continue  # not measured, or failed already
+                try:
+                    result = run_client(one(servers[system.key].port))
+                except Exception as exc:
+                    failed(system, exc, (name,))
+                    continue
+                parts.setdefault(system.key, []).append(result)
+                say(f"  {system.key:14} {name:8} turn {turn}: {brief(name, result)}")
+        for key, results in parts.items():
+            if name not in out[key]:
+                out[key][name] = merge(results)
+                say(f"  {key:14} {name:8} {brief(name, out[key][name])}")
+
     with contextlib.ExitStack() as stack:
-        servers: dict[str, Server] = {}
         for system in systems:
             if not wanted[system.key]:
                 continue
@@ -322,52 +341,28 @@ def measure_bursts(
             except Exception as exc:
                 servers.pop(system.key, None)
                 failed(system, exc, wanted[system.key])
-        samples: dict[str, list[float]] = {}
         per_turn = max(1, plan.latency_n // plan.latency_turns)
-        for turn in range(1, plan.latency_turns + 1):
-            for system in systems:
-                if system.key not in servers or "latency" not in wanted[system.key] or "latency" in out[system.key]:
-                    continue
-                try:
-                    port = servers[system.key].port
-                    result = run_client(client.latency(port, per_turn, plan.latency_every, plan.size))
-                except Exception as exc:
-                    failed(system, exc, ("latency",))
-                    continue
-                samples.setdefault(system.key, []).extend(result["samples_ms"])
-                say(f"  {system.key:14} latency  turn {turn}: {brief('latency', result)}")
-        for system in systems:
-            if system.key in samples and "latency" not in out[system.key]:
-                result = out[system.key]["latency"] = client.latency_summary(
-                    samples[system.key], per_turn * plan.latency_turns
-                )
-                say(f"  {system.key:14} latency  {brief('latency', result)}")
+
+        def latency(port: int) -> Any:
+            return client.latency(port, per_turn, plan.latency_every, plan.size)
+
+        def latency_merged(parts: list[dict]) -> dict:
+            samples = [ms for part in parts for ms in part["samples_ms"]]
+            return client.latency_summary(samples, per_turn * plan.latency_turns)
+
+        in_turns("latency", plan.latency_turns, latency, latency_merged)
         for kind in BURSTS:
-            for turn in range(1, plan.burst_runs + 1):
-                for system in systems:
-                    if system.key not in servers or kind not in wanted[system.key] or kind in out[system.key]:
-                        continue  # not measured, or failed already
-                    try:
-                        result = run_client(
-                            client.burst(servers[system.key].port, plan.burst_n, plan.size, 1, kind=kind,
-                                         ids=kind != "burst")
-                        )  # fmt: skip
-                    except Exception as exc:
-                        failed(system, exc, (kind,))
-                        continue
-                    rates.setdefault((system.key, kind), []).extend(result["runs"])
-                    if "ids_checked" in result:
-                        checked[(system.key, kind)] = checked.get((system.key, kind), 0) + result["ids_checked"]
-                    say(f"  {system.key:14} {kind:8} turn {turn}: {result['events_per_s']:,.0f} events/s")
-            for system in systems:
-                if (system.key, kind) in rates and kind not in out[system.key]:
-                    runs = rates[(system.key, kind)]
-                    result = {"events_per_s": statistics.median(runs), "runs": runs, "n": plan.burst_n,
-                              "size": plan.size, "delivered": 1.0}  # fmt: skip
-                    if (system.key, kind) in checked:
-                        result["ids_checked"] = checked[(system.key, kind)]
-                    out[system.key][kind] = result
-                    say(f"  {system.key:14} {kind:8} {brief(kind, result)}")
+            ids = kind != "burst"
+
+            def burst(port: int) -> Any:
+                return client.burst(port, plan.burst_n, plan.size, 1, kind=kind, ids=ids)  # noqa: B023 (called now)
+
+            def burst_merged(parts: list[dict]) -> dict:
+                rates = [rate for part in parts for rate in part["runs"]]
+                checked = sum(part["ids_checked"] for part in parts) if ids else None  # noqa: B023 (called now)
+                return client.burst_summary(rates, plan.burst_n, plan.size, checked)
+
+            in_turns(kind, plan.burst_runs, burst, burst_merged)
     return out
 
 

@@ -431,17 +431,19 @@ def test_a_stuck_redis_is_unavailable_at_the_deadline_and_subscriptions_carry_on
     assert got in (["before", "after"], ["before", "unanswered", "after"]), got
 
 
-def publish_numbers(url: str, channel: str, total: int, pad: str = "") -> None:
-    """Publish ``pad + "0"`` .. ``pad + str(total - 1)`` to ``channel`` through a hub on an event loop of
-    this thread's own."""
+def publish_while_this_loop_waits(hub: Hub, channel: str, total: int, pad: str = "") -> None:
+    """Publish ``pad + "0"`` .. ``pad + str(total - 1)`` to ``channel`` through ``hub`` on an event loop
+    of another thread, this thread (its loop, and that loop's reader) blocked until it is done."""
 
     async def main() -> None:
-        hub = Hub(url, metrics=False)
         for number in range(total):
             await hub.publish(channel, pad + str(number))
-        await hub.aclose()
+        await hub.aclose()  # that loop's connections
 
-    anyio.run(main)
+    publisher = threading.Thread(target=anyio.run, args=(main,))
+    publisher.start()
+    publisher.join(60)
+    assert not publisher.is_alive()
 
 
 @pytest.mark.parametrize(
@@ -454,8 +456,8 @@ def publish_numbers(url: str, channel: str, total: int, pad: str = "") -> None:
 def test_a_backlog_the_reader_reads_at_once_reaches_subscribers_that_keep_up_without_overflow(
     redis_url, total, pad, options
 ):
-    """The loop's reader falls behind Redis (here its loop is blocked while another process's hub
-    publishes; after an outage it is the same): its next read returns the whole backlog at once, several
+    """The loop's reader falls behind Redis (here its loop is blocked while another loop publishes;
+    after an outage it is the same): its next read returns the whole backlog at once, several
     times a mailbox (in events, or in bytes: 4.8 MiB of 4-byte characters). Two subscribers that keep
     up get every event, in order, with no gap, while a third on the same loop reads nothing (its
     mailbox drops its oldest events): the reader hands the backlog out in pieces that fit, each once the
@@ -467,10 +469,7 @@ def test_a_backlog_the_reader_reads_at_once_reaches_subscribers_that_keep_up_wit
         readers = [hub.subscribe("backlog") for _ in range(3)]
         for subscription in readers:
             await subscription.__anext__()  # the start: joined, the loop's reader waits on Redis
-        publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", total, pad))
-        publisher.start()
-        publisher.join(60)  # this loop, and its reader, blocked meanwhile
-        assert not publisher.is_alive()
+        publish_while_this_loop_waits(hub, "backlog", total, pad)
         got: list[list[str | None]] = [[], []]
 
         async def read(subscription: Any, into: list[str | None]) -> None:
@@ -502,9 +501,7 @@ def test_a_subscriber_that_does_not_take_a_backlog_still_overflows_its_mailbox(r
         hub = Hub(redis_url, metrics=False, mailbox_events=100)
         async with hub.subscribe("backlog") as subscription:
             await subscription.__anext__()
-            publisher = threading.Thread(target=publish_numbers, args=(redis_url, "backlog", 1000))
-            publisher.start()
-            publisher.join(60)
+            publish_while_this_loop_waits(hub, "backlog", 1000)
             await anyio.sleep(5)  # not reading: the reader fans out meanwhile
             assert not hub.loop_hub().subscriptions  # it left the hub when its mailbox overflowed
             with pytest.raises(StreamEnding, match="overflowed"):
@@ -525,17 +522,10 @@ def test_a_reader_behind_by_more_than_the_history_kept_says_so_with_an_expired_g
     async def main() -> list[str]:
         hub = Hub(None if engine == "memory" else redis_url, metrics=False, history_size=100)
 
-        async def publish() -> None:
-            for number in range(total):
-                await hub.publish("kept", str(number))
-
         got: list[str] = []
         async with hub.subscribe("kept") as subscription:
             await subscription.__anext__()  # the start: joined, the loop's reader waits on the engine
-            publisher = threading.Thread(target=anyio.run, args=(publish,))
-            publisher.start()
-            publisher.join(60)  # this loop, and its reader, blocked meanwhile
-            assert not publisher.is_alive()
+            publish_while_this_loop_waits(hub, "kept", total)
             with anyio.fail_after(30):
                 async for event in subscription:
                     if event.event == "gap":

@@ -212,11 +212,11 @@ class LoopHub:
         something, up to PIECE_WAIT per piece and BATCH_WAIT per batch; followers that take nothing are
         not waited for. (A publish of this loop meanwhile still fans out at once: what it fans out, the
         rest of the batch then skips.)"""
-        hub = self.hub
-        most_events, most_bytes = max(1, hub.mailbox_events // 4), max(1, hub.mailbox_bytes // 4)
         if len(batch) == 1:
             self._fan_out(batch)
             return
+        hub = self.hub
+        most_events, most_bytes = max(1, hub.mailbox_events // 4), max(1, hub.mailbox_bytes // 4)
         clock = self.loop.clock
         last_wait = clock() + BATCH_WAIT
         start = 0
@@ -254,20 +254,22 @@ class LoopHub:
             await anyio.sleep(PIECE_POLL)
 
     @staticmethod
-    def _offer_missed(followers: dict[Subscription, None], missed: tuple[str, Missed], ringing: list[Waiter]) -> None:
-        """The rare part of a fan-out: tell every follower that history dropped events it did not get."""
+    def _offer(followers: dict[Subscription, None], item: tuple[str, Entry], ringing: list[Waiter]) -> None:
+        """``item`` to every follower's mailbox; the waiters to wake go to ``ringing`` (rung together)."""
         for subscription in tuple(followers):
-            wakeup = subscription.offer(missed)
-            if type(wakeup) is Waiter:
-                ringing.append(wakeup)
-            elif wakeup is not None:
-                wake(wakeup)
+            wakeup = subscription.offer(item)
+            if wakeup is not None:
+                if type(wakeup) is Waiter:
+                    ringing.append(wakeup)
+                else:
+                    wake(wakeup)
 
     def _fan_out(self, batch: list[tuple[str, Entry]]) -> None:
         delivered: dict[str, int] = {}
         ringing: list[Waiter] = []
         cursors = self.cursors
         subscribers = self.subscribers
+        offer = self._offer
         for channel, entry in batch:
             cursor = cursors.get(channel)
             if cursor is None or entry.position <= cursor:
@@ -278,15 +280,8 @@ class LoopHub:
                 continue
             previous = entry.previous
             if previous is not None and previous > cursor:  # history dropped what came between
-                self._offer_missed(followers, (channel, Missed(previous)), ringing)
-            item = (channel, entry)
-            for subscription in tuple(followers):
-                wakeup = subscription.offer(item)
-                if wakeup is not None:
-                    if type(wakeup) is Waiter:
-                        ringing.append(wakeup)
-                    else:
-                        wake(wakeup)
+                offer(followers, (channel, Missed(previous)), ringing)
+            offer(followers, (channel, entry), ringing)
             delivered[channel] = delivered.get(channel, 0) + len(followers)
         self.hub.count_delivered(delivered)
         if ringing:

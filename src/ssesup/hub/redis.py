@@ -105,13 +105,13 @@ class _LoopClients:
     def __init__(self, url: str) -> None:
         redis = _redis()
         no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-        # No socket timeout (redis-py's default is 5 s): the deadlines are RedisBackend._run's (see the
-        # module's docstring).
-        timeouts = {"socket_timeout": None, "socket_connect_timeout": CONNECT_TIMEOUT}
-        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry, **timeouts)
-        self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True, **timeouts)
-        for client in (self.pool, self.reader):  # the URL's query (``?socket_timeout=``) wins in from_url
-            client.connection_pool.connection_kwargs.update(timeouts)
+        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry)
+        self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True)
+        for client in (self.pool, self.reader):
+            # Set on the pool the connections are made from (lazily), where a URL's ``?socket_timeout=``
+            # cannot win over it: no socket timeout (redis-py's default is 5 s); the deadlines are
+            # RedisBackend._run's (see the module's docstring).
+            client.connection_pool.connection_kwargs.update(socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT)
         self.append = self.pool.register_script(_APPEND)
         self.wake_key = ""
         self.wake_cursor = "0-0"
