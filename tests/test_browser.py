@@ -268,7 +268,7 @@ def test_a_deploy_hands_a_hub_channel_to_the_next_process_and_the_page_misses_no
         assert published == list(range(published[0], published[0] + len(published))), numbers
     # The other process published while the page was away (longer than it takes to publish one), and
     # its numbers are on both sides of the seam: those of the gap came from history.
-    assert int(page_state["reconnectMs"]) > PUBLISH_EVERY * 1000
+    assert int(page_state["reconnectMs"]) >= PUBLISH_EVERY * 1000
     seen_before = {json.loads(data)["publisher"] for _, _, data in events[:before]}
     seen_after = {json.loads(data)["publisher"] for _, _, data in events[before:]}
     assert other.process.pid in seen_before & seen_after

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from compat_support import END_OF_BODY, LIBRARIES, Seen, dechunked, library, read_until_end
 from procs import free_port, serve
-from servers import UvicornThread, raw_request, recv_until
+from servers import UvicornThread, raw_request, recv_until, wait_until
 from ssesup import Event, SupervisedStream, Supervisor
 
 RETRY = re.compile(rb"retry: \d+\r\n\r\n")
@@ -76,6 +76,7 @@ def test_a_cooperative_generator_says_goodbye_when_should_exit_is_set(lib):
         recv_until(sock, b"data: hello")
         lib.AppStatus.should_exit = True
         raw = read_until_end(sock)
+        wait_until(lambda: seen())  # the handler runs once the end of body has gone out
     assert b"event: shutdown\r\ndata: goodbye\r\n\r\n" in raw
     assert raw.endswith(END_OF_BODY)  # the generator finished: a clean end of body with both
     if lib.name == "ssesup.compat":

@@ -59,7 +59,7 @@ def wire_app(lib, seen: Seen) -> Starlette:
 
     async def pinged():
         yield "first"
-        await anyio.sleep(1.6)
+        await anyio.sleep(1.5)  # halfway between the pings at 1 s and 2 s
         yield "second"
 
     async def one():

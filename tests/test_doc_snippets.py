@@ -31,7 +31,7 @@ from doc_blocks import ROOT, Block, fenced_blocks
 
 DRAIN_TOKEN = "snippet-test-token-0123456789abcdef"
 NOT_RUN = re.compile(r"^not-run \((?P<reason>.+)\)$")
-RUN_TIMEOUT = 90
+RUN_TIMEOUT = 180
 
 
 def markdown_files() -> list[Path]:

@@ -17,6 +17,7 @@ from apps.hub_app import Reader, make_app
 from servers import UvicornThread, recv_until, wait_until
 from ssesup import CloseReason, Event, Hub, Supervisor, Trigger
 from ssesup.hub.ids import MAX_ID_BYTES
+from ssesup.hub.memory import MemoryBackend
 from ssesup.stream import StreamEnding
 
 
@@ -144,11 +145,13 @@ def test_an_id_that_cannot_be_honoured_gets_a_gap_event_then_the_stream_goes_on(
 
 
 def test_history_is_bounded_by_age():
+    now = [0.0]
+
     async def main() -> None:
-        hub = Hub(history_ttl=0.2, metrics=False)
+        hub = Hub(metrics=False, backend=MemoryBackend(1000, 0.2, clock=lambda: now[0]))
         first = await hub.publish("orders", Event.json({"n": 0}))
         await hub.publish("orders", Event.json({"n": 1}))
-        await anyio.sleep(0.3)
+        now[0] += 0.3
         await hub.publish("orders", Event.json({"n": 2}))
         async with hub.subscribe("orders", last_event_id=first) as subscription:
             gap, event = await take(subscription, 2)

@@ -409,7 +409,7 @@ def test_a_stuck_redis_is_unavailable_at_the_deadline_and_subscriptions_carry_on
             with pytest.raises(HubUnavailable, match="unreachable"), anyio.fail_after(CALL_TIMEOUT + 10):
                 await hub.publish("stuck", "unanswered")
             waited = time.monotonic() - started
-            assert CALL_TIMEOUT - 0.5 <= waited <= CALL_TIMEOUT + 2, waited
+            assert CALL_TIMEOUT - 0.5 <= waited <= CALL_TIMEOUT + 4, waited
         finally:
             server.process.send_signal(signal.SIGCONT)
         await hub.publish("stuck", "after")
@@ -454,7 +454,7 @@ def publish_while_this_loop_waits(hub: Hub, channel: str, total: int, pad: str =
     ],
 )
 def test_a_backlog_the_reader_reads_at_once_reaches_subscribers_that_keep_up_without_overflow(
-    redis_url, total, pad, options
+    redis_url, total, pad, options, monkeypatch
 ):
     """The loop's reader falls behind Redis (here its loop is blocked while another loop publishes;
     after an outage it is the same): its next read returns the whole backlog at once, several
@@ -463,6 +463,9 @@ def test_a_backlog_the_reader_reads_at_once_reaches_subscribers_that_keep_up_wit
     mailbox drops its oldest events): the reader hands the backlog out in pieces that fit, each once the
     readers have taken the last, and does not wait for the one that stopped. (All in one step, the
     mailboxes overflowed before their subscribers could run.)"""
+    # The cap on one batch's pacing is a safety valve, not what is tested: on a loaded machine the
+    # pieces' steps may take longer than it.
+    monkeypatch.setattr("ssesup.hub.fanout.BATCH_WAIT", 10.0)
 
     async def main() -> list[list[str | None]]:
         hub = Hub(redis_url, metrics=False, overflow="drop_oldest", **options)

@@ -130,7 +130,7 @@ def test_a_cleanup_past_its_close_grace_is_cut_and_logged(capsys):
         started = time.monotonic()
         wait_until(lambda: server.recorder.reasons("/slow-cleanup") == ["client_disconnect"])
         wait_until(lambda: live_streams(server) == 0, timeout=3)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 2.5  # cut after 0.3 s; uncut it would take 3 s
         time.sleep(0.2)
         assert server.recorder.cleaned("slow") == []  # cancelled, not finished
 
@@ -229,7 +229,7 @@ def test_a_second_sigterm_force_closes_what_is_left_and_the_server_exits(tmp_pat
         server.signal(signal.SIGTERM)
         started = time.monotonic()
         server.process.wait(10)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # the waves alone would take 30 s
         for sock in clients:
             sock.close()
     assert "drain.forced" in server.log()

@@ -95,7 +95,7 @@ def test_a_disconnect_is_seen_while_the_generator_waits_and_stops_it(core_server
         started = time.monotonic()
     # The generator waits forever: only the listener can see the client leave.
     wait_until(lambda: recorder.finally_ran.count("wait") > before, timeout=5)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # without the listener: 15 s (the ping)
     assert recorder.reasons("/wait")[-1] == "client_disconnect"
 
 
@@ -193,7 +193,7 @@ def test_thousands_of_short_and_aborted_streams_leave_nothing_behind(core_server
 
 
 def test_events_arrive_as_they_are_made_not_batched_behind_later_ones(core_server):
-    with raw_request(core_server.port, "/count?n=3&every=0.05") as sock:
+    with raw_request(core_server.port, "/count?n=3&every=1") as sock:
         first = recv_until(sock, b"data: 0:")
         # The first event is there before the generator has made the second one.
         assert b"data: 1:" not in first
@@ -241,5 +241,5 @@ def test_observers_hear_what_an_open_stream_sent_within_about_a_second(core_serv
         wait_until(lambda: recorder.reported("/busy")[0] >= 1, timeout=3)
         heard_after = time.monotonic() - started
         heard = recorder.reported("/busy")[0]
-    assert heard_after < 1.5
+    assert heard_after < 2.5
     assert heard < 500, "the report came while the stream was still sending"
