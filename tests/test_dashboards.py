@@ -207,8 +207,11 @@ def run_load(port: int, seconds: float) -> bool:
             time.sleep(0.2)
 
     def stall() -> None:
+        # Held until the app's send timeout (1 s) has closed it, however long a loaded machine takes.
+        timed_out = {"route": "/flood", "reason": "send_timeout"}
+        url = f"http://127.0.0.1:{port}"
         with raw_request(port, "/flood", rcvbuf=4096):
-            stop.wait(2.5)  # the app's send timeout is 1 s
+            wait_until(lambda: sample(url, "ssesup_streams_closed_total", **timed_out), timeout=15, interval=0.1)
 
     def publish(channel: str, count: int, size: int = 0) -> list[str]:
         url = f"http://127.0.0.1:{port}/publish?channel={channel}&count={count}&size={size}"
