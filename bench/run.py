@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -351,18 +352,17 @@ def measure_bursts(
             return client.latency_summary(samples, per_turn * plan.latency_turns)
 
         in_turns("latency", plan.latency_turns, latency, latency_merged)
+
+        def burst(kind: str, port: int) -> Any:
+            return client.burst(port, plan.burst_n, plan.size, 1, kind=kind, ids=kind != "burst")
+
+        def burst_merged(kind: str, parts: list[dict]) -> dict:
+            rates = [rate for part in parts for rate in part["runs"]]
+            checked = sum(part["ids_checked"] for part in parts) if kind != "burst" else None
+            return client.burst_summary(rates, plan.burst_n, plan.size, checked)
+
         for kind in BURSTS:
-            ids = kind != "burst"
-
-            def burst(port: int) -> Any:
-                return client.burst(port, plan.burst_n, plan.size, 1, kind=kind, ids=ids)  # noqa: B023 (called now)
-
-            def burst_merged(parts: list[dict]) -> dict:
-                rates = [rate for part in parts for rate in part["runs"]]
-                checked = sum(part["ids_checked"] for part in parts) if ids else None  # noqa: B023 (called now)
-                return client.burst_summary(rates, plan.burst_n, plan.size, checked)
-
-            in_turns(kind, plan.burst_runs, burst, burst_merged)
+            in_turns(kind, plan.burst_runs, functools.partial(burst, kind), functools.partial(burst_merged, kind))
     return out
 
 

@@ -168,11 +168,8 @@ class Hub:
 
     async def aclose(self) -> None:
         """Release this event loop's connections to the engine (the next use connects again)."""
-        try:
-            live = self._live.get()
-        except LookupError:
-            pass
-        else:
+        live = self._live.get(None)
+        if live is not None:
             await live.reader_stopped()  # a reader its last subscription cancelled ends on its connection
         await self.backend.close()
 

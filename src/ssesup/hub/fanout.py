@@ -144,8 +144,7 @@ class LoopHub:
         engine's connections are not closed under its cancelled read."""
         task = self._task
         if self._reader is None and isinstance(task, asyncio.Task) and not task.done():
-            with anyio.move_on_after(1.0):
-                await asyncio.wait((task,))
+            await asyncio.wait((task,), timeout=1.0)
 
     def published(self, channel: str) -> None:
         """This loop published to ``channel``: fan out what the engine holds already, in this step of the
