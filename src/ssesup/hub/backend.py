@@ -47,13 +47,17 @@ class Entry:
     position of the entry before it in that channel when the engine knows it (``previous``): a reader
     whose cursor is before ``previous`` missed what history dropped in between."""
 
-    __slots__ = ("_encoded", "event", "position", "previous")
+    __slots__ = ("_encoded", "event", "last_framed", "position", "previous")
 
     def __init__(self, position: Position, event: Event, previous: Position | None = None) -> None:
         self.position = position
         self.event = event
         self.previous = previous
         self._encoded: dict[object, bytes] = {}
+        # (key, bytes) of the last framed(), one attribute (loops in other threads read it whole): a
+        # fan-out asks for the same key for every subscriber, who compare theirs to it (equal tuples:
+        # no hash, no call) before they call framed().
+        self.last_framed: tuple[tuple[str, str, str] | None, bytes] = (None, b"")
 
     def body(self, sep: str) -> bytes:
         """The event encoded with ``sep``, made once per separator however many subscribers get it."""
@@ -71,6 +75,7 @@ class Entry:
             sep, epoch, digest = key
             event_id = format_id(epoch, digest, (self.position,))
             framed = self._encoded[key] = b"id: " + event_id.encode() + sep.encode() + self.body(sep)
+        self.last_framed = (key, framed)
         return framed
 
 

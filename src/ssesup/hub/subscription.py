@@ -186,7 +186,9 @@ class Subscription:
             return None
         mailbox = self.mailbox
         mailbox.append(item)
-        self._bytes += len(item[1].body(self.sep))
+        entry = item[1]
+        # The body is made by then for most subscribers (the first one made it): a lookup, not a call.
+        self._bytes += len(entry._encoded.get(self.sep) or entry.body(self.sep))
         if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
             if self.overflow is Overflow.DISCONNECT:
                 self._disconnect()
@@ -273,7 +275,10 @@ class Subscription:
                         return
                     continue
                 channel, entry = mailbox.popleft()
-                self._bytes -= len(entry.body(sep))
+                if mailbox:
+                    self._bytes -= len(entry.body(sep))
+                else:
+                    self._bytes = 0  # what it held was this entry alone (the common case: no body looked up)
                 position = entry.position
                 if position <= positions[channel]:
                     continue
@@ -282,7 +287,9 @@ class Subscription:
                     yield self._gap(encode, GapReason.EXPIRED, [channel])
                     continue
                 if one_channel:
-                    yield entry.framed(self._frame)
+                    frame = self._frame
+                    key, framed = entry.last_framed
+                    yield framed if key == frame else entry.framed(frame)
                 else:
                     yield self._framed(entry) if encode else self._event(entry)
         finally:

@@ -2,7 +2,7 @@
 many subscribers with one callback of the loop.
 
 Owns: :class:`Waiter`, a Future-compatible object (the protocol asyncio's tasks accept for third-party
-futures: ``_asyncio_future_blocking``, ``add_done_callback``, ``result``, ``cancel``, ``get_loop``) that
+futures: ``_asyncio_future_blocking``, ``add_done_callback``, ``result``, ``cancel``, ``_loop``) that
 one task at a time awaits and that is armed again for the next wait, and :func:`ring`, which wakes a list
 of them in order within one callback of the loop (:func:`ring_soon` schedules it). Does not own what a
 subscriber waits for (its mailbox, ``ssesup.hub.subscription``) or who is woken (``ssesup.hub.fanout``).
@@ -91,8 +91,8 @@ class Waiter:
 
     # -- the Future protocol (what the task calls) ---------------------------------------------------
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+    # No get_loop(): a task takes the loop of a future without one from its ``_loop`` (asyncio's
+    # ``futures._get_loop``, and the C task alike), with no call per wait.
 
     def add_done_callback(self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None) -> None:
         self._callback = fn
