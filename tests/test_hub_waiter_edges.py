@@ -170,6 +170,63 @@ def same_as_a_future(run, act) -> tuple[Any, ...]:
     return run(main)
 
 
+# -- the protocol, against a future ---------------------------------------------------------------------
+
+
+def _states(waitable: Any) -> Callable[[], Awaitable[list[str]]]:
+    """What ``result()``, ``done()`` and ``cancelled()`` of ``waitable()`` (a fresh one per wait) say
+    before a task waits, while it waits, woken, after the task ran, and cancelled with a message."""
+
+    async def main() -> list[str]:
+        said: list[str] = []
+
+        def look(what: Any) -> None:
+            try:
+                outcome = repr(what.result())
+            except BaseException as error:  # what it raises is what is compared
+                outcome = f"{type(error).__name__}{error.args}"
+            said.append(f"{outcome} done={what.done()} cancelled={what.cancelled()}")
+
+        async def wait(what: Any) -> None:
+            await what
+
+        woken = waitable()
+        look(woken)
+        task = asyncio.create_task(wait(woken))
+        await asyncio.sleep(0)
+        look(woken)
+        woken.set_result(None) if isinstance(woken, asyncio.Future) else woken.set()
+        look(woken)
+        await task
+        if isinstance(woken, asyncio.Future):
+            woken = waitable()  # a future is done for good; a waiter is ready for the next wait
+        look(woken)
+        task = asyncio.create_task(wait(woken))
+        await asyncio.sleep(0)
+        task.cancel("bye")
+        look(woken)  # before the task runs: a waiter is ready again once it has
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return said
+
+    return main
+
+
+def test_a_waiter_s_result_done_and_cancelled_say_what_a_future_s_say_in_each_state(run):
+    reference = run(_states(lambda: asyncio.get_running_loop().create_future()))
+    assert reference == [
+        "InvalidStateError('Result is not set.',) done=False cancelled=False",
+        "InvalidStateError('Result is not set.',) done=False cancelled=False",
+        "None done=True cancelled=False",
+        "InvalidStateError('Result is not set.',) done=False cancelled=False",
+        "CancelledError('bye',) done=True cancelled=True",
+    ]
+    ours = run(_states(lambda: Waiter(asyncio.get_running_loop())))
+    # The same but the words of InvalidStateError; and a waiter the task resumed from is ready again.
+    assert [line.replace("the waiter has not been woken", "Result is not set.") for line in ours] == reference
+    assert not hasattr(Waiter, "get_loop")  # tasks take its loop from _loop (no call per wait)
+
+
 # -- cancellation, against a future ----------------------------------------------------------------------
 
 

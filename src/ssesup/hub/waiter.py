@@ -37,11 +37,17 @@ class Waiter:
     Awaited by one task at a time; once that task has resumed, the waiter can be awaited again.
     """
 
-    __slots__ = ("_asyncio_future_blocking", "_callback", "_context", "_loop", "_message", "_state")
+    __slots__ = ("_asyncio_future_blocking", "_callback", "_context", "_loop", "_message", "_state", "result")
+
+    result: Callable[[], None]
+    """What the woken task calls (asyncio's ``Future.result``): ``None`` once woken, ``CancelledError``
+    once cancelled, ``InvalidStateError`` before. Kept per state rather than a method that reads the
+    state: a woken waiter's is ``NoneType`` itself, which returns ``None`` with no Python call."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._state = IDLE
+        self.result = _not_woken
         self._callback: Callable[[Any], object] | None = None
         self._context: contextvars.Context | None = None
         self._message: Any = None
@@ -65,6 +71,7 @@ class Waiter:
             return self  # to the task, which waits for its callback
         # Resumed: ready for the next wait (whoever woke it took its callback; the task reset the flag).
         self._state = IDLE
+        self.result = _not_woken
         if state == CANCELLED:
             raise self._cancelled_error()
         raise StopIteration
@@ -81,11 +88,15 @@ class Waiter:
     def close(self) -> None:
         self._rearm()
 
+    def _raise_cancelled(self) -> None:
+        raise self._cancelled_error()
+
     def _cancelled_error(self) -> asyncio.CancelledError:
         return asyncio.CancelledError(*(() if self._message is None else (self._message,)))
 
     def _rearm(self) -> None:
         self._state = IDLE
+        self.result = _not_woken
         self._callback = self._context = self._message = None
         self._asyncio_future_blocking = False
 
@@ -112,12 +123,6 @@ class Waiter:
     def cancelled(self) -> bool:
         return self._state == CANCELLED
 
-    def result(self) -> None:
-        if self._state == CANCELLED:
-            raise self._cancelled_error()
-        if self._state != SET:
-            raise asyncio.InvalidStateError("the waiter has not been woken")
-
     def exception(self) -> BaseException | None:
         self.result()
         return None
@@ -128,6 +133,7 @@ class Waiter:
             return False
         self._state = CANCELLED
         self._message = msg
+        self.result = self._raise_cancelled
         if self._callback is not None:
             self._schedule()
         return True
@@ -138,6 +144,7 @@ class Waiter:
         """Wake the waiting task at the loop's next step (nothing when no task waits)."""
         if self._state == ARMED:
             self._state = SET
+            self.result = _WOKEN
             if self._callback is not None:
                 self._schedule()
 
@@ -146,6 +153,13 @@ class Waiter:
         self._callback = self._context = None
         assert callback is not None
         self._loop.call_soon(callback, self, context=context)
+
+
+_WOKEN = type(None)  # calling it returns None, in C: the result of a woken waiter
+
+
+def _not_woken() -> None:
+    raise asyncio.InvalidStateError("the waiter has not been woken")
 
 
 def ring_soon(waiters: Sequence[Waiter]) -> None:
@@ -166,6 +180,7 @@ def ring(waiters: Sequence[Waiter], start: int = 0) -> None:
             if waiter._state != ARMED:
                 continue
             waiter._state = SET
+            waiter.result = _WOKEN
             callback = waiter._callback
             if callback is None:  # the task has not looked yet: it will find the waiter done
                 continue
