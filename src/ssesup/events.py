@@ -286,6 +286,8 @@ def encode_item(item: object, sep: str) -> bytes:
             if "\r" not in text and "\n" not in text:
                 return f"data: {text}{sep}{sep}".encode()
         return item.encode(sep)  # type: ignore[attr-defined]
+    if kind is bytes:  # encoded already: what a hub's stream sends, once per subscriber and event
+        return item  # type: ignore[return-value]
     if kind is str:
         return encode_data_line(item, sep)  # type: ignore[arg-type]
     if kind is dict:
