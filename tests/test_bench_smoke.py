@@ -1,7 +1,8 @@
 """The benchmark's smoke mode, ssesup against the floor: the bench still runs end to end, nothing is lost
 (the realistic bursts' ids arrive in order), and a SIGTERM drain gives every stream its farewell and a
 proper end of body; the systems take turns scenario by scenario (the bursts burst by burst); and the
-many-cores load reads its bursts to their end on one and two workers.
+many-cores load reads its bursts to their end on one and two workers; and the hub's instruction count
+(bench/instructions.py, under valgrind) runs and repeats.
 
 Timings are not asserted here (CI machines are noisy); the figures live in docs/benchmarks.md.
 """
@@ -13,6 +14,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = "latency,burst,burst_fields,burst_dict,fanout,idle,drain"
@@ -74,3 +77,23 @@ def test_bench_smoke_many_cores_reads_every_burst_to_its_end_on_one_and_two_work
         )
         assert line is not None, out
         assert all(int(figure.replace(",", "")) > 0 for figure in line.groups()), out
+
+
+def test_bench_instructions_counts_the_hub_s_instructions_per_delivery_and_they_repeat():
+    """bench/instructions.py under valgrind (scripts/install-valgrind.sh): the floor's and the hub's
+    instructions per delivered event at 50 subscribers, the hub's counted twice for the same code: the
+    same count (the hash seed is fixed: the figure does not move with the machine)."""
+    src = str(ROOT / "src")
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--subscribers", "50", "--src", src, "--src", src],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    counts = re.findall(r"^(floor|hub \d)(?: \(.*\))?: ([\d,]+) instructions per delivered event", run.stdout, re.M)
+    assert [name for name, _ in counts] == ["floor", "hub 1", "hub 2"], run.stdout
+    floor, first, second = (int(count.replace(",", "")) for _, count in counts)
+    assert all(1_000 < count < 1_000_000 for count in (floor, first, second)), run.stdout
+    assert second == pytest.approx(first, rel=0.01), run.stdout
