@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-import sys
 from collections.abc import Sequence
 
 Position = tuple[int, int]
@@ -74,9 +73,9 @@ def parse_token(token: str) -> Position:
 
 
 def channels_digest(channels: Sequence[str]) -> str:
-    """Eight hex digits naming the channels in their order (interned: the subscribers of a channel
-    share one str, so comparing their keys of ``Entry.framed`` is by identity)."""
-    return sys.intern(hashlib.blake2s("\0".join(channels).encode("utf-8"), digest_size=4).hexdigest())
+    """Eight hex digits naming the channels in their order. Not interned: on Python 3.12 an interned
+    str is never freed, and channel names may be made per user or per request."""
+    return hashlib.blake2s("\0".join(channels).encode("utf-8"), digest_size=4).hexdigest()
 
 
 def check_epoch(epoch: str) -> str:
