@@ -160,13 +160,20 @@ def run_here(name: str, subscribers: int, events: int) -> dict[str, float]:
     return runner(RUNS[name](subscribers, events))
 
 
-def run_apart(name: str, subscribers: int, events: int, src: Path | None = None) -> dict[str, float]:
-    """One run in a fresh process (``src``: the directory of the ssesup package it imports)."""
+def child(name: str, subscribers: int, events: int, src: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of one run in a process of its own (``src``: the directory of the
+    ssesup package it imports)."""
     path = os.pathsep.join(str(p) for p in (src, ROOT, os.environ.get("PYTHONPATH", "")) if p)
     command = [sys.executable, "-m", "bench.hub", "--child", name, "--subscribers", str(subscribers)]
+    return [*command, "--events", str(events)], {**os.environ, "PYTHONPATH": path}
+
+
+def run_apart(name: str, subscribers: int, events: int, src: Path | None = None) -> dict[str, float]:
+    """One run in a fresh process (``src``: the directory of the ssesup package it imports)."""
+    command, env = child(name, subscribers, events, src)
     done = subprocess.run(
-        [*command, "--events", str(events)],
-        env={**os.environ, "PYTHONPATH": path},
+        command,
+        env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,

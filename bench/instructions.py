@@ -18,14 +18,12 @@ worktree's ``src`` (without one: the ssesup that ``import ssesup`` finds).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from bench.hub import ROOT
+from bench.hub import ROOT, child
 
 FEW, MANY = 20, 60  # timed publishes of the two runs
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -36,11 +34,10 @@ def instructions(system: str, subscribers: int, events: int, src: Path | None = 
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("bench.instructions needs valgrind (apt-get install valgrind)")
-    path = os.pathsep.join(str(p) for p in (src, ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    child = [sys.executable, "-m", "bench.hub", "--child", system, "--subscribers", str(subscribers)]
+    command, env = child(system, subscribers, events, src)
     done = subprocess.run(
-        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *child, "--events", str(events)],
-        env={**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "0"},
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        env={**env, "PYTHONHASHSEED": "0"},
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,7 +1,8 @@
 # Sourced by the scripts/install-*.sh: `apt_install NAME PACKAGE...` installs Debian packages for the
 # tests, as root, without starting any service they ship (the tests start their own on 127.0.0.1), and
 # with one `apt-get update` when the package lists are missing or too old to name a package.
-# NAME is the calling script's name, for its messages.
+# NAME is the calling script's name, for its messages. `install_programs` (below) wraps it for the
+# scripts that install programs on PATH: nothing to do when they are there, checked after installing.
 
 apt_install() {
     name=$1
@@ -23,4 +24,26 @@ apt_install() {
     fi
     # A stale package list can name a version the mirror no longer has: update once and try again.
     apt-get install -y --no-install-recommends "$@" || { apt-get update && apt-get install -y --no-install-recommends "$@"; }
+}
+
+# `install_programs NAME "PROGRAM..." "VERSION COMMAND" PACKAGE...`: nothing to do when every PROGRAM is
+# on PATH; else apt_install the PACKAGEs, after which every PROGRAM must be on PATH. Says the version.
+install_programs() {
+    name=$1
+    programs=$2
+    version=$3
+    shift 3
+    if on_path $programs; then
+        echo "$programs already installed: $(eval "$version")"
+        return 0
+    fi
+    apt_install "$name" "$@"
+    on_path $programs
+    echo "installed: $(eval "$version")"
+}
+
+on_path() {
+    for program in "$@"; do
+        command -v "$program" >/dev/null 2>&1 || return 1
+    done
 }

@@ -5,13 +5,5 @@
 # Idempotent: does nothing when nft, ip and ss are on PATH. Run as root on Debian.
 set -eu
 
-if command -v nft >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; then
-    echo "netns tools already installed: $(nft --version)"
-    exit 0
-fi
-
 . "$(dirname "$0")/apt.sh"
-apt_install install-netns-tools.sh nftables iproute2
-
-command -v nft >/dev/null 2>&1
-echo "installed: $(nft --version)"
+install_programs install-netns-tools.sh "nft ip ss" 'nft --version' nftables iproute2

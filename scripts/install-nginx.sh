@@ -4,13 +4,5 @@
 # (the tests start their own nginx on 127.0.0.1 with a configuration in a temporary directory).
 set -eu
 
-if command -v nginx >/dev/null 2>&1; then
-    echo "nginx already installed: $(nginx -v 2>&1)"
-    exit 0
-fi
-
 . "$(dirname "$0")/apt.sh"
-apt_install install-nginx.sh nginx
-
-command -v nginx >/dev/null 2>&1
-echo "installed: $(nginx -v 2>&1)"
+install_programs install-nginx.sh "nginx" 'nginx -v 2>&1' nginx

@@ -4,13 +4,5 @@
 # (the tests start their own redis-server on 127.0.0.1 on a free port, see tests/test_hub_redis.py).
 set -eu
 
-if command -v redis-server >/dev/null 2>&1; then
-    echo "redis-server already installed: $(redis-server --version | head -n 1)"
-    exit 0
-fi
-
 . "$(dirname "$0")/apt.sh"
-apt_install install-redis.sh redis-server
-
-command -v redis-server >/dev/null 2>&1
-echo "installed: $(redis-server --version | head -n 1)"
+install_programs install-redis.sh "redis-server" 'redis-server --version | head -n 1' redis-server

@@ -4,13 +4,5 @@
 # valgrind is already on PATH. Run as root on Debian.
 set -eu
 
-if command -v valgrind >/dev/null 2>&1; then
-    echo "valgrind already installed: $(valgrind --version)"
-    exit 0
-fi
-
 . "$(dirname "$0")/apt.sh"
-apt_install install-valgrind.sh valgrind
-
-command -v valgrind >/dev/null 2>&1
-echo "installed: $(valgrind --version)"
+install_programs install-valgrind.sh "valgrind" 'valgrind --version' valgrind
