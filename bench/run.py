@@ -515,8 +515,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--src", help="the directory holding the ssesup package to measure (default: this tree's src)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
-    p.add_argument("--no-report", action="store_true", help="write no Markdown or PNG")
-    p.add_argument("--json", default=None, help="results JSON (default bench/results/latest.json; none in smoke)")
+    p.add_argument(
+        "--no-report", action="store_true", help="write no Markdown, PNG or latest.json (the last report's stays)"
+    )
+    p.add_argument(
+        "--json", default=None, help="summary JSON (default: bench/results/latest.json with the report, else none)"
+    )
     return p.parse_args(argv)
 
 
@@ -569,12 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     bad = failures(runs)
     summary = report.summarize(result)
     say(report.console(summary))
-    if not args.smoke:
+    # latest.json is the summary of the run the report shows: a run without a report (or a smoke run)
+    # writes a summary only where --json says.
+    if not args.smoke and not args.no_report:
         Path(args.json or RESULTS / "latest.json").write_text(json.dumps(summary, indent=1) + "\n")
-        if not args.no_report:
-            md = Path(args.report or ROOT / "docs" / "benchmarks.md")
-            report.write(summary, md)
-            say(f"wrote {md} and {md.with_suffix('.png')}")
+        md = Path(args.report or ROOT / "docs" / "benchmarks.md")
+        report.write(summary, md)
+        say(f"wrote {md} and {md.with_suffix('.png')}")
     elif args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     if bad:
