@@ -180,7 +180,10 @@ TARGETS = [
      "hub: RSS per subscriber flat within 1.5x from 1k to 20k subscribers"),
     ("hub_redis.cpu_us_per_delivered", "peer", "<=", 1.0,
      "hub on Redis, 2 processes: CPU per delivered event <= sse-starlette with broadcaster's"),
-    ("hub_redis.p99_vs_inprocess", "abs", "<=", 1.5, "hub on Redis, 2 processes: p99 <= 1.5x the in-process hub's"),
+    # "ssesup's in-process hub": Hub() in memory in one process, under the same load over the same sockets
+    # (the like-for-like reference; the hub without HTTP is reported beside it, for information).
+    ("hub_redis.p99_vs_memory", "abs", "<=", 1.5,
+     "hub on Redis, 2 processes: p99 <= 1.5x the in-process hub's (Hub() in memory, same streams and sockets)"),
     ("hub_redis.delivered", "abs", ">=", 1.0, "hub on Redis, 2 processes: 100% delivered"),
     ("hub_resume.delivered", "abs", ">=", 1.0,
      "resume across processes: every number received (a duplicate, disorder or gap fails the run)"),
@@ -362,7 +365,7 @@ def _target_value(t: dict) -> str:
     if (
         t["how"] in ("ratio", "peer")
         or t["metric"] == "cores.scaling"
-        or t["metric"].endswith(("_growth", "_vs_inprocess"))
+        or t["metric"].endswith(("_growth", "_vs_inprocess", "_vs_memory"))
     ):
         return f"{v:.2f}x"
     if t["metric"].endswith(("delivered", "farewell")):
