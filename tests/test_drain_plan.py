@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 
 import httpx
@@ -75,3 +76,35 @@ def test_force_close_ends_every_stream_with_shutdown_and_a_clean_body():
         assert b"retry: " in body
         wait_until(lambda: recorder.reasons("/wait") == ["shutdown"])
         wait_until(lambda: "wait" in recorder.finally_ran)
+
+
+# The senders the forced close started are cancelled before their first step, as at a real forced exit:
+# their coroutines never run (collected below, so that the warning is raised here and filtered).
+@pytest.mark.filterwarnings("ignore:coroutine 'SupervisedStream._send_queued' was never awaited")
+def test_streams_the_server_cancels_right_after_a_forced_close_still_get_their_farewell():
+    # A server's forced exit (uvicorn's, after a second signal) cancels every task, maybe in the loop
+    # turn right after the supervisor closed every stream and before any stream's sender ran.
+    supervisor = Supervisor(ping=0, drain_on_signals=False)
+    app, _ = make_app(supervisor)
+    with UvicornThread(app) as server, contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(raw_request(server.port, "/wait")) for _ in range(5)]
+        for sock in socks:
+            recv_until(sock, b"data: waiting")
+
+        def force_close_then_cancel() -> list[str]:
+            supervisor.force_close()
+            # As asyncio.run does at the end: every task of the app at once, the senders just started too.
+            server_tasks = ("UvicornThread.", "Server.")
+            current = asyncio.current_task()
+            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            cancelled = [task for task in tasks if not task.get_coro().__qualname__.startswith(server_tasks)]
+            for task in cancelled:
+                task.cancel()
+            return sorted(task.get_coro().__qualname__ for task in cancelled)
+
+        cancelled = server.call(force_close_then_cancel)
+        assert cancelled.count("RequestResponseCycle.run_asgi") == 5, cancelled
+        for sock in socks:
+            body = recv_until(sock, b"0\r\n\r\n")  # the proper end of the chunked body, not a reset
+            assert b"retry: " in body
+    gc.collect()

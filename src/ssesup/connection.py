@@ -2,7 +2,8 @@
 
 Owns: finding the server's connection object behind an ASGI ``send`` callable, releasing it (closed at
 once with a reset, so its socket, file descriptor and kernel buffers are freed even when the peer
-reads nothing or has vanished), and reading whether the peer still acknowledges what was sent. Does
+reads nothing or has vanished), reading whether the peer still acknowledges what was sent, and whether
+the server's buffer of it is empty (the peer keeps up). Does
 not own: deciding when (the actor asks, after its machine closed the stream) or why.
 
 ASGI gives an application no handle on its connection, and a server that is asked to close a
@@ -61,6 +62,18 @@ class Connection:
         elif sock is not None:
             with contextlib.suppress(OSError, ValueError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def keeps_up(self) -> bool:
+        """Whether everything written so far has left the server's own buffer for the kernel's (an
+        asyncio or uvloop transport with an empty write buffer): a last small write will not wait on a
+        peer that does not read. False where unknown (trio)."""
+        transport = self._transport
+        if transport is None:
+            return False
+        try:
+            return transport.get_write_buffer_size() == 0 and not transport.is_closing()
+        except Exception:  # a transport of another kind
+            return False
 
     def unacknowledged(self) -> bool | None:
         """True while sent bytes wait for the peer's acknowledgement and the kernel is retransmitting

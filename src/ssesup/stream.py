@@ -380,7 +380,13 @@ class SupervisedStream(Response):
                 self._timer.cancel()
             hooks = self._hooks
             raised = hooks is not None and hooks.error is not None
-            if self._response_started and not self._body_ended and self.close_reason not in _GONE and not raised:
+            if (
+                self._response_started
+                and not self._body_ended
+                and self.close_reason not in _GONE
+                and not raised
+                and not await self._last_words()
+            ):
                 self._release()  # bytes left unsent: free the connection now, not when its peer reads
                 with anyio.CancelScope(shield=True):
                     await anyio.lowlevel.checkpoint()  # the server hears of the abort before the app returns
@@ -742,6 +748,31 @@ class SupervisedStream(Response):
         if self._stalled_since is None:
             self._stalled_since = now
         return now - self._stalled_since >= self._dead_peer_timeout
+
+    async def _last_words(self) -> bool:
+        """The farewell and the end of the body, sent here when the stream was cancelled from outside
+        before its sender sent them (a server's forced exit cancels every task, maybe the moment after a
+        second signal made the supervisor close every stream). Only for an ending that gets a farewell,
+        with no send waiting and a peer that keeps up (see ``Connection.keeps_up``); shielded, within
+        ``FAREWELL_BUDGET``. True when the body was ended; otherwise the connection is released."""
+        send = self._transport_send
+        if send is None or self.close_reason not in _FAREWELL or self._send_started is not None:
+            return False
+        connection = self._connection = self._connection or find_connection(send)
+        if connection is None or not connection.keeps_up():
+            return False
+        body = b"".join(self._queue)
+        self._queue.clear()
+        self._queued_bytes = self._queued_pings = 0
+        with anyio.move_on_after(FAREWELL_BUDGET, shield=True):
+            try:
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                await send(_END_OF_BODY)
+            except Exception:  # the connection went meanwhile: nothing more to say
+                return False
+            self._body_ended = True
+        return self._body_ended
 
     def _release(self) -> None:
         """Close the connection now (reset), discarding what is unsent: see ``ssesup.connection``."""
