@@ -72,7 +72,7 @@ class Connection:
             return False
         try:
             return transport.get_write_buffer_size() == 0 and not transport.is_closing()
-        except Exception:  # a transport of another kind
+        except (AttributeError, NotImplementedError):  # a transport that does not say (asyncio's base class)
             return False
 
     def unacknowledged(self) -> bool | None:

@@ -499,15 +499,7 @@ class SupervisedStream(Response):
                 # One send at a time: while the producer sends an event that arrived alone, wait for it.
                 if self._send_started is None:
                     if queue:
-                        body = queue[0] if len(queue) == 1 else b"".join(queue)
-                        events, pings = len(queue) - self._queued_pings, self._queued_pings
-                        queue.clear()
-                        self._queued_bytes = self._queued_pings = 0
-                        if self._producer_space is not None:
-                            wake(self._producer_space)
-                            self._producer_space = None
-                        message = {"type": "http.response.body", "body": body, "more_body": True}
-                        if not await self._send(send, message, events, pings):
+                        if not await self._send(send, *self._take_queue()):
                             return
                         continue
                     if self._machine.closed:
@@ -521,6 +513,19 @@ class SupervisedStream(Response):
                 await wait(sender_wake)
         finally:
             self._sender_running = False
+
+    def _take_queue(self) -> tuple[Message, int, int]:
+        """Everything queued as one body chunk, with its count of events and pings; the queue emptied
+        and a producer that waits for room woken."""
+        queue = self._queue
+        body = queue[0] if len(queue) == 1 else b"".join(queue)
+        events, pings = len(queue) - self._queued_pings, self._queued_pings
+        queue.clear()
+        self._queued_bytes = self._queued_pings = 0
+        if self._producer_space is not None:
+            wake(self._producer_space)
+            self._producer_space = None
+        return {"type": "http.response.body", "body": body, "more_body": True}, events, pings
 
     def _start_sender(self) -> None:
         """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
@@ -735,14 +740,12 @@ class SupervisedStream(Response):
     def _peer_is_dead(self, now: float) -> bool:
         """Whether the kernel has been retransmitting unacknowledged bytes for the dead-peer timeout:
         the first check that finds them marks the start, a check that finds none clears it."""
-        if self._connection is None:
-            if self._transport_send is None:
-                return False
-            self._connection = find_connection(self._transport_send)
-            if self._connection is None:
+        connection = self._server_connection()
+        if connection is None:
+            if self._transport_send is not None:
                 self._dead_peer_timeout = 0.0  # not a server whose connection ssesup can read
-                return False
-        if not self._connection.unacknowledged():
+            return False
+        if not connection.unacknowledged():
             self._stalled_since = None
             return False
         if self._stalled_since is None:
@@ -758,27 +761,23 @@ class SupervisedStream(Response):
         send = self._transport_send
         if send is None or self.close_reason not in _FAREWELL or self._send_started is not None:
             return False
-        connection = self._connection = self._connection or find_connection(send)
+        connection = self._server_connection()
         if connection is None or not connection.keeps_up():
             return False
-        body = b"".join(self._queue)
-        self._queue.clear()
-        self._queued_bytes = self._queued_pings = 0
         with anyio.move_on_after(FAREWELL_BUDGET, shield=True):
-            try:
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                await send(_END_OF_BODY)
-            except Exception:  # the connection went meanwhile: nothing more to say
-                return False
-            self._body_ended = True
+            flushed = not self._queue or await self._send(send, *self._take_queue())
+            self._body_ended = flushed and await self._send(send, _END_OF_BODY)
         return self._body_ended
+
+    def _server_connection(self) -> Connection | None:
+        """The server's connection behind this stream's ``send``, looked up once it is needed."""
+        if self._connection is None and self._transport_send is not None:
+            self._connection = find_connection(self._transport_send)
+        return self._connection
 
     def _release(self) -> None:
         """Close the connection now (reset), discarding what is unsent: see ``ssesup.connection``."""
-        connection = self._connection
-        if connection is None and self._transport_send is not None:
-            connection = self._connection = find_connection(self._transport_send)
+        connection = self._server_connection()
         if connection is not None:
             try:
                 connection.release()
