@@ -474,6 +474,9 @@ class SupervisedStream(Response):
                     if not self._sender_running:
                         self._start_sender()
                     if self._queued_bytes >= HIGH_WATER:
+                        # Nothing more is pulled until there is room: back-pressure reaches the generator.
+                        # The item and its bytes are the queue's now (one copy of a large event, not two).
+                        item = chunk = None
                         self._producer_space = space = self._wakeup()
                         await wait(space)
         except StreamEnding as ending:
@@ -499,7 +502,10 @@ class SupervisedStream(Response):
                 # One send at a time: while the producer sends an event that arrived alone, wait for it.
                 if self._send_started is None:
                     if queue:
-                        if not await self._send(send, *self._take_queue()):
+                        sent = await self._send(send, *self._take_queue())
+                        if self._producer_space is not None and self._queued_bytes < HIGH_WATER:
+                            self._wake_producer()  # a chunk over the high-water mark: room once it is out
+                        if not sent:
                             return
                         continue
                     if self._machine.closed:
@@ -515,17 +521,24 @@ class SupervisedStream(Response):
             self._sender_running = False
 
     def _take_queue(self) -> tuple[Message, int, int]:
-        """Everything queued as one body chunk, with its count of events and pings; the queue emptied
-        and a producer that waits for room woken."""
+        """Everything queued as one body chunk, with its count of events and pings; the queue emptied.
+
+        A producer that waits for room is woken now when the chunk is at most the high-water mark (it
+        fills the next one while this one is sent), else only once the chunk is out (the sender wakes
+        it): a large event in flight holds the producer, so the next one is not pulled and encoded
+        beside it, and memory per stream is one event plus the high-water mark."""
         queue = self._queue
         body = queue[0] if len(queue) == 1 else b"".join(queue)
         events, pings = len(queue) - self._queued_pings, self._queued_pings
         queue.clear()
         self._queued_bytes = self._queued_pings = 0
-        if self._producer_space is not None:
-            wake(self._producer_space)
-            self._producer_space = None
+        if self._producer_space is not None and len(body) <= HIGH_WATER:
+            self._wake_producer()
         return {"type": "http.response.body", "body": body, "more_body": True}, events, pings
+
+    def _wake_producer(self) -> None:
+        wake(self._producer_space)
+        self._producer_space = None
 
     def _start_sender(self) -> None:
         """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
