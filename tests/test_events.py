@@ -471,7 +471,7 @@ def test_check_separator_accepts_crlf_lf_and_cr(sep: str) -> None:
 
 @pytest.mark.parametrize("sep", ["", " ", "\n\r", "\r\n\r\n", "\u2028", "\x85", ";"])
 def test_check_separator_rejects_anything_else(sep: str) -> None:
-    with pytest.raises(ValueError, match="separator must be one of"):
+    with pytest.raises(ValueError, match="the line separator, must be one of"):
         check_separator(sep)
 
 

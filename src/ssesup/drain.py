@@ -17,6 +17,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ssesup import checks
+
 WAVE_SIZE = 50
 """A drain of up to this many streams closes them all at once; more are spread in waves."""
 MAX_WAVES = 10
@@ -38,15 +40,10 @@ class DrainSettings:
     on_signals: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.grace, bool) or not isinstance(self.grace, (int, float)) or not self.grace > 0:
-            raise ValueError(f"drain grace must be a number of seconds > 0, not {self.grace!r}")
-        if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
-            raise ValueError(f"retry_after must be a whole number of seconds >= 0, not {self.retry_after!r}")
-        low, high = self.reconnect
-        if not 0 <= low <= high:
-            raise ValueError(
-                f"reconnect must be a range (low, high) of seconds with 0 <= low <= high: {self.reconnect}"
-            )
+        object.__setattr__(self, "grace", checks.seconds("drain_grace", self.grace, positive=True))
+        object.__setattr__(self, "retry_after", checks.whole("retry_after", self.retry_after, minimum=0))
+        object.__setattr__(self, "reconnect", checks.seconds_range("reconnect", self.reconnect))
+        object.__setattr__(self, "on_signals", checks.flag("drain_on_signals", self.on_signals))
 
 
 def wave_offsets(count: int, grace: float) -> list[float]:

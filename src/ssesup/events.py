@@ -497,5 +497,5 @@ def _from_fastapi_event(item: Any) -> Event:
 
 def check_separator(sep: str) -> str:
     if sep not in LINE_SEPARATORS:
-        raise ValueError(f"separator must be one of {LINE_SEPARATORS!r}, not {sep!r}")
+        raise ValueError(f"sep, the line separator, must be one of '\\r\\n', '\\n' or '\\r', not {sep!r}")
     return sep

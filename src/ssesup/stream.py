@@ -35,13 +35,15 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup import checks
 from ssesup._loop import abandon_task, wait, wake
 from ssesup.connection import Connection, find_connection
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.limits import Refusal
+from ssesup.logs import escape
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
 from ssesup.states.machine import CLOSED
-from ssesup.supervisor import LoopSupervision, Supervisor, check_seconds, check_size, supervisor_for
+from ssesup.supervisor import LoopSupervision, Supervisor, supervisor_for
 from ssesup.sync_source import SyncSource
 from ssesup.timers import Timer
 
@@ -209,13 +211,13 @@ class SupervisedStream(Response):
         for header in _DEFAULT_HEADERS:
             if header[0] not in present:
                 self.raw_headers.append(header)
-        self._ping = _optional_seconds("ping", ping)
-        self._send_timeout = _optional_seconds("send_timeout", send_timeout)
+        self._ping = checks.optional_seconds("ping", ping)
+        self._send_timeout = checks.optional_seconds("send_timeout", send_timeout)
         self._sep = None if sep is None else check_separator(sep)
-        self._ping_factory = ping_factory
-        self._dead_peer_timeout = _optional_seconds("dead_peer_timeout", dead_peer_timeout)
-        self._close_grace = _optional_seconds("close_grace", close_grace)
-        self._max_event_size = check_size("max_event_size", max_event_size)
+        self._ping_factory = checks.optional_callable("ping_factory", ping_factory, "ping_factory() -> Event")
+        self._dead_peer_timeout = checks.optional_seconds("dead_peer_timeout", dead_peer_timeout)
+        self._close_grace = checks.optional_seconds("close_grace", close_grace)
+        self._max_event_size = checks.size("max_event_size", max_event_size)
         self._hooks = (
             _Hooks(on_close, companion, drain_event, drain_grace, raise_errors)
             if on_close is not None
@@ -225,7 +227,7 @@ class SupervisedStream(Response):
             or raise_errors
             else None
         )
-        self._supervisor = supervisor
+        self._supervisor = checks.optional_instance("supervisor", supervisor, Supervisor)
         self._machine = StreamMachine()
         self._draining = False
         self._drain_waiter: anyio.Event | None = None
@@ -649,13 +651,9 @@ class SupervisedStream(Response):
                 scope.cancel()
             return
         if reason in _FAREWELL:
-            try:
-                farewell = supervisor.farewell_bytes(self, self._sep or "\r\n")
-            except Exception:
-                log.exception("stream.farewell_failed", stream_id=self.stream_id, route=self.route)
-            else:
-                self._queue.append(farewell)
-                self._queued_bytes += len(farewell)
+            farewell = supervisor.farewell_bytes(self, self._sep or "\r\n")  # never raises: see there
+            self._queue.append(farewell)
+            self._queued_bytes += len(farewell)
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
         elif scope is not None and self._send_timeout:
@@ -798,13 +796,19 @@ class SupervisedStream(Response):
                 log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 
     def _ping_bytes(self) -> bytes:
-        """The ping: the factory's event, or a comment (also when the factory fails: it is logged)."""
+        """The ping: the factory's event, or a comment (also when the factory fails or returns no
+        ``Event``: logged once per interval for the loop, with the count, not once per ping)."""
         sep = self._sep or "\r\n"
         if self._ping_factory is not None:
             try:
-                return self._ping_factory().encode(sep)
-            except Exception:
-                log.exception("stream.ping_factory_failed", stream_id=self.stream_id, route=self.route)
+                event = self._ping_factory()
+                if not isinstance(event, Event):
+                    raise TypeError(f"ping_factory() must return an Event, not {type(event).__name__}")
+                return event.encode(sep)
+            except Exception as exc:
+                if self._live is not None:
+                    error = escape(f"{type(exc).__name__}: {exc}")[:200]
+                    self._live.ping_failures.note("ping_factory", route=self.route, error=error)
         return b": ping" + sep.encode() * 2
 
     async def _stop_generator(self) -> None:
@@ -845,10 +849,6 @@ class SupervisedStream(Response):
             log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
 
 
-def _optional_seconds(name: str, value: float | None) -> float | None:
-    return None if value is None else check_seconds(name, value)
-
-
 class _Hooks:
     """The hooks of one stream (one slot on the stream, ``None`` for most streams)."""
 
@@ -870,7 +870,7 @@ class _Hooks:
         self.on_close = on_close
         self.companion = companion
         self.drain_event = drain_event
-        self.drain_grace = _optional_seconds("drain_grace", drain_grace)
+        self.drain_grace = checks.optional_seconds("drain_grace", drain_grace)
         self.raise_errors = bool(raise_errors)
         self.error: BaseException | None = None
 

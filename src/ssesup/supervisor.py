@@ -11,6 +11,7 @@ the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` mak
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from anyio.lowlevel import RunVar
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup import checks, logs
 from ssesup._loop import LoopPrimitives
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.events import Event, check_separator
@@ -40,8 +43,6 @@ from ssesup.states import Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
     from ssesup.stream import SupervisedStream
 
 log = structlog.get_logger("ssesup")
@@ -71,6 +72,8 @@ class LoopSupervision:
         self.signals_seen = 0
         self.unreported: list[SupervisedStream] = []
         self.report_timer: Timer | None = None
+        # A ping factory that fails does so at every ping of every stream: one line per interval.
+        self.ping_failures = logs.SummaryLog("stream.ping_factory_failed", clock=self.loop.clock, level=logging.ERROR)
 
 
 class Supervisor:
@@ -116,19 +119,19 @@ class Supervisor:
         limits: StreamLimits | None = None,
         sync_threads: int = 40,
     ) -> None:
-        self.ping = check_seconds("ping", ping)
-        self.send_timeout = check_seconds("send_timeout", send_timeout)
-        self.dead_peer_timeout = check_seconds("dead_peer_timeout", dead_peer_timeout)
-        self.close_grace = check_seconds("close_grace", close_grace)
-        self.max_event_size = check_size("max_event_size", max_event_size)
+        self.ping = checks.seconds("ping", ping)
+        self.send_timeout = checks.seconds("send_timeout", send_timeout)
+        self.dead_peer_timeout = checks.seconds("dead_peer_timeout", dead_peer_timeout)
+        self.close_grace = checks.seconds("close_grace", close_grace)
+        self.max_event_size = checks.size("max_event_size", max_event_size)
         self.sep = check_separator(sep)
-        self.ping_factory = ping_factory
-        self.drain_settings = DrainSettings(drain_grace, retry_after, tuple(reconnect), drain_on_signals)
-        self.farewell = farewell
-        self.limits = limits
-        if isinstance(sync_threads, bool) or not isinstance(sync_threads, int) or sync_threads < 1:
-            raise ValueError(f"sync_threads must be a whole number >= 1, not {sync_threads!r}")
-        self.sync_threads = sync_threads
+        self.ping_factory = checks.optional_callable("ping_factory", ping_factory, "ping_factory() -> Event")
+        self.drain_settings = DrainSettings(drain_grace, retry_after, reconnect, drain_on_signals)
+        self.farewell = checks.optional_callable("farewell", farewell, "farewell(stream) -> Event | None")
+        self.limits = checks.optional_instance("limits", limits, StreamLimits, " (ssesup.StreamLimits(...))")
+        self.sync_threads = checks.whole("sync_threads", sync_threads, minimum=1)
+        if not isinstance(metrics, (bool, CollectorRegistry)):
+            raise TypeError(f"metrics must be True, False or a prometheus_client CollectorRegistry, not {metrics!r}")
         self.drain_refusal = Refusal(503, self.drain_settings.retry_after, "draining", b"draining: reconnect later\n")
         self._rng = random.Random()
         self._observers: list[StreamObserver] = [_LogObserver()]
@@ -225,7 +228,7 @@ class Supervisor:
         live = self.live
         if live.draining:
             return
-        grace = self.drain_settings.grace if grace is None else check_seconds("grace", grace)
+        grace = self.drain_settings.grace if grace is None else checks.seconds("grace", grace, positive=True)
         now = anyio.current_time()
         live.draining = True
         live.drain_started_at = now
@@ -250,10 +253,22 @@ class Supervisor:
             stream.trigger(Trigger.FORCE_CLOSE)
 
     def farewell_bytes(self, stream: SupervisedStream, sep: str) -> bytes:
-        """The farewell of a drained stream: the user's last event, if any, and a jittered ``retry:``."""
-        last = self.farewell(stream) if self.farewell is not None else None
+        """The farewell of a drained stream: the user's last event, if any, and a jittered ``retry:``.
+        The hint goes out whatever the ``farewell`` function does: one that raises or returns something
+        that is not an :class:`Event` is logged (``stream.farewell_failed``) and its event left out."""
         hint = Event(retry=reconnect_ms(self.drain_settings.reconnect, self._rng)).encode(sep)
-        return last.encode(sep) + hint if last is not None else hint
+        if self.farewell is None:
+            return hint
+        try:
+            last = self.farewell(stream)
+            if last is None:
+                return hint
+            if not isinstance(last, Event):
+                raise TypeError(f"farewell(stream) must return an Event or None, not {type(last).__name__}")
+            return last.encode(sep) + hint
+        except Exception:
+            log.exception("stream.farewell_failed", stream_id=stream.stream_id, route=stream.route)
+            return hint
 
     def _finish_drain(self, live: LoopSupervision) -> None:
         live.drain_finished_at = anyio.current_time()
@@ -279,9 +294,9 @@ class Supervisor:
             )
             return
         if not_chained is not None:
-            log.debug("drain.signals", chained=False, reason=not_chained)
+            logs.debug("drain.signals", chained=False, reason=not_chained)
             return
-        log.debug("drain.signals", chained=True)
+        logs.debug("drain.signals", chained=True)
         server_timeout = server_graceful_timeout()
         if server_timeout is not None and self.drain_settings.grace >= server_timeout:
             log.warning(
@@ -370,18 +385,6 @@ def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[floa
             stream.trigger(trigger)
 
     return close
-
-
-def check_size(name: str, value: int | None) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} must be a number of bytes > 0, or None for no limit, not {value!r}")
-    return value
-
-
-def check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0 (0 disables), not {value!r}")
-    return float(value)
 
 
 class SupervisorMiddleware:
