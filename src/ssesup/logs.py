@@ -8,7 +8,7 @@ reason and duration. Nothing in ssesup logs a line per event sent.
 Levels: a stream's opening moves (``stream.transition``, OPEN to STREAMING) are ``debug``, the start of
 its drain is ``info``, its close (``stream.closed``) is ``info``, or ``warning`` when a send timed out or
 the generator failed. While structlog is unconfigured (its default prints every level) the ``debug``
-transition lines are left out (a line per opening stream otherwise).
+lines (a line per opening stream otherwise, and how signals were chained) are left out.
 
 ssesup logs through structlog and configures nothing on import: an app that has configured structlog
 gets ssesup's events its way. :func:`configure_logging` is the one-call set-up that routes structlog
@@ -70,6 +70,13 @@ def escape(value: str) -> str:
 def escape_bytes(value: bytes) -> str:
     """A header value (bytes, as ASGI gives it) as escaped text: bytes that are not UTF-8 as ``\\xNN``."""
     return escape(value.decode("utf-8", "backslashreplace"))
+
+
+def debug(event: str, **fields: Any) -> None:
+    """A ``debug`` line, left out while structlog is unconfigured: its default prints every level, and
+    nobody who configured nothing asked for debug lines. Once configured, its levels decide."""
+    if structlog.is_configured():
+        log.debug(event, **fields)
 
 
 def log_transition(stream: SupervisedStream, transition: Transition) -> None:
