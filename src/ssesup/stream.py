@@ -464,6 +464,7 @@ class SupervisedStream(Response):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     except Exception as exc:
                         self._send_refused(exc)
+                        break  # the stream has ended: no further event is asked of the generator
                     else:
                         self._count(1, 0, len(chunk))
                     finally:
@@ -500,6 +501,9 @@ class SupervisedStream(Response):
                 if self._send_started is None:
                     if queue:
                         if not await self._send(send, *self._take_queue()):
+                            # The stream has ended (also when it had already, say completed, before this
+                            # send failed): nothing more is written, nothing waits for the body's end.
+                            self._cancel_scope.cancel()
                             return
                         continue
                     if self._machine.closed:
