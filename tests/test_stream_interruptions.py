@@ -7,10 +7,13 @@ from __future__ import annotations
 import math
 
 import anyio
+import pytest
 
 from ssesup import Event, SupervisedStream, Supervisor
+from ssesup.stream import SendTimeoutError
 
 GET = {"type": "http", "method": "GET", "headers": []}
+HEAD = {"type": "http", "method": "HEAD", "headers": []}
 
 
 async def never_disconnects() -> dict:
@@ -18,11 +21,39 @@ async def never_disconnects() -> dict:
     raise AssertionError  # pragma: no cover
 
 
-def test_a_send_that_fails_after_the_generator_finished_ends_the_stream(monkeypatch):
+@pytest.mark.parametrize("failing", ["http.response.start", "http.response.body"])
+@pytest.mark.parametrize("error", [RuntimeError("the server refused it"), OSError("connection lost")])
+def test_with_raise_errors_the_error_a_send_raised_reaches_the_server_and_no_background_runs(failing, error):
+    ran: list[str] = []
+
+    async def main() -> None:
+        async def gen():
+            yield Event("one")
+            await anyio.sleep_forever()
+
+        async def send(message: dict) -> None:
+            if message["type"] == failing:
+                raise error
+
+        for scope in (GET, HEAD):
+            stream = SupervisedStream(
+                gen(), raise_errors=True, background=_Background(ran), supervisor=Supervisor(ping=0)
+            )
+            with anyio.fail_after(5), pytest.raises(type(error)) as raised:
+                await stream(scope, never_disconnects, send)
+            assert raised.value is error
+
+    anyio.run(main)
+    assert ran == []
+
+
+@pytest.mark.parametrize("raise_errors", [False, True])
+def test_a_send_that_fails_after_the_generator_finished_ends_the_stream(monkeypatch, raise_errors):
     """The generator finished while its events waited for the sender, whose send then failed: the
-    stream ends there (it used to wait for a disconnect)."""
+    stream ends there (it used to wait for a disconnect), raising the error only with ``raise_errors``."""
     monkeypatch.setattr("ssesup.stream.ARRIVED_ALONE", math.inf)  # every event is queued for the sender
     sent: list[str] = []
+    refused = RuntimeError("the server refused it")
 
     async def main() -> None:
         async def gen():
@@ -31,12 +62,17 @@ def test_a_send_that_fails_after_the_generator_finished_ends_the_stream(monkeypa
 
         async def send(message: dict) -> None:
             if b"two" in message.get("body", b""):
-                raise RuntimeError("the server refused it")
+                raise refused
             sent.append(message["type"])
 
-        stream = SupervisedStream(gen(), supervisor=Supervisor(ping=0))
+        stream = SupervisedStream(gen(), raise_errors=raise_errors, supervisor=Supervisor(ping=0))
         with anyio.fail_after(5):
-            await stream(GET, never_disconnects, send)
+            if raise_errors:
+                with pytest.raises(RuntimeError) as raised:
+                    await stream(GET, never_disconnects, send)
+                assert raised.value is refused
+            else:
+                await stream(GET, never_disconnects, send)
         assert stream.close_reason.value == "completed"
 
     anyio.run(main)
@@ -69,3 +105,38 @@ def test_a_send_that_failed_asks_the_generator_for_no_further_event(monkeypatch)
 
     anyio.run(main)
     assert steps == ["closed"]
+
+
+@pytest.mark.parametrize("scope", [GET, HEAD], ids=["GET", "HEAD"])
+def test_with_raise_errors_an_end_of_body_that_misses_the_send_deadline_raises_send_timeout_error(scope):
+    """The end of the body (after the generator finished, or at once for HEAD) goes out under the send
+    deadline like every send: missed, it is a send timeout."""
+    ran: list[str] = []
+
+    async def main() -> None:
+        async def gen():
+            yield Event("one")
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await anyio.sleep_forever()
+
+        stream = SupervisedStream(
+            gen(), send_timeout=0.2, raise_errors=True, background=_Background(ran), supervisor=Supervisor(ping=0)
+        )
+        with anyio.fail_after(5), pytest.raises(SendTimeoutError):
+            await stream(scope, never_disconnects, send)
+        assert stream.close_reason.value == "completed"
+
+    anyio.run(main)
+    assert ran == []
+
+
+class _Background:
+    """A background task that notes it ran."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+
+    async def __call__(self) -> None:
+        self.ran.append("background")

@@ -112,8 +112,8 @@ class SupervisedStream(Response):
     cancelled when it ends (if it raises, the stream ends with ``error``); ``drain_event`` (an
     ``anyio.Event`` or anything with ``set()``) is set when the stream starts draining, and with
     ``drain_grace`` the stream closes that many seconds after its drain began rather than in its
-    wave; ``raise_errors`` makes a generator's, companion's or close callback's error (and a send
-    timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
+    wave; ``raise_errors`` makes a generator's, companion's, close callback's or send's error (and a
+    send timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
     with no clean end of body.
     """
 
@@ -378,6 +378,16 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
+            scope = self._cancel_scope
+            if (
+                self._response_started
+                and not self._body_ended
+                and self.close_reason not in _FAREWELL
+                and scope is not None
+                and self._clock() >= scope.deadline
+            ):
+                # What was queued when the stream ended missed the send deadline it was flushed under (_fire).
+                self._keep_error(SendTimeoutError(f"a send took longer than send_timeout ({self._send_timeout} s)"))
             hooks = self._hooks
             raised = hooks is not None and hooks.error is not None
             if (
@@ -567,7 +577,9 @@ class SupervisedStream(Response):
         return True
 
     def _send_refused(self, error: Exception) -> None:
-        """A send raised: the client is gone (``OSError``), or the server refused what was sent."""
+        """A send raised: the client is gone (``OSError``), or the server refused what was sent. With
+        ``raise_errors`` the error is raised to the server once the stream has ended."""
+        self._keep_error(error)
         if isinstance(error, OSError):
             self._fire(Trigger.CLIENT_DISCONNECT)
             return
