@@ -132,6 +132,43 @@ def test_with_raise_errors_an_end_of_body_that_misses_the_send_deadline_raises_s
     assert ran == []
 
 
+def test_a_drains_close_cancels_the_generator_where_it_waits_not_after_the_farewell():
+    """The producer takes nothing more once a drain closed its stream: the generator is cancelled in the
+    ``await`` it is in at that moment. (Cancelled after the farewell went out instead, a generator that
+    got past its ``await`` meanwhile was closed at its next ``yield``: no cancellation, an event lost.)"""
+    seen: list[str] = []
+
+    async def main() -> None:
+        supervisor = Supervisor(ping=0)
+
+        async def gen():
+            try:
+                while True:
+                    yield Event("tick")
+                    await anyio.sleep(0.01)
+            except anyio.get_cancelled_exc_class():
+                seen.append("cancelled")
+                raise
+            except GeneratorExit:
+                seen.append("closed at a yield")
+                raise
+
+        async def send(message: dict) -> None:
+            if b"retry: " in message.get("body", b""):
+                seen.append("farewell")
+                await anyio.sleep(0.2)  # a slow farewell: the generator would get past its sleep
+
+        stream = SupervisedStream(gen(), drain_grace=0, supervisor=supervisor)
+        async with anyio.create_task_group() as group:
+            group.start_soon(stream, GET, never_disconnects, send)
+            await anyio.sleep(0.1)
+            supervisor.begin_drain()
+        assert stream.close_reason.value == "drained"
+
+    anyio.run(main)
+    assert seen in (["cancelled", "farewell"], ["farewell", "cancelled"])
+
+
 class _Background:
     """A background task that notes it ran."""
 

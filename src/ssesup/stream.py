@@ -661,6 +661,18 @@ class SupervisedStream(Response):
                 self._queued_bytes += len(farewell)
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
+            producer = self._producer
+            if (
+                producer is not None
+                and self._send_started is None
+                and not producer.done()
+                and producer is not asyncio.current_task()
+            ):
+                # The producer takes nothing more: its generator is cancelled where it waits now, not after
+                # the farewell (it would otherwise be closed at its next yield, that event dropped). A send
+                # in flight is never interrupted for it: then the generator is stopped with the task group.
+                self._stopping = True
+                producer.cancel()
         elif scope is not None and self._send_timeout:
             scope.deadline = now + self._send_timeout  # what is queued is flushed under the send deadline
         self._start_sender()
@@ -822,8 +834,9 @@ class SupervisedStream(Response):
         deadline = self._clock() + grace
         producer = self._producer
         if producer is not None and not producer.done():
-            self._stopping = True
-            producer.cancel()
+            if not self._stopping:  # cancelled once only: a drain's close may have cancelled it already
+                self._stopping = True
+                producer.cancel()
             with anyio.move_on_after(grace, shield=True):
                 await asyncio.wait((producer,))
             if not producer.done():
