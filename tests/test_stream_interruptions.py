@@ -8,6 +8,7 @@ import math
 
 import anyio
 import pytest
+import structlog.testing
 
 from ssesup import Event, SupervisedStream, Supervisor
 from ssesup.stream import SendTimeoutError
@@ -167,6 +168,42 @@ def test_a_drains_close_cancels_the_generator_where_it_waits_not_after_the_farew
 
     anyio.run(main)
     assert seen in (["cancelled", "farewell"], ["farewell", "cancelled"])
+
+
+def test_a_cleanup_cut_at_the_close_grace_is_logged_also_when_the_generator_swallowed_the_cut(monkeypatch):
+    """The generator, stopped at its ``yield`` while its event was being sent, is closed within the close
+    grace; its cleanup outlasts it and swallows the cut: it was cut all the same, and that is logged."""
+    monkeypatch.setattr("ssesup.stream.ARRIVED_ALONE", -1.0)  # the producer sends: the generator waits at its yield
+    seen: list[str] = []
+
+    async def main() -> None:
+        async def gen():
+            try:
+                yield Event("one")
+            finally:
+                try:
+                    await anyio.sleep(3)
+                except anyio.get_cancelled_exc_class():
+                    seen.append("swallowed the cut")
+
+        sending = anyio.Event()
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                sending.set()
+                await anyio.sleep_forever()  # the client stopped reading
+
+        async def receive() -> dict:
+            await sending.wait()
+            return {"type": "http.disconnect"}
+
+        stream = SupervisedStream(gen(), close_grace=0.05, supervisor=Supervisor(ping=0))
+        with anyio.fail_after(5), structlog.testing.capture_logs() as logs:
+            await stream(GET, receive, send)
+        seen.extend(entry["event"] for entry in logs if entry["event"] == "stream.cleanup_cut")
+
+    anyio.run(main)
+    assert seen == ["swallowed the cut", "stream.cleanup_cut"]
 
 
 class _Background:

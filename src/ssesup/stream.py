@@ -849,7 +849,7 @@ class SupervisedStream(Response):
                 return
         with anyio.move_on_after(max(0.0, deadline - self._clock()), shield=True) as scope:
             await self._close_iterator()
-        if scope.cancelled_caught:
+        if scope.cancel_called:  # cut, also when the generator swallowed the cancellation
             log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
 
     async def _close_iterator(self) -> None:
