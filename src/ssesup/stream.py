@@ -355,7 +355,7 @@ class SupervisedStream(Response):
                     "status": self.status_code,
                     "headers": self.raw_headers,
                 }
-                if await self._send(send, start):
+                if await self._send_headers(send, start):
                     self._response_started = True
                     self._fire(Trigger.FIRST_SEND)
                     if scope.get("method") == "HEAD":
@@ -556,6 +556,11 @@ class SupervisedStream(Response):
                 return
 
     # -- helpers of the roles ------------------------------------------------------------------------
+
+    async def _send_headers(self, send: Send, start: Message) -> bool:
+        """Send the response's start (status and headers), under the send deadline; ``False`` when the
+        client is gone. Once per stream (``ssesup.compat`` sends a GET's headers as sse-starlette does)."""
+        return await self._send(send, start)
 
     async def _send(self, send: Send, message: Message, events: int = 0, pings: int = 0) -> bool:
         """Send under the send deadline; ``False`` when the client is gone. A body chunk holding
