@@ -11,6 +11,9 @@ from apps.core import make_app
 from servers import UvicornThread
 from ssesup import Supervisor
 
+# The harness of sse-starlette's own tests: test_compat_upstream.py runs it in a subprocess of its own.
+collect_ignore = ["upstream_compat"]
+
 
 @pytest.fixture(scope="module")
 def core_server():

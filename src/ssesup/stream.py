@@ -114,8 +114,8 @@ class SupervisedStream(Response):
     cancelled when it ends (if it raises, the stream ends with ``error``); ``drain_event`` (an
     ``anyio.Event`` or anything with ``set()``) is set when the stream starts draining, and with
     ``drain_grace`` the stream closes that many seconds after its drain began rather than in its
-    wave; ``raise_errors`` makes a generator's, companion's or close callback's error (and a send
-    timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
+    wave; ``raise_errors`` makes a generator's, companion's, close callback's or send's error (and a
+    send timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
     with no clean end of body.
     """
 
@@ -357,7 +357,7 @@ class SupervisedStream(Response):
                     "status": self.status_code,
                     "headers": self.raw_headers,
                 }
-                if await self._send(send, start):
+                if await self._send_headers(send, start):
                     self._response_started = True
                     self._fire(Trigger.FIRST_SEND)
                     if scope.get("method") == "HEAD":
@@ -380,6 +380,16 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
+            scope = self._cancel_scope
+            if (
+                self._response_started
+                and not self._body_ended
+                and self.close_reason not in _FAREWELL
+                and scope is not None
+                and self._clock() >= scope.deadline
+            ):
+                # What was queued when the stream ended missed the send deadline it was flushed under (_fire).
+                self._keep_error(SendTimeoutError(f"a send took longer than send_timeout ({self._send_timeout} s)"))
             hooks = self._hooks
             raised = hooks is not None and hooks.error is not None
             if (
@@ -466,6 +476,7 @@ class SupervisedStream(Response):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     except Exception as exc:
                         self._send_refused(exc)
+                        break  # the stream has ended: no further event is asked of the generator
                     else:
                         self._count(1, 0, len(chunk))
                     finally:
@@ -508,6 +519,9 @@ class SupervisedStream(Response):
                         if self._producer_space is not None and self._queued_bytes < HIGH_WATER:
                             self._wake_producer()  # a chunk over the high-water mark: room once it is out
                         if not sent:
+                            # The stream has ended (also when it had already, say completed, before this
+                            # send failed): nothing more is written, nothing waits for the body's end.
+                            self._cancel_scope.cancel()
                             return
                         continue
                     if self._machine.closed:
@@ -558,6 +572,11 @@ class SupervisedStream(Response):
 
     # -- helpers of the roles ------------------------------------------------------------------------
 
+    async def _send_headers(self, send: Send, start: Message) -> bool:
+        """Send the response's start (status and headers), under the send deadline; ``False`` when the
+        client is gone. Once per stream (``ssesup.compat`` sends a GET's headers as sse-starlette does)."""
+        return await self._send(send, start)
+
     async def _send(self, send: Send, message: Message, events: int = 0, pings: int = 0) -> bool:
         """Send under the send deadline; ``False`` when the client is gone. A body chunk holding
         ``events`` events and ``pings`` pings is counted; the observers hear of it from the
@@ -578,7 +597,9 @@ class SupervisedStream(Response):
         return True
 
     def _send_refused(self, error: Exception) -> None:
-        """A send raised: the client is gone (``OSError``), or the server refused what was sent."""
+        """A send raised: the client is gone (``OSError``), or the server refused what was sent. With
+        ``raise_errors`` the error is raised to the server once the stream has ended."""
+        self._keep_error(error)
         if isinstance(error, OSError):
             self._fire(Trigger.CLIENT_DISCONNECT)
             return
@@ -656,6 +677,18 @@ class SupervisedStream(Response):
             self._queued_bytes += len(farewell)
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
+            producer = self._producer
+            if (
+                producer is not None
+                and self._send_started is None
+                and not producer.done()
+                and producer is not asyncio.current_task()
+            ):
+                # The producer takes nothing more: its generator is cancelled where it waits now, not after
+                # the farewell (it would otherwise be closed at its next yield, that event dropped). A send
+                # in flight is never interrupted for it: then the generator is stopped with the task group.
+                self._stopping = True
+                producer.cancel()
         elif scope is not None and self._send_timeout:
             scope.deadline = now + self._send_timeout  # what is queued is flushed under the send deadline
         self._start_sender()
@@ -823,8 +856,9 @@ class SupervisedStream(Response):
         deadline = self._clock() + grace
         producer = self._producer
         if producer is not None and not producer.done():
-            self._stopping = True
-            producer.cancel()
+            if not self._stopping:  # cancelled once only: a drain's close may have cancelled it already
+                self._stopping = True
+                producer.cancel()
             with anyio.move_on_after(grace, shield=True):
                 await asyncio.wait((producer,))
             if not producer.done():
@@ -837,7 +871,7 @@ class SupervisedStream(Response):
                 return
         with anyio.move_on_after(max(0.0, deadline - self._clock()), shield=True) as scope:
             await self._close_iterator()
-        if scope.cancelled_caught:
+        if scope.cancel_called:  # cut, also when the generator swallowed the cancellation
             log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
 
     async def _close_iterator(self) -> None:

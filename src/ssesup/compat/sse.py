@@ -15,13 +15,19 @@ The map, option by option (docs/migrating.md explains each):
   with ``{"type": "http.disconnect"}`` when the client left or the generator finished;
 * ``shutdown_event`` / ``shutdown_grace_period`` -> ``drain_event`` / ``drain_grace``;
 * ``cleanup_timeout`` (``None``: no limit) -> ``close_grace``;
-* errors (the generator's, an encoding error, a send timeout, the callbacks') -> ``raise_errors``: raised
-  to the server as sse-starlette raises them, with no clean end of body.
+* errors (the generator's, an encoding error, a send's, a send timeout, the callbacks') -> ``raise_errors``:
+  raised to the server as sse-starlette raises them, with no clean end of body.
+
+What sse-starlette does besides its options, done here too: ``HEAD`` in any case answers the headers and
+an empty body (a GET's headers are sent without the send deadline, a HEAD's under it); a failure to close
+the generator and a cleanup cut at ``cleanup_timeout`` are logged on sse-starlette's logger,
+``sse_starlette.sse`` (an error with its traceback, a warning), besides ssesup's own log events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
@@ -42,6 +48,9 @@ from ssesup.stream import SendTimeoutError, SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
 
 __all__ = ["AppStatus", "EventSourceResponse", "SendTimeoutError", "ServerSentEvent", "ensure_bytes"]
+
+# sse-starlette's own logger: an app's logging set-up for it keeps working.
+logger = logging.getLogger("sse_starlette.sse")
 
 Content = str | bytes | dict | ServerSentEvent | Any
 SyncContentStream = Iterator[Content]
@@ -221,6 +230,9 @@ class EventSourceResponse(SupervisedStream):
             streams.supervisors[supervisor] = streams.supervisors.get(supervisor, 0) + 1
             _loops_with_streams.add(streams)
             exiting = bool(AppStatus._should_exit)
+        self._head = scope["type"] == "http" and scope["method"].upper() == "HEAD"
+        if self._head and scope["method"] != "HEAD":
+            scope = {**scope, "method": "HEAD"}  # sse-starlette takes a method in any case for HEAD
         try:
             if exiting:
                 supervisor.begin_drain()  # the app is exiting: refused, as every stream after a drain
@@ -232,6 +244,18 @@ class EventSourceResponse(SupervisedStream):
                     streams.supervisors[supervisor] = count
                 elif not streams.supervisors:
                     _loops_with_streams.discard(streams)
+
+    async def _send_headers(self, send: Send, start: Message) -> bool:
+        # sse-starlette sends a GET's headers without the send deadline (its deadline is for events and
+        # pings), so a slow first send still starts the generator; a HEAD's go under the deadline.
+        if self._head:
+            return await super()._send_headers(send, start)
+        try:
+            await send(start)
+        except Exception as exc:
+            self._send_refused(exc)
+            return False
+        return True
 
     def _ping_event(self) -> _Encoded:
         factory = self.ping_message_factory
@@ -284,9 +308,27 @@ class _EncodedAsync:
         return ensure_bytes(item, self._sep)
 
     async def aclose(self) -> None:
+        """Close the iterator; a failure is logged on sse-starlette's logger (and raised on for ssesup's
+        own log), and so is a cleanup cut at the deadline the stream closes it under (``cleanup_timeout``),
+        also one the generator swallowed."""
         aclose = getattr(self._iterator, "aclose", None)
-        if aclose is not None:
+        if aclose is None:
+            return
+        started = anyio.current_time()
+        try:
             await aclose()
+        except anyio.get_cancelled_exc_class():
+            _cleanup_cut(started)  # the stream closes this shielded: a cancellation here is its deadline
+            raise
+        except Exception:
+            logger.exception("Error closing body iterator after the stream ended")
+            raise
+        if anyio.current_time() >= anyio.current_effective_deadline():
+            _cleanup_cut(started)
+
+
+def _cleanup_cut(started: float) -> None:
+    logger.warning("Body iterator cleanup cancelled after %.3g seconds", anyio.current_time() - started)
 
 
 class _EncodedSync:
