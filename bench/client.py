@@ -671,6 +671,7 @@ class Plan:
     scale_drain_grace: float = 0.0  # 0: ssesup's default (20 s)
     scale_reconnect: str = ""  # "low,high" seconds of the farewell's retry:; empty: ssesup's default (1-10 s)
     scale_concurrency: int = 256  # streams being admitted at once per client process
+    scale_profile: bool = False  # py-spy of one server process per phase (bench/scale.py Profile)
     extra: dict = field(default_factory=dict)
 
     @classmethod

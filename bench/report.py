@@ -141,6 +141,8 @@ SCALE_FIGURES = (
     ("rss_added_kib_per_stream", "server RSS the streams added, per stream, KiB", "lower", "{:.1f}"),
     ("server_rss_mib", "server RSS, every process, MiB", "lower", "{:,.0f}"),
     ("redis_added_kib_per_stream", "Redis RSS the streams added, per stream, KiB", "lower", "{:.2f}"),
+    ("kernel_kib_per_stream", "kernel slab memory per stream (both ends: client and server socket), KiB", "lower",
+     "{:.1f}"),
     ("idle_cpu_pct", "idle CPU, servers and Redis, % of a core (ping 15 s)", "lower", "{:.1f}"),
     ("idle_cpu_pct_per_1k", "idle CPU per 1,000 streams, % of a core", "lower", "{:.2f}"),
     ("fanout_p50_ms", "broadcast (1 publish/s) to every stream: median latency, ms", "lower", "{:.0f}"),

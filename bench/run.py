@@ -521,6 +521,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scale-max", type=int, help="the scale scenario's largest size: 10k, 25k, 50k, 100k streams up to it (100000)"
     )
+    p.add_argument(
+        "--scale-profile", action="store_true", default=None, help="py-spy one server process in each scale phase"
+    )
     p.add_argument("--src", help="the directory holding the ssesup package to measure (default: this tree's src)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
@@ -542,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
                  "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap", "deploy_grace",
-                 "churn_ssesup", "hub_redis_rate", "scale_max"):  # fmt: skip
+                 "churn_ssesup", "hub_redis_rate", "scale_max", "scale_profile"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     repeat = args.repeat or (1 if args.smoke or scenarios == ("scale",) else 3)

@@ -12,6 +12,8 @@ for the size:
 * **clients**: ``ceil(N / PER_CLIENT)`` processes of the compiled client (bench/scale_client.c, built by
   :func:`build_client` with the C compiler), each from a source address of its own in 127.0.0.0/8,
   holding a range of uids; uid ``u`` goes to server ``u % K``.
+* **profiles** (``--scale-profile``): py-spy samples the last server process in each phase but the storm
+  (:class:`Profile`); the stacks go to bench/results/raw/, a summary to the results.
 * **publisher**: one process (``python -m bench.scale --publish``) publishing through its own
   ``Hub(redis_url)``: timed events ``"<time, us> b <seq>"`` on ``broadcast`` and ``"<time, us> u <seq>"``
   on ``user:<uid>``, each channel numbered from 1, the k-th user event to uid ``k * stride % N``.
@@ -257,6 +259,15 @@ def redis_info(port: int) -> dict[str, str]:
         return out
 
 
+def kernel_slab_kib() -> int:
+    """The kernel's slab memory (``Slab`` of /proc/meminfo: sockets, files, epoll entries), KiB."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return 0
+
+
 # -- the figures -----------------------------------------------------------------------------------
 
 
@@ -306,6 +317,71 @@ def cpu_pct(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {name: after[name] - before[name] for name in before if name != "_t"}
+
+
+# -- where the time goes -----------------------------------------------------------------------------
+
+
+class Profile:
+    """py-spy sampling one server process (``plan.scale_profile``) from :meth:`start` to :meth:`stop`:
+    its stacks (collapsed, one file per phase) and a summary: the functions with the most samples of
+    their own, and the modules with the most samples anywhere in the stack (both in % of the samples)."""
+
+    def __init__(self, pid: int | None, prefix: Path) -> None:
+        self.pid = pid
+        self.prefix = prefix
+        self.proc: subprocess.Popen | None = None
+        self.path: Path | None = None
+
+    def start(self, phase: str) -> None:
+        if self.pid is None or not (program := shutil.which("py-spy")):
+            return
+        self.path = self.prefix.with_name(f"{self.prefix.name}-{phase}.collapsed")
+        argv = [program, "record", "-p", str(self.pid), "-f", "raw", "--nolineno", "-r", "100", "-o", str(self.path)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict | None:
+        if self.proc is None or self.path is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(60)
+        self.proc = None
+        return summarize_stacks(self.path) if self.path.exists() else None
+
+
+def summarize_stacks(path: Path, top: int = 12) -> dict:
+    """Self and inclusive samples of py-spy's collapsed stacks (``frame;frame;... count``)."""
+    own: dict[str, int] = {}
+    modules: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        seen = set()
+        for frame in frames:
+            module = frame.rpartition("(")[2].rstrip(")")
+            for marker in ("site-packages/", "/src/", "/lib/python3"):
+                if marker in module:
+                    module = module.split(marker, 1)[1]
+                    break
+            if module not in seen:
+                seen.add(module)
+                modules[module] = modules.get(module, 0) + count
+    share = 100 / max(1, total)
+    modules = {name: n for name, n in modules.items() if n < total}  # not the frames under every stack
+    return {
+        "samples": total,
+        "self_pct": [(name, round(n * share, 1)) for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]],
+        "modules_pct": [
+            (name, round(n * share, 1)) for name, n in sorted(modules.items(), key=lambda kv: -kv[1])[:top]
+        ],
+    }
 
 
 # -- one size ----------------------------------------------------------------------------------------
@@ -358,16 +434,23 @@ def run_size(n: int, plan: Plan, binary: Path, log: Path, src: Path, storm: bool
         clients = [client(i, i * share, min(share, n - i * share)) for i in range(nclients)]
         procs = Processes({"servers": pids, "redis": [redis.pid], "clients": [c.pid for c in clients],
                            "publisher": [publisher.pid]})  # fmt: skip
+        profile = Profile(pids[-1] if plan.scale_profile else None, log.parent / f"{log.stem}-scale-{label(n)}")
+        profiles: dict = {}
 
         # -- connect from cold
+        slab = kernel_slab_kib()
         before = procs.cpu()
+        profile.start("connect")
         opened = ask_all(clients, "open", 60 + n / 100)
+        profiles["connect"] = profile.stop()
         after = procs.cpu()
         started, last = min(a["started"] for a in opened), max(a["last"] for a in opened)
         out["connect_s"] = last - started
         out["connect_per_s"] = n / (last - started)
         out["connect_cpu_pct"] = cpu_pct(before, after)
         time.sleep(plan.settle)
+        # Both ends of every stream are on this machine: the kernel's memory per stream is for two sockets.
+        out["kernel_kib_per_stream"] = (kernel_slab_kib() - slab) / n
 
         # -- idle
         rss = {pid: rss_kib(pid) for pid in pids}
@@ -384,8 +467,10 @@ def run_size(n: int, plan: Plan, binary: Path, log: Path, src: Path, storm: bool
         out["client_rss_kib_per_stream"] = client_rss / n
         ask_all(clients, "reset", 30)
         before = procs.cpu()
+        profile.start("idle")
         time.sleep(plan.scale_idle_window)
         after = procs.cpu()
+        profiles["idle"] = profile.stop()
         idle = cpu_pct(before, after)
         out["idle_cpu"] = idle
         out["idle_cpu_pct"] = idle["servers"] + idle["redis"]
@@ -397,13 +482,19 @@ def run_size(n: int, plan: Plan, binary: Path, log: Path, src: Path, storm: bool
             raise RuntimeError(f"{n - open_now} streams were not open at the end of the idle phase")
 
         # -- broadcast fan-out, 1 publish/s
+        profile.start("fanout")
         fan = _phase(clients, publisher, procs, "b", n, plan.scale_fanout_seconds, 1.0, 0.0)
+        profiles["fanout"] = profile.stop()
         out |= {f"fanout_{key}": value for key, value in fan.items()}
         out["deliveries_per_s"] = fan["deliveries_per_s"]
         out["cpu_us_per_delivered"] = fan["cpu_us_per_delivered"]
 
         # -- per-user channels
+        profile.start("user")
         user = _phase(clients, publisher, procs, "u", n, plan.scale_user_window, 0.0, plan.scale_user_rate)
+        profiles["user"] = profile.stop()
+        if plan.scale_profile:
+            out["profiles"] = profiles
         out |= {f"user_{key}": value for key, value in user.items()}
 
         if storm:
@@ -476,7 +567,7 @@ def _storm(clients: list[Child], publisher: Child, procs: Processes, servers: li
         if ready:
             break
     published = publisher.answer(seconds + 60)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + min(600, 60 + moved / 20)  # a slow return is measured, not cut short
     while True:
         stats = ask_all(clients, "stats", 30)
         back = sum(s["admitted"] for s in stats) == n
