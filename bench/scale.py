@@ -298,6 +298,7 @@ class Processes:
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
+        self.last: dict[int, float] = {}  # a process that exited counts with its last reading
 
     def cpu(self) -> dict[str, float]:
         out = {}
@@ -305,7 +306,8 @@ class Processes:
             total = 0.0
             for pid in pids:
                 with contextlib.suppress(OSError):
-                    total += cpu_seconds(pid)
+                    self.last[pid] = cpu_seconds(pid)
+                total += self.last.get(pid, 0.0)
             out[name] = total
         return out | {"_t": time.perf_counter()}
 
@@ -706,9 +708,9 @@ def brief_size(r: dict) -> str:
 
 
 def brief(r: dict) -> str:
-    return "; ".join(f"{label(n)}: see above" for n in r["sizes"]) + (
-        f"; exactly once {'yes' if 'error' not in r else 'NO'}"
-    )
+    """The scenario's line (each size has had its own, :func:`brief_size`)."""
+    sizes = ", ".join(label(n) for n in r["sizes"])
+    return f"sizes {sizes}: every event once, no 5xx: {'yes' if 'error' not in r else 'NO: ' + r['error']}"
 
 
 # -- the publisher -----------------------------------------------------------------------------------
