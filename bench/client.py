@@ -659,6 +659,19 @@ class Plan:
     hub_redis_rate: float = 10.0  # publishes/s (issue 13 asks 100: more than 2 cores hold, bench/redis_hub.py)
     hub_redis_warm: float = 5.0
     hub_redis_window: float = 20.0
+    scale_max: int = 100_000  # the scale scenario's largest size (bench/scale.py)
+    scale_ping: float = 15.0
+    scale_idle_window: float = 30.0
+    scale_fanout_seconds: float = 20.0  # one broadcast publish per second
+    scale_user_rate: float = 1000.0
+    scale_user_window: float = 10.0
+    scale_storm: bool = True  # at the largest size
+    scale_storm_seconds: float = 30.0
+    scale_storm_user_rate: float = 100.0
+    scale_drain_grace: float = 0.0  # 0: ssesup's default (20 s)
+    scale_reconnect: str = ""  # "low,high" seconds of the farewell's retry:; empty: ssesup's default (1-10 s)
+    scale_concurrency: int = 256  # streams being admitted at once per client process
+    scale_profile: bool = False  # py-spy of one server process per phase (bench/scale.py Profile)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -699,4 +712,12 @@ class Plan:
             hub_redis_rate=20.0,
             hub_redis_warm=0.5,
             hub_redis_window=2.0,
+            scale_max=2000,
+            scale_idle_window=3.0,
+            scale_fanout_seconds=3.0,
+            scale_user_window=3.0,
+            scale_storm_seconds=6.0,
+            scale_storm_user_rate=50.0,
+            scale_drain_grace=2.0,
+            scale_reconnect="0.2,1",
         )

@@ -73,6 +73,7 @@ def metrics(plan: dict) -> list[Metric]:
         Metric("drain", "peak_100ms", "drain: most stream ends within 100 ms, % of streams", "lower", "{:.1%}"),
         *_hub_metrics(),
         *_redis_hub_metrics(plan),
+        *_scale_metrics(plan),
     ]  # fmt: skip
 
 
@@ -133,6 +134,68 @@ def _redis_hub_metrics(plan: dict) -> list[Metric]:
     ]  # fmt: skip
 
 
+# The scale scenario's figures at each size (bench/scale.py): (key, label, better, format).
+SCALE_FIGURES = (
+    ("connect_per_s", "streams admitted per second, from cold", "higher", "{:,.0f}"),
+    ("rss_kib_per_stream", "server RSS per stream (every server process, all of its RSS), KiB", "lower", "{:.1f}"),
+    ("rss_added_kib_per_stream", "server RSS the streams added, per stream, KiB", "lower", "{:.1f}"),
+    ("server_rss_mib", "server RSS, every process, MiB", "lower", "{:,.0f}"),
+    ("redis_added_kib_per_stream", "Redis RSS the streams added, per stream, KiB", "lower", "{:.2f}"),
+    ("kernel_kib_per_stream", "kernel slab memory per stream (both ends: client and server socket), KiB", "lower",
+     "{:.1f}"),
+    ("idle_cpu_pct", "idle CPU, servers and Redis, % of a core (ping 15 s)", "lower", "{:.1f}"),
+    ("idle_cpu_pct_per_1k", "idle CPU per 1,000 streams, % of a core", "lower", "{:.2f}"),
+    ("fanout_p50_ms", "broadcast (1 publish/s) to every stream: median latency, ms", "lower", "{:.0f}"),
+    ("fanout_p99_ms", "broadcast to every stream: p99 latency, ms", "lower", "{:.0f}"),
+    ("fanout_max_ms", "broadcast to every stream: slowest delivery, ms", "lower", "{:.0f}"),
+    ("fanout_delivered", "broadcast: events delivered, %", "higher", "{:.2%}"),
+    ("deliveries_per_s", "broadcast: deliveries per second", "higher", "{:,.0f}"),
+    ("cpu_us_per_delivered", "broadcast: CPU per delivered event, servers and Redis, us", "lower", "{:.2f}"),
+    ("fanout_client_cpu_us_per_delivered", "broadcast: the load client's CPU per delivered event, us", "lower",
+     "{:.2f}"),
+    ("user_publish_per_s", "per-user channels: publishes per second kept", "none", "{:,.0f}"),
+    ("user_p50_ms", "per-user channels: median latency, ms", "lower", "{:.1f}"),
+    ("user_p99_ms", "per-user channels: p99 latency, ms", "lower", "{:.1f}"),
+    ("user_delivered", "per-user channels: events delivered, %", "higher", "{:.2%}"),
+    ("user_cpu_us_per_delivered", "per-user channels: CPU per delivered event, servers and Redis, us", "lower",
+     "{:.1f}"),
+)  # fmt: skip
+SCALE_STORM = (
+    ("storm_moved", "storm: streams on the drained server", "none", "{:,.0f}"),
+    ("storm_back_s", "storm: SIGTERM to the last stream back, s", "lower", "{:.1f}"),
+    ("storm_late_max_s", "storm: latest return past the stream's own retry:, s", "lower", "{:.2f}"),
+    ("storm_5xx", "storm: answers 5xx", "lower", "{:.0f}"),
+    ("storm_redis_clients_before", "storm: Redis connections before", "none", "{:.0f}"),
+    ("storm_redis_clients_peak", "storm: Redis connections at peak", "lower", "{:.0f}"),
+    (
+        "storm_p99_ms",
+        "storm: p99 latency of what was published meanwhile, time away included (60,000: the "
+        "client's histogram ends at 60 s), ms",
+        "lower",
+        "{:.0f}",
+    ),
+    ("exactly_once", "every stream got every event once, no gap (1 = yes)", "higher", "{:.0f}"),
+)
+SCALE_GROWTH = ("rss_kib_per_stream", "idle_cpu_pct_per_1k", "fanout_p99_ms", "cpu_us_per_delivered")
+
+
+def _scale_metrics(plan: dict) -> list[Metric]:
+    from bench.scale import label, sizes_for
+
+    out = []
+    sizes = sizes_for(plan.get("scale_max", 100_000))
+    for n in sizes:
+        out += [Metric("scale", f"{key}_{label(n)}", f"scale, {n:,} streams: {text}", better, fmt, False)
+                for key, text, better, fmt in SCALE_FIGURES]  # fmt: skip
+    largest = f"{sizes[-1]:,} streams"
+    out += [Metric("scale", key, f"scale, {largest}: {text}", better, fmt, False) for key, text, better, fmt in
+            (*SCALE_FIGURES, *SCALE_STORM)]  # fmt: skip
+    if len(sizes) > 1:
+        out += [Metric("scale", f"{key}_growth", f"scale: {label(sizes[-1])} / {label(sizes[0])}, {key}", "lower",
+                       "{:.2f}x", False) for key in SCALE_GROWTH]  # fmt: skip
+    return out
+
+
 def _redis_plan(plan: dict, scenarios: list[str]) -> str:
     text = ""
     if "hub_redis" in scenarios:
@@ -187,6 +250,18 @@ TARGETS = [
     ("hub_redis.delivered", "abs", ">=", 1.0, "hub on Redis, 2 processes: 100% delivered"),
     ("hub_resume.delivered", "abs", ">=", 1.0,
      "resume across processes: every number received (a duplicate, disorder or gap fails the run)"),
+    # Issue 28, at the run's largest size ({N} streams; the issue's is 100,000).
+    ("scale.rss_kib_per_stream", "abs", "<=", 24.0, "scale, {N} streams: server RSS <= 24 KiB per stream"),
+    ("scale.idle_cpu_pct", "abs", "<=", 30.0, "scale, {N} streams: idle CPU <= 30% of a core (servers and Redis)"),
+    ("scale.fanout_p99_ms", "abs", "<=", 1000.0, "scale, {N} streams: one broadcast to all, p99 <= 1 s"),
+    ("scale.fanout_delivered", "abs", ">=", 1.0, "scale, {N} streams: broadcast 100% delivered"),
+    ("scale.user_p99_ms", "abs", "<=", 100.0, "scale, {N} streams: 1,000 publishes/s to user channels, p99 <= 100 ms"),
+    ("scale.exactly_once", "abs", ">=", 1.0, "scale: every stream got every event once, no gap (storm included)"),
+    ("scale.storm_5xx", "abs", "<=", 0.0, "scale storm: no 5xx"),
+    ("scale.storm_late_max_s", "abs", "<=", 5.0, "scale storm: every stream back within its retry: + 5 s"),
+    ("scale.rss_kib_per_stream_growth", "abs", "<=", 1.5, "scale: RSS per stream flat within 1.5x over the sizes"),
+    ("scale.idle_cpu_pct_per_1k_growth", "abs", "<=", 1.5, "scale: idle CPU per stream flat within 1.5x"),
+    ("scale.cpu_us_per_delivered_growth", "abs", "<=", 1.5, "scale: CPU per delivered event flat within 1.5x"),
 ]  # fmt: skip
 
 
@@ -228,6 +303,10 @@ def summarize(result: dict) -> dict:
         for metric_id, how, op, threshold, text in TARGETS:
             if metric_id == "idle.hold_rss_mib" and result["plan"]["idle_hold"] < 10_000:
                 continue  # the 300 MiB target is for 10k streams
+            if metric_id.startswith("scale."):
+                if "scale" not in result["scenarios"]:
+                    continue
+                text = text.replace("{N}", f"{result['plan'].get('scale_max', 100_000):,}")
             if how in ("ratio", "peer"):
                 value = ratios["ssesup"].get(metric_id, {}).get(FLOOR if how == "ratio" else PEER)
             else:
@@ -238,8 +317,9 @@ def summarize(result: dict) -> dict:
             met = None
             if value is not None:
                 met = {"<=": value <= threshold, ">=": value >= threshold, "<": value < threshold}[op]
+            fmt = next((m.fmt for m in ms if m.id == metric_id), "{:.2f}")
             targets.append({"target": text, "metric": metric_id, "how": how, "op": op, "threshold": threshold,
-                            "value": value, "met": met})  # fmt: skip
+                            "value": value, "met": met, "fmt": fmt})  # fmt: skip
     return {
         **{k: result[k] for k in ("command", "started", "minutes", "pinned", "plan", "systems", "scenarios")},
         "repeat": len(runs),
@@ -248,6 +328,7 @@ def summarize(result: dict) -> dict:
         "values": values,
         "ratios": ratios,
         "targets": targets,
+        "scale": [run["ssesup"]["scale"] for run in runs if "scale" in run.get("ssesup", {})],
         "killed": [
             f"run {i} {s}: the server had not exited {r['exit_s']:.0f} s after SIGTERM and was killed"
             for i, run in enumerate(runs, 1)
@@ -335,8 +416,8 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _shown(summary: dict) -> list[Metric]:
-    return [m for m in _metric_objs(summary) if m.scenario in summary["scenarios"]]
+def _shown(summary: dict, scale: bool = True) -> list[Metric]:
+    return [m for m in _metric_objs(summary) if m.scenario in summary["scenarios"] and (scale or m.scenario != "scale")]
 
 
 def console(summary: dict) -> str:
@@ -351,6 +432,8 @@ def console(summary: dict) -> str:
     for r in rows:
         lines.append("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]))
     for t in summary["targets"]:
+        if summary["scenarios"] == ["scale"] and not t["metric"].startswith("scale."):
+            continue  # a run of the scale scenario alone: the others' targets are not its business
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"target {mark:6} {t['target']}: {_target_value(t)}")
     lines += [f"drain: {k}" for k in summary.get("killed", [])]
@@ -361,6 +444,8 @@ def _target_value(t: dict) -> str:
     v = t["value"]
     if v is None:
         return "not measured"
+    if t["metric"].startswith("scale."):
+        return t.get("fmt", "{:.2f}").format(v)
     if (
         t["how"] in ("ratio", "peer")
         or t["metric"] == "cores.scaling"
@@ -432,7 +517,7 @@ def markdown(summary: dict, png_name: str) -> str:
         "| metric | " + " | ".join(labels[s] for s in systems) + " |",
         "|---|" + "---:|" * len(systems),
     ]
-    for m in _shown(summary):
+    for m in _shown(summary, scale=False):
         out.append(f"| {m.label} | " + " | ".join(_fmt(m, summary["values"][s][m.id], True) for s in systems) + " |")
     for base, title in ((FLOOR, "the floor"), (PEER, "sse-starlette")):
         if base not in systems:
@@ -445,7 +530,7 @@ def markdown(summary: dict, png_name: str) -> str:
             "| metric | " + " | ".join(labels[s] for s in systems) + " |",
             "|---|" + "---:|" * len(systems),
         ]
-        for m in _shown(summary):
+        for m in _shown(summary, scale=False):
             if m.key == "delivered" or not m.ratio:
                 continue
             out.append(f"| {m.label} | " + " | ".join(_ratio(summary["ratios"][s][m.id].get(base)) for s in systems)
@@ -453,6 +538,8 @@ def markdown(summary: dict, png_name: str) -> str:
     if summary["targets"]:
         out += ["", "### ssesup targets (issues 5 and 13)", "", "| target | ssesup | |", "|---|---:|---|"]
         for t in summary["targets"]:
+            if t["metric"].startswith("scale."):
+                continue  # in the Scale block (write_scale)
             mark = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
             out.append(f"| {t['target']} | {_target_value(t)} | {mark} |")
     if summary.get("killed"):
@@ -528,3 +615,91 @@ def write(summary: dict, md: Path) -> None:
 def _latency_turns(plan: dict) -> str:
     turns = plan.get("latency_turns", 1)  # results from before the turns have none
     return f", in {turns} turns of {plan['latency_n'] // turns}" if turns > 1 else ""
+
+
+# -- the scale scenario's own block ----------------------------------------------------------------
+
+SCALE_BEGIN = "<!-- bench:scale:begin (generated by python -m bench --scenarios scale; edits inside are lost) -->"
+SCALE_END = "<!-- bench:scale:end -->"
+
+
+def scale_markdown(summary: dict) -> str:
+    """The Scale results: the run, the machine, the kernel settings, one column per size, the storm, the
+    targets."""
+    from bench.scale import label
+
+    plan, mach = summary["plan"], summary["machine"]
+    runs = summary.get("scale") or [{}]
+    last = runs[-1]
+    sizes = last.get("sizes", [])
+    values = summary["values"].get("ssesup", {})
+    out = [
+        f"Run of {summary['started']} (UTC), {summary['repeat']} run(s), {summary['minutes']} min:",
+        "",
+        "```",
+        summary["command"],
+        "```",
+        "",
+        f"Machine: {mach['cores']} cores ({mach['cpu']}), Linux {mach['kernel']}, Python {mach['python']}; "
+        + ", ".join(f"{k} {mach['versions'].get(k, '-')}" for k in ("uvicorn", "uvloop", "httptools", "redis"))
+        + f". ssesup at {mach.get('revision', '?')} (sha256 {mach.get('src_digest', '?')}); clients, publisher, "
+        "Redis and servers on the same machine, none pinned." + _probe(mach),
+        "",
+    ]
+    layouts = [f"{n:,}: {f['workers']} server processes, {f['client_processes']} client processes"
+               for n, f in ((n, last["per_size"][label(n)]) for n in sizes)]  # fmt: skip
+    out += [
+        f"Plan: ping {plan['scale_ping']:g} s; idle CPU over {plan['scale_idle_window']:g} s; broadcast 1 publish/s "
+        f"for {plan['scale_fanout_seconds']:g} s; per-user {plan['scale_user_rate']:,.0f} publishes/s for "
+        f"{plan['scale_user_window']:g} s; storm at the largest size: {plan['scale_storm_seconds']:g} s of "
+        f"publishing (1 broadcast/s, {plan['scale_storm_user_rate']:,.0f} user events/s), server 0 drained "
+        f"(drain grace {plan['scale_drain_grace'] or 20:g} s, retry: {plan['scale_reconnect'] or '1,10'} s). "
+        + "; ".join(layouts)
+        + ".",
+        "",
+    ]
+    if sysctl := last.get("sysctl"):
+        settings = ", ".join(
+            f"{name} {entry.get('found', '?')} -> {entry.get('set', '?')}" + (" (refused)" if "error" in entry else "")
+            for name, entry in sysctl.items()
+        )
+        out += [f"Kernel settings for the run (restored after): {settings}.", ""]
+    if sizes:
+        out += ["| figure | " + " | ".join(f"{n:,} streams" for n in sizes) + " |",
+                "|---|" + "---:|" * len(sizes)]  # fmt: skip
+        for key, text, _, fmt in SCALE_FIGURES:
+            cells = []
+            for n in sizes:
+                st = values.get(f"scale.{key}_{label(n)}")
+                cells.append("-" if st is None else fmt.format(st["median"]))
+            out.append(f"| {text} | " + " | ".join(cells) + " |")
+        if len(sizes) > 1:
+            out += ["", f"Growth from {sizes[0]:,} to {sizes[-1]:,} streams: " + ", ".join(
+                f"{key} {values[f'scale.{key}_growth']['median']:.2f}x"
+                for key in SCALE_GROWTH if values.get(f"scale.{key}_growth"))]  # fmt: skip
+        out += ["", "| storm and checks, largest size | |", "|---|---:|"]
+        for key, text, _, fmt in SCALE_STORM:
+            st = values.get(f"scale.{key}")
+            out.append(f"| {text.removeprefix('storm: ')} | {'-' if st is None else fmt.format(st['median'])} |")
+    targets = [t for t in summary["targets"] if t["metric"].startswith("scale.")]
+    if targets:
+        out += ["", "| target (issue 28) | measured | |", "|---|---:|---|"]
+        for t in targets:
+            mark = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+            out.append(f"| {t['target']} | {_target_value(t)} | {mark} |")
+    errors = [e for e in summary["errors"] if " scale: " in e]
+    if errors:
+        out += ["", "Failures:", ""] + [f"- {e}" for e in errors]
+    return "\n".join(out)
+
+
+def write_scale(summary: dict, md: Path) -> None:
+    """Put the Scale block into ``md`` (between its markers; appended with a heading when it has none)."""
+    block = f"{SCALE_BEGIN}\n{scale_markdown(summary)}\n{SCALE_END}"
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    if SCALE_BEGIN in text and SCALE_END in text:
+        head, rest = text.split(SCALE_BEGIN, 1)
+        text = head + block + rest.split(SCALE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Scale: results\n\n" + block + "\n"
+    md.write_text(text)

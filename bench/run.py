@@ -42,7 +42,7 @@ from typing import Any
 
 import uvloop
 
-from bench import client, hub, probe, redis_hub
+from bench import client, hub, probe, redis_hub, scale
 from bench.client import Plan
 from bench.procstat import stop
 
@@ -53,12 +53,12 @@ SCENARIOS = ("latency", "burst", "burst_fields", "burst_dict", "fanout", "idle",
 BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the latency scenario
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
-NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis")  # run only when named in --scenarios
+NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "scale")  # run only when named in --scenarios
 # The order of a run: every system measures one group before any system measures the next (in the
 # burst group, the systems take turns burst by burst: measure_bursts).
 BURST_GROUP = ("latency", *BURSTS)
 GROUPS = (BURST_GROUP, ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
-          ("hub_redis",), ("deploy",), ("churn",))  # fmt: skip
+          ("hub_redis",), ("scale",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -267,6 +267,8 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         attempt("hub_resume", lambda: redis_hub.hub_resume(plan, log, src))
     if "hub_redis" in scenarios and system.key in redis_hub.SYSTEMS:
         attempt("hub_redis", lambda: redis_hub.hub_redis(system.key, plan, log, src))
+    if "scale" in scenarios and system.key == "ssesup":
+        attempt("scale", lambda: scale.scenario(plan, log, src))
     if "deploy" in scenarios or "churn" in scenarios:
         from bench import network
 
@@ -447,6 +449,8 @@ def brief(name: str, r: dict) -> str:
                 f"{r['memory_cpu_us_per_delivered']:.1f} us CPU per delivered, 1 process)"
             )
         return text
+    if name == "scale":
+        return scale.brief(r)
     if name == "deploy":
         return (
             f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, healthy farewell "
@@ -492,7 +496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SCENARIOS),
         help=f"comma list of {', '.join(SCENARIOS + NAMED_ONLY)} (default: all but {', '.join(NAMED_ONLY)})",
     )
-    p.add_argument("--repeat", type=int, default=3, help="runs of every system; medians are quoted (default 3)")
+    p.add_argument(
+        "--repeat", type=int, help="runs of every system; medians are quoted (default 3; 1 for --smoke or scale alone)"
+    )
     p.add_argument("--smoke", action="store_true", help="seconds, few connections; exit 1 if any event is lost")
     p.add_argument("--burst-n", type=int, help="events per burst (50000)")
     p.add_argument("--latency-n", type=int, help="timed single events, one per 20 ms (150)")
@@ -512,6 +518,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--churn-ssesup", help="ssesup's Supervisor keyword arguments in the churn scenario, as JSON (short deadlines)"
     )
     p.add_argument("--hub-redis-rate", type=float, help="publishes/s in the hub_redis scenario (10)")
+    p.add_argument(
+        "--scale-max", type=int, help="the scale scenario's largest size: 10k, 25k, 50k, 100k streams up to it (100000)"
+    )
+    p.add_argument(
+        "--scale-profile", action="store_true", default=None, help="py-spy one server process in each scale phase"
+    )
     p.add_argument("--src", help="the directory holding the ssesup package to measure (default: this tree's src)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and the client to CPU 1")
     p.add_argument("--report", default=None, help="Markdown file to write (default docs/benchmarks.md; none in smoke)")
@@ -533,10 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.smoke() if args.smoke else Plan()
     for name in ("burst_n", "latency_n", "fanout_streams", "fanout_window", "idle_streams", "idle_hold", "cpu_window",
                  "drain_streams", "drain_grace", "drain_server_timeout", "drain_cap", "deploy_grace",
-                 "churn_ssesup", "hub_redis_rate"):  # fmt: skip
+                 "churn_ssesup", "hub_redis_rate", "scale_max", "scale_profile"):  # fmt: skip
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
-    repeat = 1 if args.smoke and args.repeat == 3 else args.repeat
+    repeat = args.repeat or (1 if args.smoke or scenarios == ("scale",) else 3)
     raise_nofile()
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     if pin:
@@ -576,10 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     # latest.json is the summary of the run the report shows: a run without a report (or a smoke run)
     # writes a summary only where --json says.
     if not args.smoke and not args.no_report:
-        Path(args.json or RESULTS / "latest.json").write_text(json.dumps(summary, indent=1) + "\n")
         md = Path(args.report or ROOT / "docs" / "benchmarks.md")
-        report.write(summary, md)
-        say(f"wrote {md} and {md.with_suffix('.png')}")
+        if set(scenarios) - {"scale"}:
+            Path(args.json or RESULTS / "latest.json").write_text(json.dumps(summary, indent=1) + "\n")
+            report.write(summary, md)
+            say(f"wrote {md} and {md.with_suffix('.png')}")
+        if "scale" in scenarios:
+            # Its own block and summary: a scale run leaves the other scenarios' results as they are.
+            (RESULTS / "scale.json").write_text(json.dumps(summary, indent=1) + "\n")
+            report.write_scale(summary, md)
+            say(f"wrote the Scale results of {md} and {RESULTS / 'scale.json'}")
     elif args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     if bad:
