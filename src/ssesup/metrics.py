@@ -27,7 +27,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -82,7 +82,7 @@ class StreamMetrics(StreamObserver):
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), *, mode: str) -> Gauge:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), *, mode: Literal["livesum", "livemax"]) -> Gauge:
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
         route = ("route",)
@@ -293,11 +293,11 @@ def remove_dead_workers(path: str) -> list[int]:
     However a worker ended (a clean exit, a kill, the out-of-memory killer), its open streams stop
     counting at the next scrape. Returns the process ids whose values were removed.
     """
-    dead = set()
+    dead: set[int] = set()
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
-        pid = os.path.basename(name)[: -len(".db")].rpartition("_")[2]
-        if pid.isdigit() and not _runs(int(pid)):
-            dead.add(int(pid))
+        digits = os.path.basename(name)[: -len(".db")].rpartition("_")[2]
+        if digits.isdigit() and not _runs(int(digits)):
+            dead.add(int(digits))
     for pid in dead:
         _remove_live_values(path, pid)
     return sorted(dead)

@@ -52,7 +52,7 @@ __all__ = ["AppStatus", "EventSourceResponse", "SendTimeoutError", "ServerSentEv
 # sse-starlette's own logger: an app's logging set-up for it keeps working.
 logger = logging.getLogger("sse_starlette.sse")
 
-Content = str | bytes | dict | ServerSentEvent | Any
+Content = str | bytes | dict[str, Any] | ServerSentEvent | Any
 SyncContentStream = Iterator[Content]
 AsyncContentStream = AsyncIterable[Content]
 ContentStream = AsyncContentStream | SyncContentStream
@@ -61,6 +61,10 @@ ContentStream = AsyncContentStream | SyncContentStream
 class _AppStatusType(type):
     """``AppStatus.should_exit`` is a class attribute in sse-starlette; here reading and setting it go
     through the supervisors of the compat streams."""
+
+    # Set on AppStatus, the one class of this metaclass.
+    _should_exit: bool
+    enable_automatic_graceful_drain: bool
 
     @property
     def should_exit(cls) -> bool:
@@ -268,8 +272,9 @@ class EventSourceResponse(SupervisedStream):
         # sse-starlette calls the handler when its listener receives http.disconnect: when the client
         # leaves, and under uvicorn also once the generator finished (receive() reports a disconnect when
         # the response is complete), during a shutdown too.
-        if stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted:
-            await self.client_close_handler_callable({"type": "http.disconnect"})  # type: ignore[misc]
+        handler = self.client_close_handler_callable  # set: _on_close is the hook only then
+        if handler is not None and (stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted):
+            await handler({"type": "http.disconnect"})
 
 
 class _Encoded:
