@@ -10,6 +10,9 @@ a cheap one-shot wake-up for the actor's hot path. Everything else goes through 
   every send, so each loop resolves it once.
 * The wake-up: the sender and the producer hand work to each other once per chunk; a bare future costs
   a quarter of an ``anyio.Event`` on asyncio.
+* One private name of asyncio, for want of a public one: ``asyncio.tasks._unregister_task``, so that a
+  task whose generator swallows every cancellation does not hold ``asyncio.run``'s shutdown forever
+  (:func:`abandon_task`). Looked up with ``getattr``: where a Python lacks it, the task stays counted.
 """
 
 from __future__ import annotations

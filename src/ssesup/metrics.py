@@ -16,7 +16,9 @@ values to files in that directory, and :func:`metrics_app` serves their sum. Gau
 maxed) over live workers only: before each scrape, the live values of every writer that no longer runs
 are removed (:func:`remove_dead_workers`), however it ended (uvicorn re-raises SIGTERM after its
 shutdown, so ``atexit`` never runs there; a killed worker runs nothing). gunicorn can do the same at
-once from its ``child_exit`` hook (:func:`gunicorn_child_exit`).
+once from its ``child_exit`` hook (:func:`gunicorn_child_exit`). A dead writer's live values are the
+files prometheus-client's public ``multiprocess.mark_process_dead`` removes (``gauge_live*_PID.db``);
+ssesup removes them itself because that function raises when two workers sweep the same file at once.
 """
 
 from __future__ import annotations

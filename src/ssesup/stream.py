@@ -322,7 +322,7 @@ class SupervisedStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            send = self._wrap_websocket_denial_send(send)
+            send = _websocket_denial(send)
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
         live = supervisor.live  # looked up once: it costs a backend lookup per call
@@ -886,6 +886,20 @@ class SupervisedStream(Response):
                 await aclose()
         except Exception:
             log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
+
+
+def _websocket_denial(send: Send) -> Send:
+    """``send`` for a response to a websocket scope: the stream is the handshake's denial response (the
+    ASGI websocket denial extension), its messages sent as ``websocket.http.response.*``, as Starlette's
+    ``Response`` sends its own (through a private method of its own, so ssesup does it here)."""
+
+    async def denial(message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "http.response.body"):
+            message = {**message, "type": "websocket." + kind}
+        await send(message)
+
+    return denial
 
 
 class _Hooks:
