@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import PurePath
 from types import GeneratorType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 LINE_SEPARATORS: Final = ("\r\n", "\n", "\r")
 
@@ -79,11 +79,17 @@ def _checked_fields(
     return checked_data, checked_event, checked_id, checked_retry, checked_comment
 
 
-class SupportsEncode(Protocol):
-    """What a ``ping_factory`` returns: an :class:`Event`, or anything whose ``encode(sep)`` makes an
-    event's bytes (``ssesup.compat`` hands sse-starlette's pings over already encoded)."""
+class EncodedEvent:
+    """An event's bytes, encoded already: ``encode(sep)`` returns them as they are. What
+    ``ssesup.compat``'s ``ping_factory`` returns (sse-starlette's pings, in its own field order)."""
 
-    def encode(self, sep: str, /) -> bytes: ...
+    __slots__ = ("chunk",)
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+
+    def encode(self, sep: str = "\r\n") -> bytes:
+        return self.chunk
 
 
 class Event:

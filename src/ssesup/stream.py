@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ssesup import checks
 from ssesup._loop import abandon_task, wait, wake
 from ssesup.connection import Connection, find_connection
-from ssesup.events import Event, SupportsEncode, check_separator, encode_item
+from ssesup.events import EncodedEvent, Event, check_separator, encode_item
 from ssesup.limits import Refusal
 from ssesup.logs import escape
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
@@ -181,7 +181,7 @@ class SupervisedStream(Response):
         ping: float | None = None,
         send_timeout: float | None = None,
         sep: str | None = None,
-        ping_factory: Callable[[], SupportsEncode] | None = None,
+        ping_factory: Callable[[], Event | EncodedEvent] | None = None,
         dead_peer_timeout: float | None = None,
         close_grace: float | None = None,
         max_event_size: int | None = None,
@@ -840,7 +840,7 @@ class SupervisedStream(Response):
         if self._ping_factory is not None:
             try:
                 event = self._ping_factory()
-                if not isinstance(event, Event):
+                if not isinstance(event, (Event, EncodedEvent)):  # EncodedEvent: ssesup.compat's pings
                     raise TypeError(f"ping_factory() must return an Event, not {type(event).__name__}")
                 return event.encode(sep)
             except Exception as exc:

@@ -42,6 +42,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from ssesup.compat.event import ServerSentEvent, ensure_bytes
+from ssesup.events import EncodedEvent
 from ssesup.signals import loop_notifier
 from ssesup.states import CloseReason
 from ssesup.stream import SendTimeoutError, SupervisedStream
@@ -261,12 +262,12 @@ class EventSourceResponse(SupervisedStream):
             return False
         return True
 
-    def _ping_event(self) -> _Encoded:
+    def _ping_event(self) -> EncodedEvent:
         factory = self.ping_message_factory
         ping = (
             factory() if factory is not None else ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep)
         )
-        return _Encoded(ensure_bytes(ping, self.sep))
+        return EncodedEvent(ensure_bytes(ping, self.sep))
 
     async def _on_close(self, stream: SupervisedStream) -> None:
         # sse-starlette calls the handler when its listener receives http.disconnect: when the client
@@ -275,18 +276,6 @@ class EventSourceResponse(SupervisedStream):
         handler = self.client_close_handler_callable  # set: _on_close is the hook only then
         if handler is not None and (stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted):
             await handler({"type": "http.disconnect"})
-
-
-class _Encoded:
-    """Bytes already encoded, in the shape a native ``ping_factory`` returns (``encode(sep)``)."""
-
-    __slots__ = ("_chunk",)
-
-    def __init__(self, chunk: bytes) -> None:
-        self._chunk = chunk
-
-    def encode(self, sep: str) -> bytes:
-        return self._chunk
 
 
 class _EncodedAsync:
