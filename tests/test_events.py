@@ -697,7 +697,9 @@ def test_no_injection_any_event_name_or_id_with_a_line_break_is_refused(value: s
         Event("x", **{name: value})  # type: ignore[arg-type]
 
 
-@given(value=hostile_text.filter(lambda s: "\0" in s))
+# Built with a NUL, not filtered for one: few hostile texts hold one, and a filter that rejects most of
+# what it is given fails hypothesis's health check at random.
+@given(value=st.tuples(hostile_text, hostile_text).map("\0".join))
 def test_any_id_with_nul_is_refused(value: str) -> None:
     with pytest.raises(ValueError):
         Event("x", id=value)

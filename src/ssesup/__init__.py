@@ -6,6 +6,7 @@ machine, owned by one supervisor per event loop.
 
 from ssesup.events import Event
 from ssesup.hub import Hub
+from ssesup.limits import StreamLimits
 from ssesup.logs import configure_logging
 from ssesup.metrics import metrics_app
 from ssesup.observers import StreamObserver
@@ -19,6 +20,7 @@ __all__ = [
     "Hub",
     "IllegalTransition",
     "State",
+    "StreamLimits",
     "StreamObserver",
     "SupervisedStream",
     "Supervisor",

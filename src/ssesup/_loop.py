@@ -10,13 +10,16 @@ a cheap one-shot wake-up for the actor's hot path. Everything else goes through 
   every send, so each loop resolves it once.
 * The wake-up: the sender and the producer hand work to each other once per chunk; a bare future costs
   a quarter of an ``anyio.Event`` on asyncio.
+* One private name of asyncio, for want of a public one: ``asyncio.tasks._unregister_task``, so that a
+  task whose generator swallows every cancellation does not hold ``asyncio.run``'s shutdown forever
+  (:func:`abandon_task`). Looked up with ``getattr``: where a Python lacks it, the task stays counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -37,14 +40,14 @@ def running_trio() -> bool:
         return False
 
 
-def spawn_owned(fn: Callable[[], Awaitable[None]]) -> object:
+def spawn_owned(fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
     """Start ``fn()`` as a loop-wide task; return its handle (keep it: the owner owns the task)."""
     if running_trio():
         import trio
 
         trio.lowlevel.spawn_system_task(fn)
         return fn
-    return asyncio.get_running_loop().create_task(fn())  # type: ignore[arg-type]
+    return asyncio.get_running_loop().create_task(fn())
 
 
 class LoopPrimitives:
@@ -64,7 +67,7 @@ class LoopPrimitives:
 
             self.clock: Callable[[], float] = trio.current_time
             self.wakeup: Callable[[], Any] = trio.Event
-            self.create_task: Callable[..., asyncio.Task] | None = None
+            self.create_task: Callable[..., asyncio.Task[Any]] | None = None
             self.call_soon_threadsafe: Callable[..., Any] = trio.lowlevel.current_trio_token().run_sync_soon
         else:
             loop = asyncio.get_running_loop()
@@ -74,7 +77,7 @@ class LoopPrimitives:
             self.call_soon_threadsafe = loop.call_soon_threadsafe
 
 
-def abandon_task(task: asyncio.Task) -> None:
+def abandon_task(task: asyncio.Task[Any]) -> None:
     """Stop counting ``task`` among the loop's tasks, so that the loop's shutdown does not wait for it.
 
     For a task that refuses to end (a generator whose cleanup swallows every cancellation): ``asyncio.run``

@@ -47,8 +47,9 @@ def size(name: str, value: object) -> int | None:
 
 def seconds_range(name: str, value: object) -> tuple[float, float]:
     """A pair ``(low, high)`` of seconds with ``0 <= low <= high``, both finite."""
+    pair: Any = value  # anything the caller gave: unpacked, then each part checked
     try:
-        low, high = value  # type: ignore[misc]
+        low, high = pair
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a pair (low, high) of seconds, not {value!r}") from None
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))

@@ -88,7 +88,8 @@ class Connection:
         if len(info) < _TCP_INFO_HEAD.size:
             return None
         fields = _TCP_INFO_HEAD.unpack(info)
-        retransmits, unacked = fields[2], fields[12]
+        retransmits: int = fields[2]
+        unacked: int = fields[12]
         return unacked > 0 and retransmits > 0
 
 

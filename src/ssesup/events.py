@@ -21,7 +21,7 @@ import re
 import sys
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import PurePath
 from types import GeneratorType
@@ -77,6 +77,19 @@ def _checked_fields(
     if data is None and event is None and id is None and retry is None and comment is None:
         raise ValueError("an Event needs at least one of data, event, id, retry or comment")
     return checked_data, checked_event, checked_id, checked_retry, checked_comment
+
+
+class EncodedEvent:
+    """An event's bytes, encoded already: ``encode(sep)`` returns them as they are. What
+    ``ssesup.compat``'s ``ping_factory`` returns (sse-starlette's pings, in its own field order)."""
+
+    __slots__ = ("chunk",)
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk = chunk
+
+    def encode(self, sep: str = "\r\n") -> bytes:
+        return self.chunk
 
 
 class Event:
@@ -188,7 +201,7 @@ class Event:
         """The event as UTF-8 bytes, ending with a blank line."""
         data = self._data
         if self._fields is None:
-            return encode_data_line(data, sep)  # type: ignore[arg-type]
+            return encode_data_line(data, sep)  # type: ignore[arg-type]  # data alone: always a str
         event, id, retry, comment = self._fields
         if retry is None and comment is None and data is not None and "\r" not in data and "\n" not in data:
             return _plain_frame(data, event, id, sep)
@@ -230,9 +243,10 @@ class Event:
         return (_rebuild, self._all())  # the same five arguments as events pickled by earlier versions
 
 
-# The slots are written only here, when an event is made; assignments to an Event raise.
-_set_data = Event._data.__set__  # type: ignore[attr-defined]
-_set_fields = Event._fields.__set__  # type: ignore[attr-defined]
+# The slots are written only here, when an event is made; assignments to an Event raise. (Looked up in
+# the class's namespace: there the names are the slots' descriptors, not the attributes' declared types.)
+_set_data: Callable[[Event, str | None], None] = Event.__dict__["_data"].__set__
+_set_fields: Callable[[Event, tuple[Any, ...] | None], None] = Event.__dict__["_fields"].__set__
 _new_event = object.__new__
 
 
@@ -278,20 +292,23 @@ def encode_data_line(text: str, sep: str) -> bytes:
 
 def encode_item(item: object, sep: str) -> bytes:
     """Bytes for one item yielded by a generator, or ``TypeError`` naming what is accepted."""
+    # The exact types first, each tested on the one type() call: mypy narrows ``type(item) is Event`` but
+    # not a comparison of ``kind``, and a cast or isinstance would cost every event a call.
     kind = type(item)
     if kind is Event:
-        if item._fields is None:  # type: ignore[attr-defined]
+        if item._fields is None:  # type: ignore[attr-defined]  # item is an Event (kind is Event)
             # Data alone, the event of a burst: one exact str, checked when the event was made.
-            text: str = item._data  # type: ignore[attr-defined]
+            text: str = item._data  # type: ignore[attr-defined]  # item is an Event (kind is Event)
             if "\r" not in text and "\n" not in text:
                 return f"data: {text}{sep}{sep}".encode()
-        return item.encode(sep)  # type: ignore[attr-defined]
+        encoded: bytes = item.encode(sep)  # type: ignore[attr-defined]  # item is an Event (kind is Event)
+        return encoded
     if kind is bytes:  # encoded already: what a hub's stream sends, once per subscriber and event
-        return item  # type: ignore[return-value]
+        return item  # type: ignore[return-value]  # item is bytes (kind is bytes)
     if kind is str:
-        return encode_data_line(item, sep)  # type: ignore[arg-type]
+        return encode_data_line(item, sep)  # type: ignore[arg-type]  # item is a str (kind is str)
     if kind is dict:
-        return _mapping_bytes(item, sep)  # type: ignore[arg-type]
+        return _mapping_bytes(item, sep)  # type: ignore[arg-type]  # item is a dict (kind is dict)
     if isinstance(item, Event):
         return item.encode(sep)
     if isinstance(item, str):
@@ -319,7 +336,7 @@ def encode_item(item: object, sep: str) -> bytes:
 _stdlib_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _orjson_writer(default: Any = None) -> Any:
+def _orjson_writer(default: Callable[[Any], Any] | None = None) -> partial[bytes] | None:
     """orjson's ``dumps`` (with ``default``) as ``obj -> bytes``, or ``None`` where orjson is not
     installed. Datetimes, dataclasses and subclasses are passed to ``default`` (or refused), as the
     standard library would take them, never written orjson's own way."""
@@ -331,7 +348,7 @@ def _orjson_writer(default: Any = None) -> Any:
     return partial(orjson.dumps, default=default, option=option)
 
 
-def _fast_json() -> Any:
+def _fast_json() -> Callable[[Any], str]:
     """Event.json's writer: orjson's where installed, falling back to the standard library for
     anything it would write differently; the standard library's alone otherwise."""
     writer = _orjson_writer()
@@ -351,7 +368,7 @@ def _fast_json() -> Any:
     return write
 
 
-compact_json: Any = None
+compact_json: Callable[[Any], str]
 """``compact_json(obj) -> str``: compact JSON, NaN refused (set on first use)."""
 
 
@@ -408,7 +425,8 @@ def json_data(obj: object) -> str:
     if kind is not dict and kind is not list:  # neither is a pydantic model
         dump = getattr(obj, "model_dump_json", None)
         if dump is not None and not isinstance(obj, type):
-            return dump(by_alias=True)
+            dumped: str = dump(by_alias=True)
+            return dumped
     fast = _orjson_data()
     if fast is not None:
         # orjson writes NaN as null, as fastapi.sse sends it; what it refuses, the standard library decides.
@@ -435,12 +453,13 @@ _UNSET: Any = object()
 _orjson_data_writer: Any = _UNSET
 
 
-def _orjson_data() -> Any:
+def _orjson_data() -> Callable[[Any], bytes] | None:
     """orjson's writer for yielded objects (``default`` :func:`_jsonable`), or ``None``; resolved once."""
     global _orjson_data_writer
     if _orjson_data_writer is _UNSET:
         _orjson_data_writer = _orjson_writer(_jsonable)
-    return _orjson_data_writer
+    writer: Callable[[Any], bytes] | None = _orjson_data_writer
+    return writer
 
 
 def _jsonable(obj: Any) -> Any:

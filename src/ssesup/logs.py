@@ -32,8 +32,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -233,7 +233,7 @@ def log_formatter(json: bool = False) -> logging.Formatter:
     )
 
 
-def _escape_values(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _escape_values(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """The last guard before rendering: every top-level text value escaped (a server's own record,
     whose message may hold a forwarded address, included). Escaped text passes unchanged."""
     for key, value in event_dict.items():
@@ -242,7 +242,7 @@ def _escape_values(logger: Any, method: str, event_dict: dict[str, Any]) -> dict
     return event_dict
 
 
-class _Handler(logging.StreamHandler):
+class _Handler(logging.StreamHandler[TextIO]):
     """The root handler :func:`configure_logging` installs (and replaces when called again)."""
 
 

@@ -16,7 +16,9 @@ values to files in that directory, and :func:`metrics_app` serves their sum. Gau
 maxed) over live workers only: before each scrape, the live values of every writer that no longer runs
 are removed (:func:`remove_dead_workers`), however it ended (uvicorn re-raises SIGTERM after its
 shutdown, so ``atexit`` never runs there; a killed worker runs nothing). gunicorn can do the same at
-once from its ``child_exit`` hook (:func:`gunicorn_child_exit`).
+once from its ``child_exit`` hook (:func:`gunicorn_child_exit`). A dead writer's live values are the
+files prometheus-client's public ``multiprocess.mark_process_dead`` removes (``gauge_live*_PID.db``);
+ssesup removes them itself because that function raises when two workers sweep the same file at once.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -82,7 +84,7 @@ class StreamMetrics(StreamObserver):
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), *, mode: str) -> Gauge:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), *, mode: Literal["livesum", "livemax"]) -> Gauge:
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
         route = ("route",)
@@ -293,11 +295,11 @@ def remove_dead_workers(path: str) -> list[int]:
     However a worker ended (a clean exit, a kill, the out-of-memory killer), its open streams stop
     counting at the next scrape. Returns the process ids whose values were removed.
     """
-    dead = set()
+    dead: set[int] = set()
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
-        pid = os.path.basename(name)[: -len(".db")].rpartition("_")[2]
-        if pid.isdigit() and not _runs(int(pid)):
-            dead.add(int(pid))
+        digits = os.path.basename(name)[: -len(".db")].rpartition("_")[2]
+        if digits.isdigit() and not _runs(int(digits)):
+            dead.add(int(digits))
     for pid in dead:
         _remove_live_values(path, pid)
     return sorted(dead)

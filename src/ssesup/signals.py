@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,7 @@ NOT_MAIN_THREAD = "not_main_thread"
 NO_SERVER_HANDLER = "no_server_handler"
 
 
-def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> str | None:
+def listen_for_signals(on_signal: Callable[[int], Coroutine[Any, Any, None]]) -> str | None:
     """Run ``on_signal(signum)`` as a task on this event loop when SIGTERM or SIGINT arrives.
 
     Returns ``None`` when chained, else why nothing was installed: :data:`NOT_MAIN_THREAD` (signals
@@ -83,7 +83,7 @@ def listen_for_signals(on_signal: Callable[[int], Awaitable[None]]) -> str | Non
     return None if installed else NO_SERVER_HANDLER
 
 
-def loop_notifier(on_signal: Callable[[int], Awaitable[None]]) -> Notify:
+def loop_notifier(on_signal: Callable[[int], Coroutine[Any, Any, None]]) -> Notify:
     """A callable safe to run in a signal handler: it starts ``on_signal(signum)`` as a task on the
     current loop (a task, so that the callback runs in async context), owned as ``spawn_owned`` says."""
     if running_trio():
@@ -123,7 +123,7 @@ def server_graceful_timeout() -> float | None:
 # -- operator endpoints ------------------------------------------------------------------------------
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send(
         {

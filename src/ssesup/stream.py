@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ssesup import checks
 from ssesup._loop import abandon_task, wait, wake
 from ssesup.connection import Connection, find_connection
-from ssesup.events import Event, check_separator, encode_item
+from ssesup.events import EncodedEvent, Event, check_separator, encode_item
 from ssesup.limits import Refusal
 from ssesup.logs import escape
 from ssesup.states import CloseReason, State, StreamMachine, Trigger
@@ -181,7 +181,7 @@ class SupervisedStream(Response):
         ping: float | None = None,
         send_timeout: float | None = None,
         sep: str | None = None,
-        ping_factory: Callable[[], Event] | None = None,
+        ping_factory: Callable[[], Event | EncodedEvent] | None = None,
         dead_peer_timeout: float | None = None,
         close_grace: float | None = None,
         max_event_size: int | None = None,
@@ -194,7 +194,7 @@ class SupervisedStream(Response):
     ) -> None:
         if isinstance(content, AsyncIterable):
             self._iterator: AsyncIterator[Item] = aiter(content)
-            self._sync_iterator: Iterator | None = None
+            self._sync_iterator: Iterator[Item] | None = None
         elif isinstance(content, Iterable) and not isinstance(content, (str, bytes, Mapping)):
             self._sync_iterator = iter(content)
             self._iterator = _NOT_STARTED  # a SyncSource on the stream's loop, made when it starts
@@ -257,7 +257,7 @@ class SupervisedStream(Response):
         self._last_activity = 0.0
         self._timer: Timer | None = None
         self._cancel_scope: anyio.CancelScope | None = None
-        self._producer: asyncio.Task | None = None
+        self._producer: asyncio.Task[None] | None = None
         self._stopping = False
         self._response_started = False
         self._body_ended = False
@@ -322,7 +322,7 @@ class SupervisedStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            send = self._wrap_websocket_denial_send(send)
+            send = _websocket_denial(send)
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
         live = supervisor.live  # looked up once: it costs a backend lookup per call
@@ -364,7 +364,7 @@ class SupervisedStream(Response):
                         self._fire(Trigger.EXHAUSTED)  # headers only: the generator is never started
                     else:
                         if self._hooks is not None and self._hooks.companion is not None:
-                            task_group.start_soon(self._run_companion, self._hooks)
+                            task_group.start_soon(self._run_companion, self._hooks.companion)
                         if live.loop.create_task is not None:
                             # asyncio: the producer is a task of the stream's own, outside the task group,
                             # so that stopping it is one cancellation and its generator can await cleanup.
@@ -380,13 +380,13 @@ class SupervisedStream(Response):
             self._fire(Trigger.FORCE_CLOSE)
             if self._timer is not None:
                 self._timer.cancel()
-            scope = self._cancel_scope
+            cancel_scope = self._cancel_scope
             if (
                 self._response_started
                 and not self._body_ended
                 and self.close_reason not in _FAREWELL
-                and scope is not None
-                and self._clock() >= scope.deadline
+                and cancel_scope is not None
+                and self._clock() >= cancel_scope.deadline
             ):
                 # What was queued when the stream ended missed the send deadline it was flushed under (_fire).
                 self._keep_error(SendTimeoutError(f"a send took longer than send_timeout ({self._send_timeout} s)"))
@@ -403,7 +403,7 @@ class SupervisedStream(Response):
                 with anyio.CancelScope(shield=True):
                     await anyio.lowlevel.checkpoint()  # the server hears of the abort before the app returns
             if hooks is not None and hooks.on_close is not None:
-                await self._call_on_close(hooks)
+                await self._call_on_close(hooks.on_close)
             await self._stop_generator()
             supervisor.unregister(self, live)
         if self._hooks is not None and self._hooks.error is not None:
@@ -489,7 +489,7 @@ class SupervisedStream(Response):
                     if self._queued_bytes >= HIGH_WATER:
                         # Nothing more is pulled until there is room: back-pressure reaches the generator.
                         # The item and its bytes are the queue's now (one copy of a large event, not two).
-                        item = chunk = None
+                        del item, chunk
                         self._producer_space = space = self._wakeup()
                         await wait(space)
         except StreamEnding as ending:
@@ -502,7 +502,8 @@ class SupervisedStream(Response):
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
-            asyncio.current_task().uncancel()  # the stream stopped its own producer: an ordinary end
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()  # the stream stopped its own producer: an ordinary end
         else:
             self._fire(Trigger.EXHAUSTED)
 
@@ -521,14 +522,16 @@ class SupervisedStream(Response):
                         if not sent:
                             # The stream has ended (also when it had already, say completed, before this
                             # send failed): nothing more is written, nothing waits for the body's end.
-                            self._cancel_scope.cancel()
+                            if self._cancel_scope is not None:  # set before any sender starts
+                                self._cancel_scope.cancel()
                             return
                         continue
                     if self._machine.closed:
                         # An error to raise to the server leaves the body unended, as an error does.
                         if (self._hooks is None or self._hooks.error is None) and await self._send(send, _END_OF_BODY):
                             self._body_ended = True
-                        self._cancel_scope.cancel()
+                        if self._cancel_scope is not None:  # set before any sender starts
+                            self._cancel_scope.cancel()
                         return
                     return
                 self._sender_wake = sender_wake = self._wakeup()
@@ -620,7 +623,8 @@ class SupervisedStream(Response):
         self.bytes_sent += size
         if not self._unreported:
             self._unreported = True
-            self._supervisor.sent_later(self, self._live)
+            if self._supervisor is not None and self._live is not None:  # both set before any send
+                self._supervisor.sent_later(self, self._live)
 
     async def _send_slices(self, send: Send, body: bytes, events: int, pings: int) -> bool:
         """A chunk larger than the high-water mark goes out in slices of that size, each under the
@@ -716,22 +720,22 @@ class SupervisedStream(Response):
 
             self._live.timers.schedule(self._clock() + hooks.drain_grace, close)
 
-    async def _run_companion(self, hooks: _Hooks) -> None:
+    async def _run_companion(self, companion: Callable[[], Awaitable[None]]) -> None:
         """The companion task: runs beside the generator until the stream ends (the task group's end
         cancels it); its failure ends the stream with ``error``."""
         try:
-            await hooks.companion()  # type: ignore[misc]
+            await companion()
         except Exception as exc:
             log.exception("stream.companion_failed", stream_id=self.stream_id, route=self.route)
             self._keep_error(exc)
             self._fire(Trigger.ERROR)
 
-    async def _call_on_close(self, hooks: _Hooks) -> None:
+    async def _call_on_close(self, on_close: Callable[[SupervisedStream], Awaitable[None] | None]) -> None:
         """Call ``on_close(stream)`` once, shielded, within the close grace; a failure is logged (and
         raised with ``raise_errors``)."""
         with anyio.move_on_after(self._close_grace or 0.0, shield=True):
             try:
-                result = hooks.on_close(self)  # type: ignore[misc]
+                result = on_close(self)
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
@@ -741,14 +745,15 @@ class SupervisedStream(Response):
     def _next_check(self, now: float) -> float:
         """When the timer should look at this stream again: the next ping, or the next send check."""
         deadline = math.inf
-        if self._ping:
-            deadline = self._last_activity + self._ping
+        ping = self._ping or 0.0  # settled to a number when the stream started
+        if ping:
+            deadline = self._last_activity + ping
         timeout = self._send_timeout
         if timeout:
             started = self._send_started
             if started is not None:
                 deadline = min(deadline, started + timeout)
-            elif not 0 < self._ping <= timeout:
+            elif not 0 < ping <= timeout:
                 # No ping check comes before a new send's deadline: look every quarter of the timeout
                 # (a send is then caught within 1.25x the timeout). With a ping check at least that
                 # often, the check that finds a send in flight schedules its exact deadline.
@@ -794,7 +799,7 @@ class SupervisedStream(Response):
             return False
         if self._stalled_since is None:
             self._stalled_since = now
-        return now - self._stalled_since >= self._dead_peer_timeout
+        return now - self._stalled_since >= (self._dead_peer_timeout or 0.0)
 
     async def _last_words(self) -> bool:
         """The farewell and the end of the body, sent here when the stream was cancelled from outside
@@ -835,7 +840,7 @@ class SupervisedStream(Response):
         if self._ping_factory is not None:
             try:
                 event = self._ping_factory()
-                if not isinstance(event, Event):
+                if not isinstance(event, (Event, EncodedEvent)):  # EncodedEvent: ssesup.compat's pings
                     raise TypeError(f"ping_factory() must return an Event, not {type(event).__name__}")
                 return event.encode(sep)
             except Exception as exc:
@@ -881,6 +886,20 @@ class SupervisedStream(Response):
                 await aclose()
         except Exception:
             log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
+
+
+def _websocket_denial(send: Send) -> Send:
+    """``send`` for a response to a websocket scope: the stream is the handshake's denial response (the
+    ASGI websocket denial extension), its messages sent as ``websocket.http.response.*``, as Starlette's
+    ``Response`` sends its own (through a private method of its own, so ssesup does it here)."""
+
+    async def denial(message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "http.response.body"):
+            message = {**message, "type": "websocket." + kind}
+        await send(message)
+
+    return denial
 
 
 class _Hooks:

@@ -16,7 +16,7 @@ import random
 import signal
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import structlog
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from ssesup.stream import SupervisedStream
 
 log = structlog.get_logger("ssesup")
+
+_App = TypeVar("_App")
 
 SCOPE_KEY = "ssesup.supervisor"
 
@@ -364,7 +366,7 @@ class Supervisor:
 
     # -- installation --------------------------------------------------------------------------------
 
-    def install(self, app: Any) -> Any:
+    def install(self, app: _App) -> _App:
         """Make a Starlette or FastAPI ``app`` use this supervisor: ``Supervisor(...).install(app)``."""
         add_middleware = getattr(app, "add_middleware", None)
         if add_middleware is None:

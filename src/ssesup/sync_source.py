@@ -140,7 +140,7 @@ class SyncSource:
     async def _call(self, fn: Callable[[], Any]) -> tuple[bool, Any]:
         """Run ``fn`` in a thread; ``(exhausted, value or exception)``. Cancelled: the call is abandoned."""
         wakeup = self._loop.wakeup()
-        result: list[Any] = []
+        result: list[tuple[bool, Any]] = []
 
         def job() -> None:
             try:

@@ -82,7 +82,7 @@ class JSONServerSentEvent(ServerSentEvent):
         )
 
 
-def ensure_bytes(data: bytes | dict | ServerSentEvent | Any, sep: str) -> bytes:
+def ensure_bytes(data: bytes | dict[str, Any] | ServerSentEvent | Any, sep: str) -> bytes:
     """What a generator yielded, as sse-starlette sends it: bytes as they are, an event encoded with its
     own separator, a dict as the fields of an event, anything else as the ``str()`` of its data."""
     if isinstance(data, (bytes, memoryview)):

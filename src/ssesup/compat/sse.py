@@ -42,6 +42,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from ssesup.compat.event import ServerSentEvent, ensure_bytes
+from ssesup.events import EncodedEvent
 from ssesup.signals import loop_notifier
 from ssesup.states import CloseReason
 from ssesup.stream import SendTimeoutError, SupervisedStream
@@ -52,7 +53,7 @@ __all__ = ["AppStatus", "EventSourceResponse", "SendTimeoutError", "ServerSentEv
 # sse-starlette's own logger: an app's logging set-up for it keeps working.
 logger = logging.getLogger("sse_starlette.sse")
 
-Content = str | bytes | dict | ServerSentEvent | Any
+Content = str | bytes | dict[str, Any] | ServerSentEvent | Any
 SyncContentStream = Iterator[Content]
 AsyncContentStream = AsyncIterable[Content]
 ContentStream = AsyncContentStream | SyncContentStream
@@ -61,6 +62,10 @@ ContentStream = AsyncContentStream | SyncContentStream
 class _AppStatusType(type):
     """``AppStatus.should_exit`` is a class attribute in sse-starlette; here reading and setting it go
     through the supervisors of the compat streams."""
+
+    # Set on AppStatus, the one class of this metaclass.
+    _should_exit: bool
+    enable_automatic_graceful_drain: bool
 
     @property
     def should_exit(cls) -> bool:
@@ -257,31 +262,20 @@ class EventSourceResponse(SupervisedStream):
             return False
         return True
 
-    def _ping_event(self) -> _Encoded:
+    def _ping_event(self) -> EncodedEvent:
         factory = self.ping_message_factory
         ping = (
             factory() if factory is not None else ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep)
         )
-        return _Encoded(ensure_bytes(ping, self.sep))
+        return EncodedEvent(ensure_bytes(ping, self.sep))
 
     async def _on_close(self, stream: SupervisedStream) -> None:
         # sse-starlette calls the handler when its listener receives http.disconnect: when the client
         # leaves, and under uvicorn also once the generator finished (receive() reports a disconnect when
         # the response is complete), during a shutdown too.
-        if stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted:
-            await self.client_close_handler_callable({"type": "http.disconnect"})  # type: ignore[misc]
-
-
-class _Encoded:
-    """Bytes already encoded, in the shape a native ``ping_factory`` returns (``encode(sep)``)."""
-
-    __slots__ = ("_chunk",)
-
-    def __init__(self, chunk: bytes) -> None:
-        self._chunk = chunk
-
-    def encode(self, sep: str) -> bytes:
-        return self._chunk
+        handler = self.client_close_handler_callable  # set: _on_close is the hook only then
+        if handler is not None and (stream.close_reason is CloseReason.CLIENT_DISCONNECT or self._encoded.exhausted):
+            await handler({"type": "http.disconnect"})
 
 
 class _EncodedAsync:

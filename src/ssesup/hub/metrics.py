@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -71,7 +72,7 @@ class HubMetrics:
             ("backend", "operation"),
             registry=registry,
         )
-        self._depths: weakref.WeakSet = weakref.WeakSet()
+        self._depths: weakref.WeakSet[Any] = weakref.WeakSet()
         self.mailbox_events.set_function(self._mailbox_depth)
 
     def watch_depth(self, source: object) -> None:

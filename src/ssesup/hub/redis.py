@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -38,6 +38,8 @@ from anyio.lowlevel import RunVar
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
 from ssesup.hub.ids import START, Position
+
+_T = TypeVar("_T")
 
 # Entries one XREAD takes per channel; more are read by the next call.
 READ_COUNT = 1000
@@ -148,7 +150,7 @@ class RedisBackend(Backend):
     def _key(self, channel: str) -> str:
         return self._stream_prefix + channel
 
-    async def _run(self, fn: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    async def _run(self, fn: Callable[[], Awaitable[_T]], timeout: float = CALL_TIMEOUT) -> _T:
         errors = self._errors
         try:
             with anyio.fail_after(timeout):  # TimeoutError, an OSError, when it passes
@@ -163,7 +165,8 @@ class RedisBackend(Backend):
             async with clients.pool.pipeline(transaction=False) as pipe:
                 pipe.set(self._epoch_key, secrets.token_hex(6), nx=True)
                 pipe.get(self._epoch_key)
-                return (await pipe.execute())[1]
+                results: list[bytes] = await pipe.execute()
+                return results[1]
 
         return (await self._run(fetch)).decode()
 
@@ -181,7 +184,8 @@ class RedisBackend(Backend):
                 pipe.xrange(key, "-", "+", count=1)
                 pipe.xrevrange(key, "+", "-", count=1)
                 pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
-                return await pipe.execute()
+                results: list[Any] = await pipe.execute()
+                return results
 
         oldest, newest, found = await self._run(fetch)
         if not newest:

@@ -19,6 +19,7 @@ import json
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
+from types import AsyncGeneratorType
 from typing import TYPE_CHECKING, Any
 
 from ssesup._loop import wake
@@ -143,12 +144,13 @@ class Subscription:
             if self._closed:  # closed before it was iterated, or after: it does not join again
                 raise StopAsyncIteration
             self._items = self._run(encode=False)
-        return await self._items.__anext__()
+        event: Event = await self._items.__anext__()
+        return event
 
     async def aclose(self) -> None:
         """End the subscription: it leaves the hub; a task waiting in it (another task) ends its iteration."""
         items = self._items
-        if items is not None and items.ag_running:
+        if isinstance(items, AsyncGeneratorType) and items.ag_running:
             # Another task is inside it, waiting (for an event, or for the engine while it starts): end
             # the subscription now; that task, woken, ends its iteration (``StopAsyncIteration``).
             self._close()
@@ -331,7 +333,8 @@ class Subscription:
             positions[channel] = after
             pages[channel] = history
         if reason is not None:
-            return self._gap(encode, reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES]), pages
+            asked = self.last_event_id or ""  # a gap answers an id that was asked for: never None here
+            return self._gap(encode, reason, lost or list(self.channels), asked[:MAX_ID_BYTES]), pages
         return self._start(encode), pages
 
     async def _replay(

@@ -186,7 +186,7 @@ def ring(waiters: Sequence[Waiter], start: int = 0) -> None:
                 continue
             context = waiter._context
             waiter._callback = waiter._context = None
-            context.run(callback, waiter)  # type: ignore[union-attr]
+            context.run(callback, waiter)  # type: ignore[union-attr]  # set with the callback
     except BaseException:
         if index + 1 < len(waiters):
             waiters[index]._loop.call_soon(ring, waiters, index + 1)
