@@ -147,7 +147,7 @@ class ReadinessEndpoint:
         self.supervisor = supervisor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.supervisor.live.draining:
+        if self.supervisor.loop_supervision.draining:
             await _respond(send, 503, {"ready": False, "draining": True})
         else:
             await _respond(send, 200, {"ready": True, "draining": False})

@@ -39,8 +39,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message
 
+from ssesup.current import running_stream
 from ssesup.states import CloseReason
-from ssesup.stream import SupervisedStream, current_stream
+from ssesup.stream import SupervisedStream
 
 if TYPE_CHECKING:
     import pytest
@@ -552,7 +553,7 @@ class AsyncSSEConnection:
             if response is not None:
                 raise RuntimeError("the app sent http.response.start twice")
             headers = Headers(raw=[(bytes(name).lower(), bytes(value)) for name, value in message.get("headers", [])])
-            self._response = SSEResponse(message["status"], headers, _current_stream())
+            self._response = SSEResponse(message["status"], headers, running_stream())
             self._started.set()
         elif kind == "http.response.body":
             if response is None or response.ended:
@@ -566,14 +567,6 @@ class AsyncSSEConnection:
                 self._gone.set()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
-
-
-def _current_stream() -> SupervisedStream | None:
-    """The supervised stream sending the response start, if one does (it sends from its own context)."""
-    try:
-        return current_stream()
-    except LookupError:
-        return None
 
 
 class _Lifespan:

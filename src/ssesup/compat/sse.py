@@ -139,7 +139,7 @@ def _draining_here() -> bool:
         streams = _loop_streams.get()
     except (LookupError, RuntimeError):  # no compat stream on this loop, or no event loop at all
         return False
-    return any(supervisor.live.draining for supervisor in streams.supervisors)
+    return any(supervisor.loop_supervision.draining for supervisor in streams.supervisors)
 
 
 class EventSourceResponse(SupervisedStream):
@@ -218,8 +218,7 @@ class EventSourceResponse(SupervisedStream):
             raise TypeError("ping interval must be int or float")
         if value < 0:
             raise ValueError("ping interval must be >= 0 (0 disables ping)")
-        self._ping_interval = value
-        self._ping = float(value)  # the native setting, read when the stream starts
+        self._ping_interval = value  # the native setting is made from it when the stream starts
 
     def enable_compression(self, force: bool = False) -> None:
         raise NotImplementedError("Compression is not supported for SSE streams.")
@@ -238,6 +237,7 @@ class EventSourceResponse(SupervisedStream):
         self._head = scope["type"] == "http" and scope["method"].upper() == "HEAD"
         if self._head and scope["method"] != "HEAD":
             scope = {**scope, "method": "HEAD"}  # sse-starlette takes a method in any case for HEAD
+        self.override(ping=float(self._ping_interval))  # set after it was made, perhaps
         try:
             if exiting:
                 supervisor.begin_drain()  # the app is exiting: refused, as every stream after a drain

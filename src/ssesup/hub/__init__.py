@@ -253,7 +253,7 @@ class _HubReadiness:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         supervisor = self.supervisor or supervisor_for(scope)
-        if supervisor.live.draining:
+        if supervisor.loop_supervision.draining:
             response = JSONResponse({"ready": False, "draining": True, "hub": "unknown"}, 503)
         elif not await self.hub.healthy():
             response = JSONResponse({"ready": False, "draining": False, "hub": "unavailable"}, 503)

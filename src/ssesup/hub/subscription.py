@@ -23,6 +23,8 @@ from types import AsyncGeneratorType
 from typing import TYPE_CHECKING, Any
 
 from ssesup._loop import wake
+from ssesup.current import running_stream
+from ssesup.errors import StreamEnding
 from ssesup.events import Event
 from ssesup.hub.backend import Entry, History, Missed
 from ssesup.hub.ids import (
@@ -223,7 +225,7 @@ class Subscription:
         its mailbox holds without waiting, and waits (once) only when the mailbox is empty."""
         hub = self.hub
         if self.stream is None:
-            self.stream = _running_stream()
+            self.stream = running_stream()
         loop_hub = self._loop_hub = hub.loop_hub()
         hub.count_subscriber(1)
         try:
@@ -250,8 +252,6 @@ class Subscription:
             sep = self.sep
             while True:
                 if self._overflowed:
-                    from ssesup.stream import StreamEnding
-
                     raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
                 if self._new_epoch is not None:
                     self._set_epoch(self._new_epoch)
@@ -417,12 +417,3 @@ class Subscription:
         if self._wakeup is not None:  # a task waits in it: wake it to end its iteration
             wake(self._wakeup)
             self._wakeup = None
-
-
-def _running_stream() -> SupervisedStream | None:
-    from ssesup.stream import current_stream
-
-    try:
-        return current_stream()
-    except LookupError:
-        return None
