@@ -55,7 +55,8 @@ def test_several_event_loops_in_several_threads_share_nothing():
             socks.append(sock)
         assert one.call(lambda: len(default_supervisor.loop_supervision.streams)) == 1
         assert two.call(lambda: len(default_supervisor.loop_supervision.streams)) == 2
-        assert one.call(lambda: default_supervisor.loop_supervision) is not two.call(lambda: default_supervisor.loop_supervision)
+        supervision = lambda: default_supervisor.loop_supervision  # noqa: E731
+        assert one.call(supervision) is not two.call(supervision)
         for sock in socks:
             sock.close()
         wait_until(lambda: two.call(lambda: len(default_supervisor.loop_supervision.streams)) == 0)

@@ -173,7 +173,8 @@ def test_a_drains_close_cancels_the_generator_where_it_waits_not_after_the_farew
 def test_a_cleanup_cut_at_the_close_grace_is_logged_also_when_the_generator_swallowed_the_cut(monkeypatch):
     """The generator, stopped at its ``yield`` while its event was being sent, is closed within the close
     grace; its cleanup outlasts it and swallows the cut: it was cut all the same, and that is logged."""
-    monkeypatch.setattr("ssesup.stream.QUIET_FOR_DIRECT_SEND", -1.0)  # the producer sends: the generator waits at its yield
+    # The producer sends: the generator waits at its yield.
+    monkeypatch.setattr("ssesup.stream.QUIET_FOR_DIRECT_SEND", -1.0)
     seen: list[str] = []
 
     async def main() -> None:

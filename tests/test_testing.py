@@ -3,8 +3,8 @@ agrees with httpx-sse, which we did not write), and the served app answers real 
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import re
 import subprocess
 import sys
