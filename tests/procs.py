@@ -82,7 +82,8 @@ def _accepts(port: int) -> bool:
 def serve(argv: list[str], port: int, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """Run ``argv`` (a server command listening on ``port``), wait until it accepts, kill it at the end."""
     log_path = tmp_path / f"server-{port}.log"
-    environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    environment = {**os.environ, "PYTHONPATH": path, **(env or {})}
     with running(argv, log_path, environment, lambda: _accepts(port), 20, "on 127.0.0.1") as process:
         yield ServerProcess(process, port, log_path)
 

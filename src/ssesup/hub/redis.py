@@ -37,13 +37,14 @@ from anyio.lowlevel import RunVar
 
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
-from ssesup.hub.ids import START, Position
+from ssesup.hub.ids import MAX_PART, START, Position
 
 # Entries one XREAD takes per channel; more are read by the next call.
 READ_COUNT = 1000
 # Seconds a call may take (a blocking XREAD: its block time and this) before Redis counts as unreachable.
 CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 
 _APPEND = """
 local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -180,10 +181,12 @@ class RedisBackend(Backend):
             async with clients.pool.pipeline(transaction=False) as pipe:
                 pipe.xrange(key, "-", "+", count=1)
                 pipe.xrevrange(key, "+", "-", count=1)
-                pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
+                if after != LAST_POSITION:  # nothing follows the largest id (and Redis refuses "(" before it)
+                    pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
                 return await pipe.execute()
 
-        oldest, newest, found = await self._run(fetch)
+        oldest, newest, *found = await self._run(fetch)
+        found = found[0] if found else []
         if not newest:
             return History([], False, START)
         lost = parse_redis_id(oldest[0][1][b"p"]) > after
