@@ -10,8 +10,9 @@ The contract, for every engine:
 * ``append`` gives each channel's events increasing positions (``(int, int)``, ordered as tuples) and
   returns the new event's; it raises :class:`HubUnavailable` when the engine cannot be reached.
 * ``read(channel, after, limit)`` returns up to ``limit`` events after ``after``, oldest first, with
-  ``lost`` (events after ``after`` are gone from history: trimmed, expired) and ``last`` (the channel's
-  last position ever given, also when its events are gone).
+  ``lost`` (events after ``after`` may be gone from history: trimmed, expired), ``last`` (the channel's
+  last position ever given, also when its events are gone; a position after it was never given) and
+  ``floor`` (every position up to it is no longer in history: the last event dropped, when known).
 * ``wait(cursors, timeout)`` returns the events after each channel's cursor, waiting up to ``timeout``
   seconds for the first (an empty list on timeout or after ``wake``). The hub calls it from one task
   per event loop, for all the channels that loop's subscribers follow.
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ssesup.events import Event
-from ssesup.hub.ids import Position, format_id
+from ssesup.hub.ids import START, Position, format_id
 
 
 class HubUnavailable(ConnectionError):
@@ -81,12 +82,14 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, and the
-    channel's last position."""
+    """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, the
+    channel's last position, and the last position history no longer holds (``floor``: a resume that
+    lost events lost those up to it)."""
 
     entries: Sequence[Entry]
     lost: bool
     last: Position
+    floor: Position = START
 
 
 class Backend(abc.ABC):

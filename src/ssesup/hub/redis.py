@@ -7,9 +7,14 @@ Does not own fan-out, mailboxes or back-off (``ssesup.hub``). Needs redis-py (``
 Redis >= 7.0.
 
 * ``append`` is one round trip, a script: ``XADD ... MAXLEN ~ <history_size>``, then ``XTRIM ... MINID ~``
-  (the new entry's time less ``history_ttl``, on Redis's clock). The entry keeps the id of the entry
-  before it (field ``p``), so a read knows exactly whether events after an id were trimmed: they were
-  when the oldest entry left follows another entry than the one asked for. The stream entry id
+  (the new entry's time less ``history_ttl``, on Redis's clock), then ``PEXPIRE`` to ``history_ttl``:
+  a channel nobody publishes to is gone from Redis once its newest event is older than the age bound.
+  The entry keeps the id of the entry before it (field ``p``), so a read knows exactly whether events
+  after an id were trimmed: they were when the oldest entry left follows another entry than the one
+  asked for. The first entry of a new stream keeps the horizon instead (field ``h``, its time less the
+  age bound): an earlier stream of the channel, expired, held only positions before it. A read of a
+  channel with no stream answers the same from Redis's time: an id before the horizon may have lost
+  events (``expired``), one after Redis's time was never given (``unknown``). The stream entry id
   (``ms-seq``) is the position. Appends are never retried: a publish that fails raises, and one that
   was acknowledged was stored once.
 * ``read`` is ``XRANGE`` after the position (exclusive), with the oldest and newest entries, in one
@@ -37,7 +42,7 @@ from anyio.lowlevel import RunVar
 
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
-from ssesup.hub.ids import MAX_PART, START, Position
+from ssesup.hub.ids import MAX_PART, Position
 
 # Entries one XREAD takes per channel; more are read by the next call.
 READ_COUNT = 1000
@@ -46,14 +51,32 @@ CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 
+# KEYS[1]: the channel's stream; ARGV: history_size, history_ttl in ms, the event's fields. The entry
+# keeps the id of the one before it (p); the first entry of a stream that did not exist also keeps the
+# horizon (h): every position before it may have been in an earlier stream of the channel, expired.
 _APPEND = """
 local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local before = '0-0'
-if previous[1] then before = previous[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', before, unpack(ARGV, 3))
+local id
+if previous[1] then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous[1][1], unpack(ARGV, 3))
+else
+  local t = redis.call('TIME')
+  local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+  id = redis.call('XADD', KEYS[1], '*', 'p', '0-0', 'h', string.format('%d-0', horizon), unpack(ARGV, 3))
+end
 local ms = tonumber(string.match(id, '^(%d+)'))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return id
+"""
+
+# KEYS[1]: the channel's stream. Its last entry's id, or, when it has none, a position before every id
+# it will give (Redis's time less a millisecond): read and decided in one step.
+_LAST = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then return newest[1][1] end
+local t = redis.call('TIME')
+return string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1)
 """
 
 _FIELDS = ((b"d", "data"), (b"e", "event"), (b"c", "comment"))
@@ -114,6 +137,7 @@ class _LoopClients:
             # RedisBackend._run's (see the module's docstring).
             client.connection_pool.connection_kwargs.update(socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT)
         self.append = self.pool.register_script(_APPEND)
+        self.last = self.pool.register_script(_LAST)
         self.wake_key = ""
         self.wake_cursor = "0-0"
 
@@ -179,24 +203,27 @@ class RedisBackend(Backend):
 
         async def fetch() -> list[Any]:
             async with clients.pool.pipeline(transaction=False) as pipe:
+                pipe.time()
                 pipe.xrange(key, "-", "+", count=1)
                 pipe.xrevrange(key, "+", "-", count=1)
                 if after != LAST_POSITION:  # nothing follows the largest id (and Redis refuses "(" before it)
                     pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
                 return await pipe.execute()
 
-        oldest, newest, *found = await self._run(fetch)
-        found = found[0] if found else []
+        (seconds, micros), oldest, newest, *found = await self._run(fetch)
         if not newest:
-            return History([], False, START)
-        lost = parse_redis_id(oldest[0][1][b"p"]) > after
-        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in found]
-        return History(entries, lost, parse_redis_id(newest[0][0]))
+            # No stream (it expired, or never was): events up to the horizon may have been; none since.
+            now_ms = seconds * 1000 + micros // 1000
+            horizon = (max(0, now_ms - self.history_ttl_ms), 0)
+            return History([], after < horizon, (now_ms, MAX_PART), horizon)
+        fields = oldest[0][1]
+        floor = parse_redis_id(fields[b"h"] if b"h" in fields else fields[b"p"])
+        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in (found[0] if found else [])]
+        return History(entries, floor > after, parse_redis_id(newest[0][0]), floor)
 
     async def last(self, channel: str) -> Position:
         clients = self._loop()
-        newest = await self._run(lambda: clients.pool.xrevrange(self._key(channel), "+", "-", count=1))
-        return parse_redis_id(newest[0][0]) if newest else START
+        return parse_redis_id(await self._run(lambda: clients.last(keys=[self._key(channel)])))
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
         clients = self._loop()

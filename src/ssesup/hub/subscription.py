@@ -361,10 +361,12 @@ class Subscription:
                 lost.append(channel)
                 positions[channel] = cursors[index]
                 continue
+            positions[channel] = after
             if history.lost:
                 reason = reason or GapReason.EXPIRED
                 lost.append(channel)
-            positions[channel] = after
+                # The events up to the floor are gone: the stream resumes after it (the gap says so).
+                positions[channel] = max(after, history.floor)
             pages[channel] = history
         if reason is not None:
             return self._gap(encode, reason, lost or list(self.channels), self.last_event_id[:MAX_ID_BYTES]), pages
