@@ -61,8 +61,14 @@ __all__ = [
 
 T = TypeVar("T")
 
-HISTORY_SIZE = 1000
+# History is bounded by age first: HISTORY_TTL covers the longest a client of ssesup's own drain is away
+# (the drain's grace, 20 s, then a reconnect hint of up to 10 s) many times over. The count is a guard
+# on memory per channel, sized from the same window: 10,000 events cover 30 s at 333 events per second
+# per channel (RATE_COVERED), 100 s at 100 per second. Sizing rule: history_size >= the channel's rate
+# x (drain grace + the reconnect range's top + what a client adds: its own back-off, a slow network).
+HISTORY_SIZE = 10_000
 HISTORY_TTL = 300.0
+RATE_COVERED = 333
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
 # The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
