@@ -69,6 +69,9 @@ T = TypeVar("T")
 HISTORY_SIZE = 10_000
 HISTORY_TTL = 300.0
 RATE_COVERED = 333
+# Redis connections per event loop for publishes, joins and history reads (a call waits for a free one);
+# the loop's reader has one more.
+REDIS_CONNECTIONS = 16
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
 # The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
@@ -86,7 +89,9 @@ class Hub:
     or ``"drop_oldest"``; ``channel_overflow`` per channel) applies. ``gap_event`` names the event
     that tells a subscriber events were lost. ``metrics``: record in prometheus-client's registry
     (``True``), in this registry, or not at all; ``metrics_channels`` labels them by channel (only
-    when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys.
+    when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys. ``redis_connections``:
+    the Redis connections each event loop uses for publishes, joins and history reads (a call waits for
+    a free one, within its deadline; the loop's reader has one more of its own).
     """
 
     def __init__(
@@ -103,9 +108,14 @@ class Hub:
         metrics: bool | CollectorRegistry = True,
         metrics_channels: bool = False,
         redis_prefix: str = "ssesup:",
+        redis_connections: int = REDIS_CONNECTIONS,
         backend: Backend | None = None,
     ) -> None:
-        for name, value in (("history_size", history_size), ("mailbox_events", mailbox_events)):
+        for name, value in (
+            ("history_size", history_size),
+            ("mailbox_events", mailbox_events),
+            ("redis_connections", redis_connections),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
         if isinstance(mailbox_bytes, bool) or not isinstance(mailbox_bytes, int) or mailbox_bytes < 1:
@@ -135,7 +145,7 @@ class Hub:
         }
         self.gap_event = gap_event
         if backend is None:
-            backend = _backend_for(url, history_size, self.history_ttl, redis_prefix)
+            backend = _backend_for(url, history_size, self.history_ttl, redis_prefix, redis_connections)
         self.backend = backend
         self.metrics: HubMetrics | None = None
         if metrics is not False:
@@ -295,7 +305,7 @@ def _event_of(fields: Mapping[str, Any]) -> Event:
     return Event.from_mapping(fields)
 
 
-def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix: str) -> Backend:
+def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix: str, connections: int) -> Backend:
     if url is not None and not isinstance(url, str):
         raise ValueError(f"a hub URL is a str (memory://, redis://host, rediss://host or unix:///path), not {url!r}")
     if url is None or url == "memory://":
@@ -310,7 +320,7 @@ def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix:
             raise ValueError(f"a hub URL {scheme}:// names {where}: {_without_password(url)!r} names none")
         from ssesup.hub.redis import RedisBackend
 
-        return RedisBackend(url, history_size, history_ttl, prefix=prefix)
+        return RedisBackend(url, history_size, history_ttl, prefix=prefix, connections=connections)
     raise ValueError(f"a hub URL is memory://, redis://, rediss:// or unix://, not {_without_password(url)!r}")
 
 

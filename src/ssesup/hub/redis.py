@@ -1,10 +1,10 @@
 """The hub's Redis Streams engine: history shared by every process and host that uses one Redis.
 
 Owns: one Redis stream per channel (key ``<prefix>ch:<channel>``), the epoch key (``<prefix>epoch``),
-each event loop's two clients (a pool for appends and reads, and one connection of its own for the
-loop's blocking ``XREAD``), and turning Redis failures into :class:`~ssesup.hub.backend.HubUnavailable`.
-Does not own fan-out, mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and
-Redis >= 7.0.
+each event loop's two clients (a pool of at most ``connections`` for appends and reads, where a call
+waits for a free connection, and one connection of its own for the loop's blocking ``XREAD``), and
+turning Redis failures into :class:`~ssesup.hub.backend.HubUnavailable`. Does not own fan-out,
+mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and Redis >= 7.0.
 
 * ``append`` is one round trip, a script: ``XADD ... MAXLEN ~ <history_size>``, then ``XTRIM ... MINID ~``
   (the new entry's time less ``history_ttl``, on Redis's clock), then ``PEXPIRE`` to ``history_ttl``:
@@ -49,6 +49,9 @@ READ_COUNT = 1000
 # Seconds a call may take (a blocking XREAD: its block time and this) before Redis counts as unreachable.
 CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+# Connections of each event loop's pool (publishes, joins, history reads): a call that finds them all
+# busy waits for one, within its deadline. The loop's reader has one more of its own.
+CONNECTIONS = 16
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 
 # KEYS[1]: the channel's stream; ARGV: history_size, history_ttl in ms, the event's fields. The entry
@@ -124,12 +127,17 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
 
 
 class _LoopClients:
-    """One event loop's clients: redis-py's asyncio connections belong to the loop that made them."""
+    """One event loop's clients: redis-py's asyncio connections belong to the loop that made them. The
+    pool holds at most ``connections``; a call that finds them all busy waits for one (under its
+    deadline), where redis-py's own pool raises ``MaxConnectionsError``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int) -> None:
         redis = _redis()
         no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=connections, timeout=None, retry=no_retry
+        )
+        self.pool = redis.asyncio.Redis.from_pool(pool)
         self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True)
         for client in (self.pool, self.reader):
             # Set on the pool the connections are made from (lazily), where a URL's ``?socket_timeout=``
@@ -148,9 +156,18 @@ class RedisBackend(Backend):
 
     name = "redis"
 
-    def __init__(self, url: str, history_size: int, history_ttl: float, *, prefix: str = "ssesup:") -> None:
+    def __init__(
+        self,
+        url: str,
+        history_size: int,
+        history_ttl: float,
+        *,
+        prefix: str = "ssesup:",
+        connections: int = CONNECTIONS,
+    ) -> None:
         self._errors = _redis().exceptions
         self.url = url
+        self.connections = connections
         self.history_size = history_size
         self.history_ttl_ms = int(history_ttl * 1000)
         self.prefix = prefix
@@ -162,7 +179,7 @@ class RedisBackend(Backend):
     def _loop(self) -> _LoopClients:
         clients = self._clients.get()
         if clients is None:
-            clients = _LoopClients(self.url)
+            clients = _LoopClients(self.url, self.connections)
             clients.wake_key = f"{self.prefix}wake:{secrets.token_hex(8)}"
             self._clients.set(clients)
         return clients

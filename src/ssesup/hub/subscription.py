@@ -355,7 +355,7 @@ class Subscription:
             if after is None:
                 positions[channel] = cursors[index]
                 continue
-            history = await loop_hub.retrying("read", partial(read, channel, after, PAGE))
+            history = await loop_hub.shared(("read", channel, after), "read", partial(read, channel, after, PAGE))
             if after > history.last:
                 reason = reason or GapReason.UNKNOWN
                 lost.append(channel)
@@ -387,7 +387,8 @@ class Subscription:
                         yield self._framed(entry) if encode else self._event(entry)
                 if len(history.entries) < PAGE:
                     break
-                history = await loop_hub.retrying("read", partial(read, channel, positions[channel], PAGE))
+                after = positions[channel]
+                history = await loop_hub.shared(("read", channel, after), "read", partial(read, channel, after, PAGE))
                 if self._closed:  # by another task, while this one read
                     return
 
