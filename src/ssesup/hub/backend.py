@@ -22,6 +22,12 @@ The contract, for every engine:
 * ``close()`` releases this event loop's connections; the next call connects again.
 * ``appended(channel, after)`` (optional, not async) returns what ``wait`` would, for one channel, when
   the engine has it in this process already: the publisher's loop then fans it out in the same step.
+* ``followed(channel)`` (optional, not async): this loop's reader now follows ``channel`` (its cursor is
+  set). An engine whose ``wait`` reads only the channels that changed since its last call reads this
+  one at its next call too, so that what was appended while the cursor was being read is not missed.
+
+``wait`` costs per event found, not per channel followed: a loop may follow tens of thousands of
+channels (1,000 streams of 16 channels each), and its reader calls ``wait`` after every delivery.
 
 Engines are used from any number of event loops (each uvicorn worker thread, a test's own loop): what
 belongs to a loop (connections) is the engine's to keep per loop.
@@ -117,6 +123,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def followed(self, channel: str) -> None:  # noqa: B027 (optional, not abstract)
+        """This loop's reader now follows ``channel`` (optional: see the module's docstring)."""
 
     def appended(self, channel: str, after: Position) -> Sequence[Entry]:
         """The entries of ``channel`` after ``after`` that this process holds already, without waiting

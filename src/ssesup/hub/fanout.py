@@ -154,6 +154,7 @@ class LoopHub:
         if subscription not in self.subscribers.get(channel, ()):
             return last  # left while waiting
         self.cursors[channel] = last
+        backend.followed(channel)
         if not self._ensure_reader():
             with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has
                 await backend.wake()
@@ -210,7 +211,8 @@ class LoopHub:
                         if attempt or clock() - checked >= HEALTH_EVERY:
                             self._check_epoch(await self.hub.call("epoch", backend.epoch))
                             checked = clock()
-                        batch = await backend.wait(dict(self.cursors), HEALTH_EVERY)
+                        # The cursors themselves, not a copy: the engine reads those that changed.
+                        batch = await backend.wait(self.cursors, HEALTH_EVERY)
                     except Exception as exc:
                         if not isinstance(exc, HubUnavailable):
                             log.exception("hub.reader_failed", backend=backend.name)

@@ -24,6 +24,7 @@ import contextlib
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,14 +56,16 @@ class _Channel:
 
 
 class _Waiter:
-    """The reader of one event loop, waiting for an append."""
+    """The reader of one event loop: waiting for an append, and the channels appended to since it last
+    looked (``changed``; ``None`` until its first look, which reads every channel it follows)."""
 
-    __slots__ = ("call_soon_threadsafe", "event", "thread")
+    __slots__ = ("__weakref__", "call_soon_threadsafe", "changed", "event", "thread")
 
     def __init__(self) -> None:
         self.call_soon_threadsafe: Callable[..., Any] = LoopPrimitives().call_soon_threadsafe
         self.thread = threading.get_ident()
         self.event = anyio.Event()
+        self.changed: set[str] | None = None
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread:
@@ -90,6 +93,8 @@ class MemoryBackend(Backend):
         self._horizons = [START] * HORIZON_BUCKETS
         self._counter = 0
         self._waiting: set[_Waiter] = set()
+        # Every loop's reader (while its loop lives): each append notes its channel in theirs.
+        self._readers: weakref.WeakSet[_Waiter] = weakref.WeakSet()
         self._waiter: RunVar[_Waiter] = RunVar(f"ssesup.hub.memory.{id(self)}")
         self._sweeping = False
 
@@ -111,6 +116,9 @@ class MemoryBackend(Backend):
             record.entries.append((now, Entry(position, event, record.last)))
             record.last = position
             self._trim(record, now)
+            for reader in self._readers:
+                if reader.changed is not None:
+                    reader.changed.add(channel)
             sweeper = not self._sweeping
             self._sweeping = True
             waiting, self._waiting = self._waiting, set()
@@ -143,7 +151,7 @@ class MemoryBackend(Backend):
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
         waiter = self._loop_waiter()
         with self._lock:
-            found = self._collect(cursors)
+            found = self._collect(cursors, waiter)
             if found:
                 return found
             waiter.event = anyio.Event()
@@ -155,7 +163,13 @@ class MemoryBackend(Backend):
             with self._lock:
                 self._waiting.discard(waiter)
         with self._lock:
-            return self._collect(cursors)
+            return self._collect(cursors, waiter)
+
+    def followed(self, channel: str) -> None:
+        waiter = self._loop_waiter()
+        with self._lock:
+            if waiter.changed is not None:
+                waiter.changed.add(channel)
 
     def appended(self, channel: str, after: Position) -> list[Entry]:
         with self._lock:
@@ -229,11 +243,15 @@ class MemoryBackend(Backend):
         newer.reverse()
         return newer
 
-    def _collect(self, cursors: Mapping[str, Position]) -> list[tuple[str, Entry]]:
+    def _collect(self, cursors: Mapping[str, Position], waiter: _Waiter) -> list[tuple[str, Entry]]:
+        """What follows the cursors of the channels appended to since ``waiter`` last looked (every
+        channel on its first look): the cost is per channel that changed, not per channel followed."""
+        changed, waiter.changed = waiter.changed, set()
         found: list[tuple[str, Entry]] = []
-        for channel, cursor in cursors.items():
+        for channel in cursors if changed is None else changed:
+            cursor = cursors.get(channel)
             record = self._channels.get(channel)
-            if record is not None and record.last > cursor:
+            if cursor is not None and record is not None and record.last > cursor:
                 found.extend((channel, entry) for entry in self._after(record, cursor))
         return found
 
@@ -243,4 +261,6 @@ class MemoryBackend(Backend):
         except LookupError:
             waiter = _Waiter()
             self._waiter.set(waiter)
+            with self._lock:
+                self._readers.add(waiter)
             return waiter
