@@ -659,6 +659,11 @@ class Plan:
     hub_redis_rate: float = 10.0  # publishes/s (issue 13 asks 100: more than 2 cores hold, bench/redis_hub.py)
     hub_redis_warm: float = 5.0
     hub_redis_window: float = 20.0
+    hub_storm_clients: int = 2000
+    hub_storm_events: int = 200
+    hub_storm_rate: float = 20.0  # publishes/s (2,000 clients: 40,000 deliveries a second)
+    hub_storm_grace: float = 5.0
+    hub_storm_timeout: float = 180.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -697,6 +702,10 @@ class Plan:
             hub_resume_timeout=60.0,
             hub_redis_streams=20,
             hub_redis_rate=20.0,
+            hub_storm_clients=50,
+            hub_storm_events=100,
+            hub_storm_grace=1.0,
+            hub_storm_timeout=60.0,
             hub_redis_warm=0.5,
             hub_redis_window=2.0,
         )
