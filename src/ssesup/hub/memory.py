@@ -44,6 +44,8 @@ HORIZON_BUCKETS = 4096
 # The sweep runs this long after the next channel ages out (a few channels forgotten at once, not one
 # wake-up each).
 SWEEP_SLACK = 0.5
+# Channels a loop's reader notes as changed before it looks; past that its next look reads every channel.
+CHANGED_KEPT = 10_000
 
 
 class _Channel:
@@ -66,6 +68,17 @@ class _Waiter:
         self.thread = threading.get_ident()
         self.event = anyio.Event()
         self.changed: set[str] | None = None
+
+    def note(self, channel: str) -> None:
+        """``channel`` changed (under the engine's lock). Past CHANGED_KEPT channels noted, the next look
+        reads every channel instead: the set stays bounded while a reader does not look (a loop busy
+        elsewhere, joins and leaves that start and cancel it)."""
+        changed = self.changed
+        if changed is not None:
+            if len(changed) < CHANGED_KEPT:
+                changed.add(channel)
+            else:
+                self.changed = None
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread:
@@ -117,8 +130,7 @@ class MemoryBackend(Backend):
             record.last = position
             self._trim(record, now)
             for reader in self._readers:
-                if reader.changed is not None:
-                    reader.changed.add(channel)
+                reader.note(channel)
             sweeper = not self._sweeping
             self._sweeping = True
             waiting, self._waiting = self._waiting, set()
@@ -168,8 +180,7 @@ class MemoryBackend(Backend):
     def followed(self, channel: str) -> None:
         waiter = self._loop_waiter()
         with self._lock:
-            if waiter.changed is not None:
-                waiter.changed.add(channel)
+            waiter.note(channel)
 
     def appended(self, channel: str, after: Position) -> list[Entry]:
         with self._lock:

@@ -168,6 +168,7 @@ class _LoopClients:
         self.changes_cursor: str | None = None
         # Channels followed since the reader's last read (read at its next, whatever the log says).
         self.fresh: set[str] = set()
+        self.everything = False  # more were followed than ``fresh`` keeps: the next read reads every channel
 
 
 class RedisBackend(Backend):
@@ -277,6 +278,7 @@ class RedisBackend(Backend):
                 newest = await self._run(lambda: clients.reader.xrevrange(self._changes_key, "+", "-", count=1))
                 clients.changes_cursor = newest[0][0].decode() if newest else "0-0"
                 clients.fresh.clear()
+                clients.everything = False
                 found = await self._read_channels(clients, cursors, list(cursors))
                 if found:
                     return found
@@ -286,7 +288,7 @@ class RedisBackend(Backend):
                 timeout + CALL_TIMEOUT,
             )
             changed, clients.fresh = clients.fresh, set()
-            everything = False
+            everything, clients.everything = clients.everything, False
             for raw_key, items in answer.items() if isinstance(answer, dict) else answer:
                 if raw_key.decode() == clients.wake_key:
                     clients.wake_cursor = items[-1][0].decode()
@@ -324,7 +326,12 @@ class RedisBackend(Backend):
         return entries
 
     def followed(self, channel: str) -> None:
-        self._loop().fresh.add(channel)
+        clients = self._loop()
+        if len(clients.fresh) < READ_KEYS:
+            clients.fresh.add(channel)
+        else:  # many joins before the reader's next read: it reads every channel then (bounded memory)
+            clients.fresh.clear()
+            clients.everything = True
 
     async def wake(self) -> None:
         clients = self._loop()
