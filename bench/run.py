@@ -58,7 +58,7 @@ NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "hub_storm")
 # burst group, the systems take turns burst by burst: measure_bursts).
 BURST_GROUP = ("latency", *BURSTS)
 GROUPS = (BURST_GROUP, ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
-          ("hub_redis",), ("deploy",), ("churn",))  # fmt: skip
+          ("hub_redis",), ("hub_storm",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
