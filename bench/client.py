@@ -672,6 +672,11 @@ class Plan:
     scale_reconnect: str = ""  # "low,high" seconds of the farewell's retry:; empty: ssesup's default (1-10 s)
     scale_concurrency: int = 256  # streams being admitted at once per client process
     scale_profile: bool = False  # py-spy of one server process per phase (bench/scale.py Profile)
+    hub_storm_clients: int = 2000
+    hub_storm_events: int = 200
+    hub_storm_rate: float = 20.0  # publishes/s (2,000 clients: 40,000 deliveries a second)
+    hub_storm_grace: float = 5.0
+    hub_storm_timeout: float = 180.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -710,6 +715,10 @@ class Plan:
             hub_resume_timeout=60.0,
             hub_redis_streams=20,
             hub_redis_rate=20.0,
+            hub_storm_clients=50,
+            hub_storm_events=100,
+            hub_storm_grace=1.0,
+            hub_storm_timeout=60.0,
             hub_redis_warm=0.5,
             hub_redis_window=2.0,
             scale_max=2000,

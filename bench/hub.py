@@ -10,13 +10,21 @@ the hub's fan-out alone (the cost a stream adds is measured by the other scenari
 bench's report (``bench/report.py``) or its server runs (``bench/run.py``, which runs this scenario as
 ``--scenarios hub``: the floor system gets the bare queues, ssesup the hub).
 
-``python -m bench.hub [--subscribers 1000 5000 10000 20000] [--events 100] [--json PATH]``
+The many-channels case (ssesup only, in the same scenario): ``MANY_STREAMS`` idle streams that each
+follow ``MANY_CHANNELS`` channels of their own (16,000 channels), then ``MANY_EVENTS`` publishes each to
+one of them, in memory and on a Redis of its own: the wall and CPU seconds until every event is
+delivered (``many_wall_s_memory``, ``many_cpu_s_redis``, ...). A publish must cost what it delivers,
+not every channel the process follows.
+
+``python -m bench.hub [--subscribers 1000 5000 10000 20000] [--events 100] [--json PATH]``;
+``python -m bench.hub --many-channels 16 [--url redis://...]`` runs the many-channels case alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -148,6 +156,56 @@ async def run_floor(subscribers: int, events: int) -> dict[str, float]:
 
 RUNS = {"floor": run_floor, "hub": run_hub}
 
+# The many-channels case: idle streams that each follow the most channels a stream may (16), and
+# publishes that each reach one of them. What a publish costs must not grow with every channel the
+# process follows (it did: each read of the loop's reader covered all of them).
+MANY_STREAMS = 1000
+MANY_CHANNELS = 16
+MANY_EVENTS = 500
+
+
+async def run_many_channels(url: str | None, streams: int, channels: int, events: int) -> dict[str, float]:
+    """``streams`` subscriptions of ``channels`` channels each (all distinct), then ``events`` publishes,
+    each to one channel of one stream, one after the other; the wall and CPU seconds from the first
+    publish until every event is delivered."""
+    hub = Hub(url, metrics=False)
+    subscriptions = []
+    for stream in range(streams):
+        items = hub.subscribe(*(f"s{stream}.c{channel}" for channel in range(channels))).encoded()
+        await anext(items)  # joined
+        subscriptions.append(items)
+    received = 0
+    done = asyncio.Event()
+
+    async def take(items) -> None:
+        nonlocal received
+        async for _ in items:
+            received += 1
+            if received == events:
+                done.set()
+
+    tasks = [asyncio.create_task(take(items)) for items in subscriptions]
+    await asyncio.sleep(0.5)  # every stream waiting, the loop's reader on the engine
+    cpu, wall = _cpu(), time.perf_counter()
+    for n in range(events):
+        await hub.publish(f"s{n % streams}.c{n % channels}", Event(str(n)))
+        await asyncio.sleep(0)  # the loop's other tasks run between publishes, as in an app
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), 120)
+    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await hub.aclose()
+    return {"wall_s": wall, "cpu_s": cpu, "delivered": received / events}
+
+
+def many_channels(
+    url: str | None, streams: int = MANY_STREAMS, channels: int = MANY_CHANNELS, events: int = MANY_EVENTS
+) -> dict[str, float]:
+    """The many-channels case in this process (``url``: the hub's; ``None`` in memory)."""
+    return asyncio.run(run_many_channels(url, streams, channels, events))
+
 
 def run_here(name: str, subscribers: int, events: int) -> dict[str, float]:
     """One run in this process, on uvloop when it is installed."""
@@ -195,7 +253,36 @@ def scenario(system: str, src: Path | None = None, sizes: tuple[int, ...] = SIZE
     first, last = f"{sizes[0] // 1000}k", f"{sizes[-1] // 1000}k"
     for key in ("p99_ms", "cpu_us_per_delivered", "kib_per_subscriber"):
         out[f"{key}_growth"] = out[f"{key}_{last}"] / out[f"{key}_{first}"]
+    if system == "ssesup":
+        figures = many_channels_apart(src)
+        delivered += [figures.pop("delivered_memory"), figures.pop("delivered_redis")]
+        out |= figures
     out["delivered"] = min(delivered)
+    return out
+
+
+def many_channels_apart(
+    src: Path | None = None, streams: int = MANY_STREAMS, channels: int = MANY_CHANNELS, events: int = MANY_EVENTS
+) -> dict:
+    """The many-channels case in memory and on a Redis of its own, each in a fresh process: the wall and
+    CPU seconds of the publishes (``many_wall_s_memory``, ...), and Redis's CPU seconds meanwhile."""
+    import tempfile
+
+    from bench.procstat import cpu_seconds
+    from bench.redis_hub import RedisServer
+
+    out: dict = {"many_streams": streams, "many_channels": channels, "many_events": events}
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis.log") as redis:
+        for engine, url in (("memory", "memory://"), ("redis", redis.url)):
+            before = cpu_seconds(redis.pid)
+            command, env = child("many", streams, events, src)
+            command += ["--many-channels", str(channels), "--url", url]
+            done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+            figures = json.loads(done.stdout)
+            out |= {f"many_{key}_{engine}": value for key, value in figures.items() if key != "delivered"}
+            out[f"delivered_{engine}"] = figures["delivered"]
+            if engine == "redis":
+                out["many_redis_cpu_s"] = cpu_seconds(redis.pid) - before
     return out
 
 
@@ -204,8 +291,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--subscribers", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--events", type=int, default=EVENTS)
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--child", choices=sorted(RUNS), help=argparse.SUPPRESS)  # one run, JSON on stdout
+    parser.add_argument("--child", choices=[*sorted(RUNS), "many"], help=argparse.SUPPRESS)  # one run, JSON out
+    parser.add_argument("--many-channels", type=int, default=0, help="the many-channels case: channels per stream")
+    parser.add_argument("--url", default="memory://", help="the many-channels case: the hub's URL")
     args = parser.parse_args(argv)
+    if args.child == "many" or (args.many_channels and not args.child):
+        channels = args.many_channels or MANY_CHANNELS
+        streams = args.subscribers[0] if args.child else MANY_STREAMS
+        events = args.events if args.child else MANY_EVENTS
+        figures = many_channels(None if args.url == "memory://" else args.url, streams, channels, events)
+        print(json.dumps(figures))
+        return figures
     if args.child:
         print(json.dumps(run_here(args.child, args.subscribers[0], args.events)))
         return {}

@@ -42,7 +42,7 @@ from typing import Any
 
 import uvloop
 
-from bench import client, hub, probe, redis_hub, scale
+from bench import client, hub, probe, redis_hub, scale, storm
 from bench.client import Plan
 from bench.procstat import stop
 
@@ -53,12 +53,13 @@ SCENARIOS = ("latency", "burst", "burst_fields", "burst_dict", "fanout", "idle",
 BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the latency scenario
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
-NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "scale")  # run only when named in --scenarios
+# Run only when named in --scenarios.
+NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "hub_storm", "scale")
 # The order of a run: every system measures one group before any system measures the next (in the
 # burst group, the systems take turns burst by burst: measure_bursts).
 BURST_GROUP = ("latency", *BURSTS)
 GROUPS = (BURST_GROUP, ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
-          ("hub_redis",), ("scale",), ("deploy",), ("churn",))  # fmt: skip
+          ("hub_redis",), ("hub_storm",), ("scale",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -267,6 +268,8 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         attempt("hub_resume", lambda: redis_hub.hub_resume(plan, log, src))
     if "hub_redis" in scenarios and system.key in redis_hub.SYSTEMS:
         attempt("hub_redis", lambda: redis_hub.hub_redis(system.key, plan, log, src))
+    if "hub_storm" in scenarios and system.key in storm.SYSTEMS:
+        attempt("hub_storm", lambda: storm.hub_storm(plan, log, src))
     if "scale" in scenarios and system.key == "ssesup":
         attempt("scale", lambda: scale.scenario(plan, log, src))
     if "deploy" in scenarios or "churn" in scenarios:
@@ -421,12 +424,20 @@ def brief(name: str, r: dict) -> str:
             f"{r['streams']} streams)"
         )
     if name == "hub":
-        return "; ".join(
+        text = "; ".join(
             f"{n // 1000}k: p50 {r[f'p50_ms_{n // 1000}k']:.1f} ms, p99 {r[f'p99_ms_{n // 1000}k']:.1f} ms, "
             f"{r[f'cpu_us_per_delivered_{n // 1000}k']:.2f} us CPU/delivered, "
             f"{r[f'kib_per_subscriber_{n // 1000}k']:.2f} KiB/subscriber"
             for n in r["sizes"]
         )
+        for engine in ("memory", "redis"):
+            if f"many_wall_s_{engine}" in r:
+                text += (
+                    f"; many channels ({r['many_streams']:,} streams x {r['many_channels']}, "
+                    f"{r['many_events']} publishes) on {engine}: {r[f'many_wall_s_{engine}']:.2f} s, "
+                    f"{r[f'many_cpu_s_{engine}']:.2f} s CPU"
+                )
+        return text
     if name == "hub_resume":
         return (
             f"received {r['received']:,} of {r['events']:,} numbers: {r['duplicates']} duplicates, "
@@ -434,6 +445,14 @@ def brief(name: str, r: dict) -> str:
             f"delivered {100 * r['delivered']:.2f}%; first event from B {1000 * r['reconnect_s']:.0f} ms after "
             f"SIGTERM to A, A exited after {r['a_exit_s']:.2f} s; {r['publish_per_s']:,.0f} publishes/s "
             f"({r['through_a']:,} through A, {r['through_b']:,} through B)"
+        )
+    if name == "hub_storm":
+        return (
+            f"{r['clients']:,} clients drained from A onto B, {r['events']:,} events at {r['rate']:g}/s: delivered "
+            f"{100 * r['delivered']:.2f}%, {r['duplicates']} duplicates, {r['missing']} missing, {r['gaps']} gaps, "
+            f"{r['out_of_order']} out of order, {r['failed_publishes']} failed publishes; every client on B "
+            f"{r['moved_s']:.2f} s after SIGTERM; Redis connections at most {r['redis_connections_peak']} "
+            f"(two processes); {r['wall_s']:.1f} s in all"
         )
     if name == "hub_redis":
         text = (

@@ -55,3 +55,19 @@ def test_hub_redis_delivers_every_event_to_every_stream_of_both_processes_for_ss
         assert line is not None, out
         assert line[1] == "100.00" and int(line[2].replace(",", "")) > 0, line[0]
     assert re.search(r"^\s*ssesup\s+hub_redis .*x the in-process hub's .*x Hub\(\) in memory over sockets", out, re.M)
+
+
+def test_hub_storm_moves_every_client_to_another_process_with_every_event_once_within_the_connection_bound():
+    out = run_bench("ssesup", "hub_storm")
+    line = re.search(
+        r"^\s*ssesup\s+hub_storm ([\d,]+) clients drained from A onto B, ([\d,]+) events at [\d.]+/s: delivered "
+        r"([\d.]+)%, (\d+) duplicates, (\d+) missing, (\d+) gaps, (\d+) out of order, (\d+) failed publishes; "
+        r"every client on B [\d.]+ s after SIGTERM; Redis connections at most (\d+) \(two processes\)",
+        out,
+        re.M,
+    )
+    assert line is not None, out
+    clients, events, delivered, duplicates, missing, gaps, disorder, failed, connections = line.groups()
+    assert (clients, events, delivered) == ("50", "100", "100.00")
+    assert (duplicates, missing, gaps, disorder, failed) == ("0",) * 5
+    assert 0 < int(connections) <= 2 * (16 + 1)  # each process: its pool's bound and its reader

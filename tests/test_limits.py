@@ -198,3 +198,33 @@ def test_settings_are_checked_with_clear_errors(settings, message):
 def test_trusted_proxies_is_a_list_not_one_string():
     with pytest.raises(TypeError, match="a list of addresses or networks, not one string"):
         StreamLimits(trusted_proxies="10.0.0.1")
+
+
+def test_the_address_cache_keeps_only_valid_addresses_cut_to_a_bound():
+    """``X-Forwarded-For`` values from a trusted peer that are no address (here 200 distinct ones of
+    512 KiB each) are not remembered: before, the cache of up to 4,096 client addresses kept each as
+    given (600 of them held 318 MiB). What it keeps are valid addresses, each under a short key."""
+    import ipaddress
+    import tracemalloc
+
+    from ssesup.limits import _MAX_CACHED, _MAX_KEY, Admission
+
+    admission = Admission(StreamLimits(max_streams_per_client=2, trusted_proxies=["127.0.0.1"]), clock=time.monotonic)
+
+    def scope(forwarded: bytes) -> dict:
+        return {"client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", forwarded)]}
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    keys = set()
+    for n in range(200):
+        keys.add(admission.client_key(scope(b"%d" % n + b"x" * (512 * 1024))))
+    for n in range(100):
+        keys.add(admission.client_key(scope(b"%s" % f"::FFFF:10.0.{n // 256}.{n % 256}".encode())))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held < 2**20, f"{held / 2**20:.1f} MiB held"
+    assert all(len(key) <= _MAX_KEY for key in keys) and len(keys) == 300
+    assert ipaddress.ip_address("::ffff:10.0.0.1").compressed in keys  # normalised, however written
+    assert len(admission._hosts) <= _MAX_CACHED
+    assert all(len(host) <= _MAX_KEY for host in admission._hosts)

@@ -5,7 +5,7 @@
 ``POST /publish?n=``  publishes ``{"n": n, "pad": ...}`` (about 100 B of JSON) as an event named ``n``
               on ``proof`` through this process's hub; answers its id.
 
-``BENCH_HUB_HISTORY`` is the hub's ``history_size`` (1000, the default, unless set);
+``BENCH_HUB_HISTORY`` is the hub's ``history_size`` (the default, unless set);
 ``BENCH_DRAIN_GRACE`` installs a ``Supervisor(drain_grace=..., reconnect=(0.05, 0.1))`` (a drain whose
 farewell asks clients to come back within 100 ms), else the app runs on the default supervisor.
 Owns no measuring: the client and the scenario do.
@@ -23,7 +23,8 @@ from starlette.routing import Route
 from ssesup import Event, Hub, SupervisedStream, Supervisor
 
 PAD = "x" * 80  # with {"n": ..., "pad": ...} about 100 B of data
-hub = Hub(os.environ["BENCH_REDIS_URL"], history_size=int(os.environ.get("BENCH_HUB_HISTORY", "1000")), metrics=False)
+_history = {"history_size": int(os.environ["BENCH_HUB_HISTORY"])} if "BENCH_HUB_HISTORY" in os.environ else {}
+hub = Hub(os.environ["BENCH_REDIS_URL"], metrics=False, **_history)
 
 
 async def fanout(request: Request) -> SupervisedStream:

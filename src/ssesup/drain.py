@@ -30,7 +30,9 @@ class DrainSettings:
 
     ``grace``: seconds from the start of a drain until what is left is force-closed.
     ``retry_after``: the ``Retry-After`` seconds of a stream refused during a drain.
-    ``reconnect``: the range, in seconds, of the ``retry:`` hint each farewell carries.
+    ``reconnect``: the range, in seconds, of the ``retry:`` hint each farewell carries. A drained client of
+    a hub comes back within ``grace`` and the range's top: the hub's history must cover that long at the
+    channel's rate (docs/channels.md, the sizing rule).
     ``on_signals``: drain on SIGTERM and SIGINT by chaining to the server's own handlers.
     """
 

@@ -46,7 +46,8 @@ LOG_EVERY = 10.0
 # A client key longer than this (a forwarded value that is no address) is cut: keys are held while
 # streams are counted.
 _MAX_KEY = 64
-# Addresses whose key and trust are remembered (emptied when full: the next ones are parsed again).
+# Valid addresses whose key and trust are remembered (emptied when full: the next ones are parsed again):
+# at most _MAX_CACHED keys of at most _MAX_KEY characters.
 _MAX_CACHED = 4096
 
 
@@ -194,19 +195,23 @@ class Admission:
 
     def _host(self, host: str) -> tuple[str, bool]:
         """``host`` as a key (one per address however it is written, ``::FFFF:0a00:1`` as
-        ``::ffff:10.0.0.1``; cut when it is no address), and whether it is a trusted proxy. Cached:
-        parsing an address costs microseconds, and a client's streams come from few addresses."""
+        ``::ffff:10.0.0.1``; cut when it is no address), and whether it is a trusted proxy. Valid
+        addresses are cached (parsing one costs microseconds, and a client's streams come from few
+        addresses), and only those, under a key of at most ``_MAX_KEY`` characters: what a client writes
+        in ``X-Forwarded-For`` (up to what the server accepts in a header) is never kept as given."""
         known = self._hosts.get(host)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                known = (host[:_MAX_KEY], False)
-            else:
-                known = (address.compressed, any(address in network for network in self._networks))
-            if len(self._hosts) >= _MAX_CACHED:
-                self._hosts.clear()
-            self._hosts[host] = known
+        if known is not None:
+            return known
+        if len(host) > _MAX_KEY:  # no address is this long (an IPv6 address with a zone, at most ~60)
+            return host[:_MAX_KEY], False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host, False
+        known = (address.compressed, any(address in network for network in self._networks))
+        if len(self._hosts) >= _MAX_CACHED:
+            self._hosts.clear()
+        self._hosts[host] = known
         return known
 
 

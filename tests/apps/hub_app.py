@@ -63,11 +63,15 @@ def make_app(hub: Hub, supervisor: Supervisor | None = None) -> Starlette:
 
 
 # History for every event a test publishes (10,000), so that a client slowed by a loaded machine resumes
-# without a gap whatever its lag; the mailbox is the default.
-app = make_app(
-    Hub(os.environ.get("SSESUP_HUB_URL") or None, history_size=20_000),
-    Supervisor(drain_grace=2, reconnect=(0.05, 0.1)),
-)
+# without a gap whatever its lag; the mailbox is the default. SSESUP_HUB_DEFAULTS=1: the hub's defaults
+# and the supervisor's reconnect range (what the sizing of the defaults is tested against).
+if os.environ.get("SSESUP_HUB_DEFAULTS"):
+    app = make_app(Hub(os.environ.get("SSESUP_HUB_URL") or None), Supervisor(drain_grace=2))
+else:
+    app = make_app(
+        Hub(os.environ.get("SSESUP_HUB_URL") or None, history_size=20_000),
+        Supervisor(drain_grace=2, reconnect=(0.05, 0.1)),
+    )
 
 
 # -- the client ----------------------------------------------------------------------------------------

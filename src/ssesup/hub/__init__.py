@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -23,11 +24,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ssesup.events import Event
+from ssesup.events import Event, json_data
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
 from ssesup.hub.fanout import LoopHub
 from ssesup.hub.ids import GapReason, channels_digest, format_id
-from ssesup.hub.subscription import Overflow, Subscription, check_channel
+from ssesup.hub.subscription import (
+    MAX_CHANNEL_LENGTH,
+    InvalidChannel,
+    Overflow,
+    Subscription,
+    check_channel,
+    check_channels,
+)
 from ssesup.stream import SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
 
@@ -36,12 +44,34 @@ if TYPE_CHECKING:
 
     from ssesup.hub.metrics import HubMetrics
 
-__all__ = ["Backend", "Entry", "GapReason", "History", "Hub", "HubUnavailable", "Overflow", "Subscription"]
+__all__ = [
+    "MAX_CHANNEL_LENGTH",
+    "Backend",
+    "Entry",
+    "GapReason",
+    "History",
+    "Hub",
+    "HubUnavailable",
+    "InvalidChannel",
+    "Overflow",
+    "Subscription",
+    "check_channel",
+    "check_channels",
+]
 
 T = TypeVar("T")
 
-HISTORY_SIZE = 1000
+# History is bounded by age first: HISTORY_TTL covers the longest a client of ssesup's own drain is away
+# (the drain's grace, 20 s, then a reconnect hint of up to 10 s) many times over. The count is a guard
+# on memory per channel, sized from the same window: 10,000 events cover 30 s at 333 events per second
+# per channel (RATE_COVERED), 100 s at 100 per second. Sizing rule: history_size >= the channel's rate
+# x (drain grace + the reconnect range's top + what a client adds: its own back-off, a slow network).
+HISTORY_SIZE = 10_000
 HISTORY_TTL = 300.0
+RATE_COVERED = 333
+# Redis connections per event loop for publishes, joins and history reads (a call waits for a free one);
+# the loop's reader has one more.
+REDIS_CONNECTIONS = 16
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
 # The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
@@ -59,7 +89,9 @@ class Hub:
     or ``"drop_oldest"``; ``channel_overflow`` per channel) applies. ``gap_event`` names the event
     that tells a subscriber events were lost. ``metrics``: record in prometheus-client's registry
     (``True``), in this registry, or not at all; ``metrics_channels`` labels them by channel (only
-    when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys.
+    when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys. ``redis_connections``:
+    the Redis connections each event loop uses for publishes, joins and history reads (a call waits for
+    a free one, within its deadline; the loop's reader has one more of its own).
     """
 
     def __init__(
@@ -76,25 +108,44 @@ class Hub:
         metrics: bool | CollectorRegistry = True,
         metrics_channels: bool = False,
         redis_prefix: str = "ssesup:",
+        redis_connections: int = REDIS_CONNECTIONS,
         backend: Backend | None = None,
     ) -> None:
-        for name, value in (("history_size", history_size), ("mailbox_events", mailbox_events)):
+        for name, value in (
+            ("history_size", history_size),
+            ("mailbox_events", mailbox_events),
+            ("redis_connections", redis_connections),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
         if isinstance(mailbox_bytes, bool) or not isinstance(mailbox_bytes, int) or mailbox_bytes < 1:
             raise ValueError(f"mailbox_bytes must be a number of bytes >= 1, not {mailbox_bytes!r}")
-        if isinstance(history_ttl, bool) or not isinstance(history_ttl, (int, float)) or not history_ttl > 0:
+        if isinstance(history_ttl, bool) or not isinstance(history_ttl, (int, float)) or not 0 < history_ttl < 1e9:
             raise ValueError(f"history_ttl must be a number of seconds > 0, not {history_ttl!r}")
+        if not isinstance(gap_event, str):
+            raise ValueError(f"gap_event must be a str (an event name), not {gap_event!r}")
         Event(gap_event, event=gap_event)  # the same checks as any event's name
+        if not isinstance(metrics_channels, bool):
+            raise ValueError(f"metrics_channels must be True or False, not {metrics_channels!r}")
+        if not isinstance(redis_prefix, str):
+            raise ValueError(f"redis_prefix must be a str, not {redis_prefix!r}")
+        if channel_overflow is not None and not isinstance(channel_overflow, Mapping):
+            raise ValueError(f"channel_overflow must map channel names to overflow policies, not {channel_overflow!r}")
+        if backend is not None and not isinstance(backend, Backend):
+            raise ValueError(f"backend must be a ssesup.hub.Backend, not {type(backend).__name__}")
+        if backend is not None and url is not None:
+            raise ValueError("give a hub url or a backend, not both")
         self.history_size = history_size
         self.history_ttl = float(history_ttl)
         self.mailbox_events = mailbox_events
         self.mailbox_bytes = mailbox_bytes
-        self.overflow = Overflow(overflow)
-        self.channel_overflow = {check_channel(c): Overflow(p) for c, p in (channel_overflow or {}).items()}
+        self.overflow = _overflow(overflow, "overflow")
+        self.channel_overflow = {
+            check_channel(c): _overflow(p, f"channel_overflow[{c!r}]") for c, p in (channel_overflow or {}).items()
+        }
         self.gap_event = gap_event
         if backend is None:
-            backend = _backend_for(url, history_size, self.history_ttl, redis_prefix)
+            backend = _backend_for(url, history_size, self.history_ttl, redis_prefix, redis_connections)
         self.backend = backend
         self.metrics: HubMetrics | None = None
         if metrics is not False:
@@ -112,16 +163,21 @@ class Hub:
 
     # -- the API -------------------------------------------------------------------------------------
 
-    async def publish(self, channel: str, event: Event | str) -> str:
+    async def publish(self, channel: str, event: Event | str | Mapping[str, Any]) -> str:
         """Append ``event`` to ``channel`` and return its id (as a subscriber of that channel alone
-        sees it). The hub sets ids: an event with one raises ``ValueError``. Raises
+        sees it). ``event``: an :class:`~ssesup.Event`, a str (its data), or a dict of event fields as
+        a stream's generator may yield (``{"data": obj, "event": "order"}``; a ``data`` that is not a
+        str is sent as JSON). The hub sets ids: an event with one raises ``ValueError``. A channel name
+        that is not a str raises ``TypeError``, one outside the grammar :class:`InvalidChannel`. Raises
         :class:`HubUnavailable` when the engine cannot be reached (nothing was published) or does not
         answer within its deadline (Redis: 5 s per call; the event may have been stored)."""
         check_channel(channel)
         if isinstance(event, str):
             event = Event(event)
+        elif isinstance(event, Mapping):
+            event = _event_of(event)
         elif not isinstance(event, Event):
-            raise TypeError(f"publish an Event or a str, not {type(event).__name__}")
+            raise TypeError(f"publish an Event, a str or a dict of event fields, not {type(event).__name__}")
         if event.id is not None:
             raise ValueError("the hub sets event ids (monotonic per channel): publish the event without an id")
         backend = self.backend
@@ -233,17 +289,47 @@ class Hub:
             self.metrics.subscribers.labels(self.backend.name).inc(change)
 
 
-def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix: str) -> Backend:
+def _overflow(value: object, name: str) -> Overflow:
+    try:
+        return Overflow(value)
+    except ValueError:
+        valid = ", ".join(repr(policy.value) for policy in Overflow)
+        raise ValueError(f"{name} must be one of {valid}, not {value!r}") from None
+
+
+def _event_of(fields: Mapping[str, Any]) -> Event:
+    """A dict of event fields as an :class:`Event`, by the rules of a stream generator's dict items."""
+    data = fields.get("data")
+    if data is not None and not isinstance(data, str):
+        fields = {**fields, "data": json_data(data)}
+    return Event.from_mapping(fields)
+
+
+def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix: str, connections: int) -> Backend:
+    if url is not None and not isinstance(url, str):
+        raise ValueError(f"a hub URL is a str (memory://, redis://host, rediss://host or unix:///path), not {url!r}")
     if url is None or url == "memory://":
         from ssesup.hub.memory import MemoryBackend
 
         return MemoryBackend(history_size, history_ttl)
     scheme = url.partition("://")[0]
     if scheme in ("redis", "rediss", "unix"):
+        parts = urlsplit(url)
+        if (parts.path if scheme == "unix" else parts.hostname) in (None, "", "/"):
+            where = "a socket's path (unix:///run/redis.sock)" if scheme == "unix" else "a host (redis://host:6379/0)"
+            raise ValueError(f"a hub URL {scheme}:// names {where}: {_without_password(url)!r} names none")
         from ssesup.hub.redis import RedisBackend
 
-        return RedisBackend(url, history_size, history_ttl, prefix=prefix)
-    raise ValueError(f"a hub URL is memory://, redis://, rediss:// or unix://, not {url!r}")
+        return RedisBackend(url, history_size, history_ttl, prefix=prefix, connections=connections)
+    raise ValueError(f"a hub URL is memory://, redis://, rediss:// or unix://, not {_without_password(url)!r}")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class _HubReadiness:

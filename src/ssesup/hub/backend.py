@@ -10,8 +10,9 @@ The contract, for every engine:
 * ``append`` gives each channel's events increasing positions (``(int, int)``, ordered as tuples) and
   returns the new event's; it raises :class:`HubUnavailable` when the engine cannot be reached.
 * ``read(channel, after, limit)`` returns up to ``limit`` events after ``after``, oldest first, with
-  ``lost`` (events after ``after`` are gone from history: trimmed, expired) and ``last`` (the channel's
-  last position ever given, also when its events are gone).
+  ``lost`` (events after ``after`` may be gone from history: trimmed, expired), ``last`` (the channel's
+  last position ever given, also when its events are gone; a position after it was never given) and
+  ``floor`` (every position up to it is no longer in history: the last event dropped, when known).
 * ``wait(cursors, timeout)`` returns the events after each channel's cursor, waiting up to ``timeout``
   seconds for the first (an empty list on timeout or after ``wake``). The hub calls it from one task
   per event loop, for all the channels that loop's subscribers follow.
@@ -21,6 +22,12 @@ The contract, for every engine:
 * ``close()`` releases this event loop's connections; the next call connects again.
 * ``appended(channel, after)`` (optional, not async) returns what ``wait`` would, for one channel, when
   the engine has it in this process already: the publisher's loop then fans it out in the same step.
+* ``followed(channel)`` (optional, not async): this loop's reader now follows ``channel`` (its cursor is
+  set). An engine whose ``wait`` reads only the channels that changed since its last call reads this
+  one at its next call too, so that what was appended while the cursor was being read is not missed.
+
+``wait`` costs per event found, not per channel followed: a loop may follow tens of thousands of
+channels (1,000 streams of 16 channels each), and its reader calls ``wait`` after every delivery.
 
 Engines are used from any number of event loops (each uvicorn worker thread, a test's own loop): what
 belongs to a loop (connections) is the engine's to keep per loop.
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ssesup.events import Event
-from ssesup.hub.ids import Position, format_id
+from ssesup.hub.ids import START, Position, format_id
 
 
 class HubUnavailable(ConnectionError):
@@ -81,12 +88,14 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, and the
-    channel's last position."""
+    """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, the
+    channel's last position, and the last position history no longer holds (``floor``: a resume that
+    lost events lost those up to it)."""
 
     entries: Sequence[Entry]
     lost: bool
     last: Position
+    floor: Position = START
 
 
 class Backend(abc.ABC):
@@ -114,6 +123,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def followed(self, channel: str) -> None:  # noqa: B027 (optional, not abstract)
+        """This loop's reader now follows ``channel`` (optional: see the module's docstring)."""
 
     def appended(self, channel: str, after: Position) -> Sequence[Entry]:
         """The entries of ``channel`` after ``after`` that this process holds already, without waiting

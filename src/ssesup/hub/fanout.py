@@ -64,6 +64,17 @@ def backoff(attempt: int, rng: random.Random) -> float:
     return rng.uniform(delay / 2, delay)
 
 
+class _Flight:
+    """One engine call that every caller asking for the same thing meanwhile waits for (single flight)."""
+
+    __slots__ = ("done", "ok", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.ok = False
+        self.result: object = None
+
+
 class LoopHub:
     """One hub's subscriptions, cursors and reader on one event loop."""
 
@@ -81,6 +92,8 @@ class LoopHub:
         self.rng = random.Random()
         self._reader: anyio.CancelScope | None = None
         self._task: object = None
+        # The engine calls in flight that joins and replays share: (operation, channel, ...) -> _Flight.
+        self._flights: dict[tuple[object, ...], _Flight] = {}
         if hub.metrics is not None:
             hub.metrics.watch_depth(self)
 
@@ -103,6 +116,27 @@ class LoopHub:
                 await anyio.sleep(backoff(attempt, self.rng))
                 attempt += 1
 
+    async def shared(self, key: tuple[object, ...], operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()`` until the engine answers (:meth:`retrying`), called once for all the callers that ask
+        for the same ``key`` while it is in flight: after a drain, thousands of clients join the same
+        channels and resume after the same ids at once, and each would otherwise take a connection.
+        When the caller that calls is cancelled (its subscriber left), the next one calls again."""
+        flights = self._flights
+        while True:
+            flight = flights.get(key)
+            if flight is None:
+                flight = flights[key] = _Flight()
+                try:
+                    result = await self.retrying(operation, fn)
+                    flight.result, flight.ok = result, True
+                    return result
+                finally:
+                    del flights[key]
+                    flight.done.set()
+            await flight.done.wait()
+            if flight.ok:
+                return flight.result  # type: ignore[return-value]
+
     async def join(self, subscription: Subscription, channel: str) -> Position:
         """Follow ``channel`` for ``subscription``; return the cursor after which every entry will reach
         its mailbox."""
@@ -113,13 +147,14 @@ class LoopHub:
             self._ensure_reader()
             return cursor
         backend = self.hub.backend
-        last = await self.retrying("last", lambda: backend.last(channel))
+        last = await self.shared(("last", channel), "last", lambda: backend.last(channel))
         cursor = self.cursors.get(channel)
         if cursor is not None:  # another subscription set it meanwhile: from there on, all reach us
             return cursor
         if subscription not in self.subscribers.get(channel, ()):
             return last  # left while waiting
         self.cursors[channel] = last
+        backend.followed(channel)
         if not self._ensure_reader():
             with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has
                 await backend.wake()
@@ -176,7 +211,8 @@ class LoopHub:
                         if attempt or clock() - checked >= HEALTH_EVERY:
                             self._check_epoch(await self.hub.call("epoch", backend.epoch))
                             checked = clock()
-                        batch = await backend.wait(dict(self.cursors), HEALTH_EVERY)
+                        # The cursors themselves, not a copy: the engine reads those that changed.
+                        batch = await backend.wait(self.cursors, HEALTH_EVERY)
                     except Exception as exc:
                         if not isinstance(exc, HubUnavailable):
                             log.exception("hub.reader_failed", backend=backend.name)

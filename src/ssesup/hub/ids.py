@@ -5,7 +5,8 @@ history (the backends) or what is sent (``ssesup.hub.subscription``). Pure: no I
 
 A position is a pair of ints, ordered as tuples: ``(offset, 0)`` in memory, ``(milliseconds, sequence)``
 for a Redis stream entry id. ``(0, 0)`` is "before anything". A position is written in base 36,
-``major`` or ``major-minor`` when ``minor`` is not 0.
+``major`` or ``major-minor`` when ``minor`` is not 0. Each part is below 2**64 (what a Redis stream id
+holds): a token that writes a larger number is not a position.
 
 An id is ``epoch.digest.p1.p2...``: the hub's epoch (it changes when history is lost, a flushed Redis,
 another process's in-memory hub), a digest of the subscription's channels in their order (an id is
@@ -26,6 +27,8 @@ START: Position = (0, 0)
 
 MAX_ID_BYTES = 256
 MAX_CHANNELS = 16
+# The largest part of a position (a Redis stream id is two unsigned 64-bit numbers).
+MAX_PART = 2**64 - 1
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"[0-9a-z]{1,13}(?:-[0-9a-z]{1,13})?")
@@ -69,7 +72,10 @@ def parse_token(token: str) -> Position:
     if not _TOKEN.fullmatch(token):
         raise ValueError(f"not a position: {token!r}")
     major, _, minor = token.partition("-")
-    return int(major, 36), int(minor, 36) if minor else 0
+    position = int(major, 36), int(minor, 36) if minor else 0
+    if position[0] > MAX_PART or position[1] > MAX_PART:
+        raise ValueError(f"not a position (a part is at least 2**64): {token!r}")
+    return position
 
 
 def channels_digest(channels: Sequence[str]) -> str:

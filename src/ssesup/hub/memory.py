@@ -5,10 +5,15 @@ and waking the waiting reader of every event loop when something is appended. Do
 mailboxes (``ssesup.hub``).
 
 Positions come from one counter per engine (``(n, 0)``), so they increase in every channel and are
-never given twice. A channel is known from its first append or read on; from then on it keeps a small
-record (its last position, and the highest position no longer in history) even when its events have
-aged out. The epoch is random per engine: another process's ids (another worker, a restart) are from
-another epoch, so they are refused with a gap, never misread.
+never given twice. A channel has a record only while it has history: from its first append until its
+newest event is older than ``history_ttl``; then it is forgotten whole (by the next call, or by a
+sweeper task that runs while some channel has history), so channels that come and go (per user, per
+request) cost nothing once their history has aged out. Subscribing or reading keeps nothing. What a
+forgotten channel leaves is its last position in one of :data:`HORIZON_BUCKETS` buckets: a resume after
+an id on a channel with no history is ``expired`` when a channel of the same bucket was forgotten after
+that id (it may have had events), never ``unknown``; an id older than the age bound may so answer
+``expired`` for a channel that had nothing. The epoch is random per engine: another process's ids
+(another worker, a restart) are from another epoch, so they are refused with a gap, never misread.
 
 Thread-safe: loops in several threads may append, read and wait at once (one lock, held briefly).
 """
@@ -19,37 +24,61 @@ import contextlib
 import secrets
 import threading
 import time
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 from anyio.lowlevel import RunVar
 
-from ssesup._loop import LoopPrimitives
+from ssesup._loop import LoopPrimitives, spawn_owned
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History
-from ssesup.hub.ids import Position
+from ssesup.hub.ids import START, Position
+
+# Buckets of channel names, each keeping the highest last position of a channel forgotten in it: a
+# resume on a channel with no history is ``expired`` only when a channel of its bucket was forgotten
+# after the id asked for (bounded memory: a few KiB, however many channels came and went).
+HORIZON_BUCKETS = 4096
+# The sweep runs this long after the next channel ages out (a few channels forgotten at once, not one
+# wake-up each).
+SWEEP_SLACK = 0.5
+# Channels a loop's reader notes as changed before it looks; past that its next look reads every channel.
+CHANGED_KEPT = 10_000
 
 
 class _Channel:
     __slots__ = ("entries", "floor", "last")
 
-    def __init__(self, position: Position) -> None:
+    def __init__(self, floor: Position) -> None:
         self.entries: deque[tuple[float, Entry]] = deque()
-        self.floor = position  # every position up to this one is not (or no longer) in history
-        self.last = position
+        self.floor = floor  # every position up to this one is not (or no longer) in history
+        self.last = START  # set by the append that makes the record (a record holds one entry at least)
 
 
 class _Waiter:
-    """The reader of one event loop, waiting for an append."""
+    """The reader of one event loop: waiting for an append, and the channels appended to since it last
+    looked (``changed``; ``None`` until its first look, which reads every channel it follows)."""
 
-    __slots__ = ("call_soon_threadsafe", "event", "thread")
+    __slots__ = ("__weakref__", "call_soon_threadsafe", "changed", "event", "thread")
 
     def __init__(self) -> None:
         self.call_soon_threadsafe: Callable[..., Any] = LoopPrimitives().call_soon_threadsafe
         self.thread = threading.get_ident()
         self.event = anyio.Event()
+        self.changed: set[str] | None = None
+
+    def note(self, channel: str) -> None:
+        """``channel`` changed (under the engine's lock). Past CHANGED_KEPT channels noted, the next look
+        reads every channel instead: the set stays bounded while a reader does not look (a loop busy
+        elsewhere, joins and leaves that start and cancel it)."""
+        changed = self.changed
+        if changed is not None:
+            if len(changed) < CHANGED_KEPT:
+                changed.add(channel)
+            else:
+                self.changed = None
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread:
@@ -61,7 +90,7 @@ class _Waiter:
 
 class MemoryBackend(Backend):
     """History in memory: at most ``history_size`` events per channel, none older than ``history_ttl``
-    seconds."""
+    seconds. A channel with nothing in history is forgotten (see the module's docstring)."""
 
     name = "memory"
 
@@ -71,10 +100,16 @@ class MemoryBackend(Backend):
         self._clock = clock
         self._epoch = secrets.token_hex(5)
         self._lock = threading.Lock()
-        self._channels: dict[str, _Channel] = {}
+        # Channels with history, the one appended to least recently first (the sweep's order).
+        self._channels: OrderedDict[str, _Channel] = OrderedDict()
+        # Per bucket of channel names, the highest last position of a channel forgotten in it.
+        self._horizons = [START] * HORIZON_BUCKETS
         self._counter = 0
         self._waiting: set[_Waiter] = set()
+        # Every loop's reader (while its loop lives): each append notes its channel in theirs.
+        self._readers: weakref.WeakSet[_Waiter] = weakref.WeakSet()
         self._waiter: RunVar[_Waiter] = RunVar(f"ssesup.hub.memory.{id(self)}")
+        self._sweeping = False
 
     async def epoch(self) -> str:
         return self._epoch
@@ -82,32 +117,53 @@ class MemoryBackend(Backend):
     async def append(self, channel: str, event: Event) -> Position:
         now = self._clock()
         with self._lock:
+            self._sweep(now)
             self._counter += 1
             position = (self._counter, 0)
-            record = self._channel(channel)
+            channels = self._channels
+            record = channels.get(channel)
+            if record is None:
+                record = channels[channel] = _Channel(self._horizons[hash(channel) % HORIZON_BUCKETS])
+            else:
+                channels.move_to_end(channel)
             record.entries.append((now, Entry(position, event, record.last)))
             record.last = position
             self._trim(record, now)
+            for reader in self._readers:
+                reader.note(channel)
+            sweeper = not self._sweeping
+            self._sweeping = True
             waiting, self._waiting = self._waiting, set()
+        if sweeper:
+            spawn_owned(self._sweeper)
         for waiter in waiting:
             waiter.wake()
         return position
 
     async def read(self, channel: str, after: Position, limit: int) -> History:
         with self._lock:
-            record = self._channel(channel)
-            self._trim(record, self._clock())
+            now = self._clock()
+            self._sweep(now)
+            record = self._channels.get(channel)
+            if record is None:  # nothing in history: what it had is gone, if it had anything after ``after``
+                floor = self._horizons[hash(channel) % HORIZON_BUCKETS]
+                return History((), after < floor, (self._counter, 0), floor)
+            self._trim(record, now)
             entries = self._after(record, after)
-            return History(entries[:limit], after < record.floor, record.last)
+            held = record.entries
+            kept_after = held[0][1].previous if held else record.last
+            return History(entries[:limit], after < record.floor, record.last, kept_after or START)
 
     async def last(self, channel: str) -> Position:
         with self._lock:
-            return self._channel(channel).last
+            record = self._channels.get(channel)
+            # A channel with no history: every position it will give follows the counter's.
+            return (self._counter, 0) if record is None else record.last
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
         waiter = self._loop_waiter()
         with self._lock:
-            found = self._collect(cursors)
+            found = self._collect(cursors, waiter)
             if found:
                 return found
             waiter.event = anyio.Event()
@@ -119,7 +175,12 @@ class MemoryBackend(Backend):
             with self._lock:
                 self._waiting.discard(waiter)
         with self._lock:
-            return self._collect(cursors)
+            return self._collect(cursors, waiter)
+
+    def followed(self, channel: str) -> None:
+        waiter = self._loop_waiter()
+        with self._lock:
+            waiter.note(channel)
 
     def appended(self, channel: str, after: Position) -> list[Entry]:
         with self._lock:
@@ -132,18 +193,51 @@ class MemoryBackend(Backend):
     async def close(self) -> None:
         """Nothing to release: history stays for as long as the engine (and so its hub) lives."""
 
+    def channels(self) -> int:
+        """The channels that have history now (each costs a record until its history ages out)."""
+        with self._lock:
+            return len(self._channels)
+
+    async def _sweeper(self) -> None:
+        """Forget the channels whose history aged out, for as long as some channel has history (one
+        task, on the loop of the append that found none running)."""
+        try:
+            while True:
+                with self._lock:
+                    delay = self._sweep(self._clock())
+                    if delay is None:
+                        self._sweeping = False
+                        return
+                await anyio.sleep(delay)
+        except BaseException:
+            with self._lock:
+                self._sweeping = False  # cancelled with its loop: the next append starts another
+            raise
+
     # -- under the lock ------------------------------------------------------------------------------
 
-    def _channel(self, channel: str) -> _Channel:
-        record = self._channels.get(channel)
-        if record is None:
-            record = self._channels[channel] = _Channel((self._counter, 0))
-        return record
+    def _sweep(self, now: float) -> float | None:
+        """Forget every channel whose newest event is older than ``history_ttl`` (least recently
+        appended first: this stops at the first one still within it). Seconds until the next one
+        ages out, or ``None`` when no channel is left."""
+        channels = self._channels
+        oldest = now - self.history_ttl
+        while channels:
+            channel, record = next(iter(channels.items()))
+            newest = record.entries[-1][0]
+            if newest >= oldest:
+                return newest - oldest + SWEEP_SLACK
+            del channels[channel]
+            bucket = hash(channel) % HORIZON_BUCKETS
+            if record.last > self._horizons[bucket]:
+                self._horizons[bucket] = record.last
+        return None
 
     def _trim(self, record: _Channel, now: float) -> None:
         entries = record.entries
         oldest = now - self.history_ttl
-        while entries and (len(entries) > self.history_size or entries[0][0] < oldest):
+        # The newest entry stays: the channel is forgotten whole (by the sweep) when it ages out.
+        while len(entries) > 1 and (len(entries) > self.history_size or entries[0][0] < oldest):
             record.floor = entries.popleft()[1].position
 
     @staticmethod
@@ -160,11 +254,15 @@ class MemoryBackend(Backend):
         newer.reverse()
         return newer
 
-    def _collect(self, cursors: Mapping[str, Position]) -> list[tuple[str, Entry]]:
+    def _collect(self, cursors: Mapping[str, Position], waiter: _Waiter) -> list[tuple[str, Entry]]:
+        """What follows the cursors of the channels appended to since ``waiter`` last looked (every
+        channel on its first look): the cost is per channel that changed, not per channel followed."""
+        changed, waiter.changed = waiter.changed, set()
         found: list[tuple[str, Entry]] = []
-        for channel, cursor in cursors.items():
+        for channel in cursors if changed is None else changed:
+            cursor = cursors.get(channel)
             record = self._channels.get(channel)
-            if record is not None and record.last > cursor:
+            if cursor is not None and record is not None and record.last > cursor:
                 found.extend((channel, entry) for entry in self._after(record, cursor))
         return found
 
@@ -174,4 +272,6 @@ class MemoryBackend(Backend):
         except LookupError:
             waiter = _Waiter()
             self._waiter.set(waiter)
+            with self._lock:
+                self._readers.add(waiter)
             return waiter

@@ -1,20 +1,28 @@
 """The hub's Redis Streams engine: history shared by every process and host that uses one Redis.
 
 Owns: one Redis stream per channel (key ``<prefix>ch:<channel>``), the epoch key (``<prefix>epoch``),
-each event loop's two clients (a pool for appends and reads, and one connection of its own for the
-loop's blocking ``XREAD``), and turning Redis failures into :class:`~ssesup.hub.backend.HubUnavailable`.
-Does not own fan-out, mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and
-Redis >= 7.0.
+each event loop's two clients (a pool of at most ``connections`` for appends and reads, where a call
+waits for a free connection, and one connection of its own for the loop's blocking ``XREAD``), and
+turning Redis failures into :class:`~ssesup.hub.backend.HubUnavailable`. Does not own fan-out,
+mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and Redis >= 7.0.
 
 * ``append`` is one round trip, a script: ``XADD ... MAXLEN ~ <history_size>``, then ``XTRIM ... MINID ~``
-  (the new entry's time less ``history_ttl``, on Redis's clock). The entry keeps the id of the entry
-  before it (field ``p``), so a read knows exactly whether events after an id were trimmed: they were
-  when the oldest entry left follows another entry than the one asked for. The stream entry id
+  (the new entry's time less ``history_ttl``, on Redis's clock), then ``PEXPIRE`` to ``history_ttl``:
+  a channel nobody publishes to is gone from Redis once its newest event is older than the age bound.
+  The entry keeps the id of the entry before it (field ``p``), so a read knows exactly whether events
+  after an id were trimmed: they were when the oldest entry left follows another entry than the one
+  asked for. The first entry of a new stream keeps the horizon instead (field ``h``, its time less the
+  age bound): an earlier stream of the channel, expired, held only positions before it. A read of a
+  channel with no stream answers the same from Redis's time: an id before the horizon may have lost
+  events (``expired``), one after Redis's time was never given (``unknown``). The stream entry id
   (``ms-seq``) is the position. Appends are never retried: a publish that fails raises, and one that
   was acknowledged was stored once.
 * ``read`` is ``XRANGE`` after the position (exclusive), with the oldest and newest entries, in one
-  round trip; ``wait`` is ``XREAD BLOCK`` over every channel of the loop and a wake-up key of the
-  loop's own (``<prefix>wake:<token>``), so that a new channel is read at once.
+  round trip. ``append`` also notes the channel in the log of changes (``<prefix>changes``, one stream,
+  about CHANGES_KEPT entries); ``wait`` is ``XREAD BLOCK`` over that log and a wake-up key of the loop's
+  own (``<prefix>wake:<token>``), then ``XREAD`` of the channels it named that the loop follows: a
+  publish costs each loop's reader what it finds, not every channel the loop follows (1,000 streams of
+  16 channels each made every read cover 16,000 keys).
 * The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
   before are refused with a gap. Deleting one channel's key by hand is not noticed.
 * Every call has a deadline of ssesup's own (``anyio.fail_after``), not redis-py's ``socket_timeout``:
@@ -29,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,24 +46,59 @@ from anyio.lowlevel import RunVar
 
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
-from ssesup.hub.ids import START, Position
+from ssesup.hub.ids import MAX_PART, Position
 
 _T = TypeVar("_T")
 
 # Entries one XREAD takes per channel; more are read by the next call.
 READ_COUNT = 1000
+# Channels one XREAD reads at most (a read of every channel a loop follows is split in calls of this many).
+READ_KEYS = 1000
 # Seconds a call may take (a blocking XREAD: its block time and this) before Redis counts as unreachable.
 CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+# Connections of each event loop's pool (publishes, joins, history reads): a call that finds them all
+# busy waits for one, within its deadline. The loop's reader has one more of its own.
+CONNECTIONS = 16
+# Entries the log of changes keeps (about: MAXLEN ~). A reader behind it by more reads every channel.
+CHANGES_KEPT = 10_000
+LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 
-_APPEND = """
+# KEYS[1]: the channel's stream, KEYS[2]: the log of changes; ARGV: history_size, history_ttl in ms,
+# the channel's name, the event's fields. The entry keeps the id of the one before it (p); the first
+# entry of a stream that did not exist also keeps the horizon (h): every position before it may have
+# been in an earlier stream of the channel, expired. The log gets the channel's name (c) and the id of
+# the log's entry before (p: a reader that finds another one than its cursor missed some).
+_APPEND_SOURCE = """
 local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local before = '0-0'
-if previous[1] then before = previous[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', before, unpack(ARGV, 3))
+local id
+if previous[1] then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous[1][1], unpack(ARGV, 4))
+else
+  local t = redis.call('TIME')
+  local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
+  id = redis.call('XADD', KEYS[1], '*', 'p', '0-0', 'h', string.format('%d-0', horizon), unpack(ARGV, 4))
+end
 local ms = tonumber(string.match(id, '^(%d+)'))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local logged = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local before = '0-0'
+if logged[1] then before = logged[1][1] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', CHANGES_KEPT, '*', 'c', ARGV[3], 'p', before)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return id
+"""
+
+_APPEND = _APPEND_SOURCE.replace("CHANGES_KEPT", str(CHANGES_KEPT))
+
+# KEYS[1]: the channel's stream. Its last entry's id, or, when it has none, a position before every id
+# it will give (Redis's time less a millisecond): read and decided in one step.
+_LAST = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then return newest[1][1] end
+local t = redis.call('TIME')
+return string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1)
 """
 
 _FIELDS = ((b"d", "data"), (b"e", "event"), (b"c", "comment"))
@@ -102,12 +146,17 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
 
 
 class _LoopClients:
-    """One event loop's clients: redis-py's asyncio connections belong to the loop that made them."""
+    """One event loop's clients: redis-py's asyncio connections belong to the loop that made them. The
+    pool holds at most ``connections``; a call that finds them all busy waits for one (under its
+    deadline), where redis-py's own pool raises ``MaxConnectionsError``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int) -> None:
         redis = _redis()
         no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-        self.pool = redis.asyncio.Redis.from_url(url, retry=no_retry)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=connections, timeout=None, retry=no_retry
+        )
+        self.pool = redis.asyncio.Redis.from_pool(pool)
         self.reader = redis.asyncio.Redis.from_url(url, retry=no_retry, single_connection_client=True)
         for client in (self.pool, self.reader):
             # Set on the pool the connections are made from (lazily), where a URL's ``?socket_timeout=``
@@ -115,8 +164,14 @@ class _LoopClients:
             # RedisBackend._run's (see the module's docstring).
             client.connection_pool.connection_kwargs.update(socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT)
         self.append = self.pool.register_script(_APPEND)
+        self.last = self.pool.register_script(_LAST)
         self.wake_key = ""
         self.wake_cursor = "0-0"
+        # The reader's place in the log of changes (None: not read yet, or lost: read every channel).
+        self.changes_cursor: str | None = None
+        # Channels followed since the reader's last read (read at its next, whatever the log says).
+        self.fresh: set[str] = set()
+        self.everything = False  # more were followed than ``fresh`` keeps: the next read reads every channel
 
 
 class RedisBackend(Backend):
@@ -125,21 +180,31 @@ class RedisBackend(Backend):
 
     name = "redis"
 
-    def __init__(self, url: str, history_size: int, history_ttl: float, *, prefix: str = "ssesup:") -> None:
+    def __init__(
+        self,
+        url: str,
+        history_size: int,
+        history_ttl: float,
+        *,
+        prefix: str = "ssesup:",
+        connections: int = CONNECTIONS,
+    ) -> None:
         self._errors = _redis().exceptions
         self.url = url
+        self.connections = connections
         self.history_size = history_size
         self.history_ttl_ms = int(history_ttl * 1000)
         self.prefix = prefix
         self._stream_prefix = f"{prefix}ch:"
         self._epoch_key = f"{prefix}epoch"
+        self._changes_key = f"{prefix}changes"
         self._where = _where(url)
         self._clients: RunVar[_LoopClients | None] = RunVar(f"ssesup.hub.redis.{id(self)}", default=None)
 
     def _loop(self) -> _LoopClients:
         clients = self._clients.get()
         if clients is None:
-            clients = _LoopClients(self.url)
+            clients = _LoopClients(self.url, self.connections)
             clients.wake_key = f"{self.prefix}wake:{secrets.token_hex(8)}"
             self._clients.set(clients)
         return clients
@@ -172,8 +237,9 @@ class RedisBackend(Backend):
 
     async def append(self, channel: str, event: Event) -> Position:
         clients = self._loop()
-        args = [self.history_size, self.history_ttl_ms, *_fields(event)]
-        return parse_redis_id(await self._run(lambda: clients.append(keys=[self._key(channel)], args=args)))
+        args = [self.history_size, self.history_ttl_ms, channel, *_fields(event)]
+        keys = [self._key(channel), self._changes_key]
+        return parse_redis_id(await self._run(lambda: clients.append(keys=keys, args=args)))
 
     async def read(self, channel: str, after: Position, limit: int) -> History:
         clients = self._loop()
@@ -181,45 +247,96 @@ class RedisBackend(Backend):
 
         async def fetch() -> list[Any]:
             async with clients.pool.pipeline(transaction=False) as pipe:
+                pipe.time()
                 pipe.xrange(key, "-", "+", count=1)
                 pipe.xrevrange(key, "+", "-", count=1)
-                pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
+                if after != LAST_POSITION:  # nothing follows the largest id (and Redis refuses "(" before it)
+                    pipe.xrange(key, f"({redis_id(after)}", "+", count=limit)
                 results: list[Any] = await pipe.execute()
                 return results
 
-        oldest, newest, found = await self._run(fetch)
+        (seconds, micros), oldest, newest, *found = await self._run(fetch)
         if not newest:
-            return History([], False, START)
-        lost = parse_redis_id(oldest[0][1][b"p"]) > after
-        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in found]
-        return History(entries, lost, parse_redis_id(newest[0][0]))
+            # No stream (it expired, or never was): events up to the horizon may have been; none since.
+            now_ms = seconds * 1000 + micros // 1000
+            horizon = (max(0, now_ms - self.history_ttl_ms), 0)
+            return History([], after < horizon, (now_ms, MAX_PART), horizon)
+        fields = oldest[0][1]
+        floor = parse_redis_id(fields[b"h"] if b"h" in fields else fields[b"p"])
+        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in (found[0] if found else [])]
+        return History(entries, floor > after, parse_redis_id(newest[0][0]), floor)
 
     async def last(self, channel: str) -> Position:
         clients = self._loop()
-        newest = await self._run(lambda: clients.pool.xrevrange(self._key(channel), "+", "-", count=1))
-        return parse_redis_id(newest[0][0]) if newest else START
+        return parse_redis_id(await self._run(lambda: clients.last(keys=[self._key(channel)])))
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
+        """What follows the cursors, from the channels that changed: the loop's reader blocks on the log
+        of changes (one stream that every append notes its channel in) and its wake-up key, then reads
+        the channels it follows that the log named, and those followed since its last call. Every
+        channel is read only on the first call, after a failure, or when the log was trimmed past the
+        reader's place in it. So a publish costs the reader what it finds, not the channels it follows."""
         clients = self._loop()
-        streams = {self._key(channel): redis_id(cursor) for channel, cursor in cursors.items()}
-        streams[clients.wake_key] = clients.wake_cursor
-        found = await self._run(
-            lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
-            timeout + CALL_TIMEOUT,
-        )
+        try:
+            if clients.changes_cursor is None:
+                # Where the log is now first, then every channel: what is appended after that, the log names.
+                newest = await self._run(lambda: clients.reader.xrevrange(self._changes_key, "+", "-", count=1))
+                clients.changes_cursor = newest[0][0].decode() if newest else "0-0"
+                clients.fresh.clear()
+                clients.everything = False
+                found = await self._read_channels(clients, cursors, list(cursors))
+                if found:
+                    return found
+            streams = {self._changes_key: clients.changes_cursor, clients.wake_key: clients.wake_cursor}
+            answer = await self._run(
+                lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
+                timeout + CALL_TIMEOUT,
+            )
+            changed, clients.fresh = clients.fresh, set()
+            everything, clients.everything = clients.everything, False
+            for raw_key, items in answer.items() if isinstance(answer, dict) else answer:
+                if raw_key.decode() == clients.wake_key:
+                    clients.wake_cursor = items[-1][0].decode()
+                    continue
+                before = items[0][1].get(b"p")
+                if before is not None and parse_redis_id(before) > parse_redis_id(clients.changes_cursor):
+                    everything = True  # the log was trimmed past the reader's place: what it dropped is unknown
+                changed.update(fields[b"c"].decode() for _, fields in items)
+                clients.changes_cursor = items[-1][0].decode()
+            channels = list(cursors) if everything else [channel for channel in changed if channel in cursors]
+            return await self._read_channels(clients, cursors, channels) if channels else []
+        except HubUnavailable:
+            clients.changes_cursor = None  # back, the reader reads every channel once
+            raise
+
+    async def _read_channels(
+        self, clients: _LoopClients, cursors: Mapping[str, Position], channels: list[str]
+    ) -> list[tuple[str, Entry]]:
+        """The entries after the cursors of ``channels`` (up to READ_COUNT each), without blocking."""
         entries: list[tuple[str, Entry]] = []
         skip = len(self._stream_prefix)
-        for raw_key, items in found.items() if isinstance(found, dict) else found:
-            key = raw_key.decode()
-            if key == clients.wake_key:
-                clients.wake_cursor = items[-1][0].decode()
-                continue
-            channel = key[skip:]
-            entries.extend(
-                (channel, Entry(parse_redis_id(raw_id), _event(fields), parse_redis_id(fields[b"p"])))
-                for raw_id, fields in items
-            )
+        for start in range(0, len(channels), READ_KEYS):
+            streams = {
+                self._key(channel): redis_id(cursor)
+                for channel in channels[start : start + READ_KEYS]
+                if (cursor := cursors.get(channel)) is not None  # (one may have left meanwhile)
+            }
+            found = await self._run(partial(clients.reader.xread, streams, count=READ_COUNT))
+            for raw_key, items in found.items() if isinstance(found, dict) else found:
+                channel = raw_key.decode()[skip:]
+                entries.extend(
+                    (channel, Entry(parse_redis_id(raw_id), _event(fields), parse_redis_id(fields[b"p"])))
+                    for raw_id, fields in items
+                )
         return entries
+
+    def followed(self, channel: str) -> None:
+        clients = self._loop()
+        if len(clients.fresh) < READ_KEYS:
+            clients.fresh.add(channel)
+        else:  # many joins before the reader's next read: it reads every channel then (bounded memory)
+            clients.fresh.clear()
+            clients.everything = True
 
     async def wake(self) -> None:
         clients = self._loop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
@@ -58,22 +59,57 @@ class Overflow(enum.Enum):
     """Drop its oldest events; it gets a gap event (reason ``dropped``) before the next one."""
 
 
+# A channel name: 1 to MAX_CHANNEL_LENGTH characters, each an ASCII letter or digit or one of
+# ``_ - . : @ / + = # ~`` (no spaces, no control characters). Names are kept (in memory, as Redis keys)
+# while their channel has history or subscribers, and often come from requests: bounded and plain.
+MAX_CHANNEL_LENGTH = 200
+CHANNEL_CHARACTERS = "A-Za-z0-9_.:@/+=#~-"
+_CHANNEL = re.compile(f"[{CHANNEL_CHARACTERS}]{{1,{MAX_CHANNEL_LENGTH}}}")
+_CHANNEL_SHOWN = 40  # characters of a refused name an error repeats
+
+
+class InvalidChannel(ValueError):
+    """A channel name, or a list of them, that the hub refuses. Its message is safe to send back to the
+    client that asked (it repeats at most the first 40 characters of a name)."""
+
+
 def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+    """``channels`` as a tuple when they are a valid subscription: 1 to 16 distinct valid names
+    (:func:`check_channel`); else :class:`InvalidChannel` (a ``ValueError``), or ``TypeError`` for a
+    name that is not a str. For channel lists that come from a request: answer 400 with the message."""
+    if isinstance(channels, str):
+        raise TypeError(f"channels are a sequence of names, not one str: [{_shown(channels)}]")
     if not channels:
-        raise ValueError("subscribe to at least one channel")
+        raise InvalidChannel("subscribe to at least one channel")
     if len(channels) > MAX_CHANNELS:
-        raise ValueError(f"a subscription has at most {MAX_CHANNELS} channels (its id must fit 256 bytes)")
+        raise InvalidChannel(f"a subscription has at most {MAX_CHANNELS} channels (its id must fit 256 bytes)")
     for channel in channels:
         check_channel(channel)
     if len(set(channels)) != len(channels):
-        raise ValueError(f"a channel appears twice in {list(channels)!r}")
+        twice = next(channel for channel in channels if channels.count(channel) > 1)
+        raise InvalidChannel(f"channel {_shown(twice)} appears twice")
     return tuple(channels)
 
 
 def check_channel(channel: object) -> str:
-    if not isinstance(channel, str) or not channel:
-        raise ValueError(f"a channel is a non-empty str, not {channel!r}")
+    """``channel`` when it is a valid channel name: 1 to 200 characters of ``A-Z a-z 0-9 _ - . : @ / +
+    = # ~``; else :class:`InvalidChannel` (a ``ValueError``), or ``TypeError`` when it is not a str."""
+    if not isinstance(channel, str):
+        raise TypeError(f"a channel name is a str, not {type(channel).__name__}")
+    if not _CHANNEL.fullmatch(channel):
+        if not channel:
+            raise InvalidChannel("a channel name is not empty")
+        if len(channel) > MAX_CHANNEL_LENGTH:
+            raise InvalidChannel(f"a channel name has at most {MAX_CHANNEL_LENGTH} characters, not {len(channel)}")
+        raise InvalidChannel(
+            f"a channel name is made of A-Z a-z 0-9 and _ - . : @ / + = # ~ only, not {_shown(channel)}"
+        )
     return channel
+
+
+def _shown(name: str) -> str:
+    cut = name[:_CHANNEL_SHOWN]
+    return repr(cut) + ("..." if len(name) > _CHANNEL_SHOWN else "")
 
 
 class Subscription:
@@ -321,16 +357,18 @@ class Subscription:
             if after is None:
                 positions[channel] = cursors[index]
                 continue
-            history = await loop_hub.retrying("read", partial(read, channel, after, PAGE))
+            history = await loop_hub.shared(("read", channel, after), "read", partial(read, channel, after, PAGE))
             if after > history.last:
                 reason = reason or GapReason.UNKNOWN
                 lost.append(channel)
                 positions[channel] = cursors[index]
                 continue
+            positions[channel] = after
             if history.lost:
                 reason = reason or GapReason.EXPIRED
                 lost.append(channel)
-            positions[channel] = after
+                # The events up to the floor are gone: the stream resumes after it (the gap says so).
+                positions[channel] = max(after, history.floor)
             pages[channel] = history
         if reason is not None:
             asked = self.last_event_id or ""  # a gap answers an id that was asked for: never None here
@@ -352,7 +390,8 @@ class Subscription:
                         yield self._framed(entry) if encode else self._event(entry)
                 if len(history.entries) < PAGE:
                     break
-                history = await loop_hub.retrying("read", partial(read, channel, positions[channel], PAGE))
+                after = positions[channel]
+                history = await loop_hub.shared(("read", channel, after), "read", partial(read, channel, after, PAGE))
                 if self._closed:  # by another task, while this one read
                     return
 
