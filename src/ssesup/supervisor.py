@@ -25,21 +25,15 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssesup import checks, logs
-from ssesup._loop import LoopPrimitives
+from ssesup._loop import LoopPrimitives, loop_local
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
+from ssesup.endpoints import DrainEndpoint, LivenessEndpoint, ReadinessEndpoint
 from ssesup.events import Event
 from ssesup.limits import Admission, Refusal, StreamLimits
 from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.settings import PingFactory, StreamSettings
-from ssesup.signals import (
-    NO_SERVER_HANDLER,
-    DrainEndpoint,
-    LivenessEndpoint,
-    ReadinessEndpoint,
-    listen_for_signals,
-    server_graceful_timeout,
-)
+from ssesup.signals import NO_SERVER_HANDLER, listen_for_signals, server_graceful_timeout
 from ssesup.states import Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
@@ -174,12 +168,7 @@ class Supervisor:
     @property
     def loop_supervision(self) -> LoopSupervision:
         """This event loop's registry, timers and drain flag (created on first use)."""
-        try:
-            return self._live.get()
-        except LookupError:
-            supervision = LoopSupervision(self.limits, self.sync_threads)
-            self._live.set(supervision)
-            return supervision
+        return loop_local(self._live, partial(LoopSupervision, self.limits, self.sync_threads))
 
     def streams(self) -> Iterator[SupervisedStream]:
         """The live streams of the current event loop."""

@@ -41,11 +41,13 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup._loop import loop_local
 from ssesup.compat.event import ServerSentEvent, ensure_bytes
+from ssesup.errors import SendTimeoutError
 from ssesup.events import EncodedEvent
 from ssesup.signals import loop_notifier
 from ssesup.states import CloseReason
-from ssesup.stream import SendTimeoutError, SupervisedStream
+from ssesup.stream import SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
 
 __all__ = ["AppStatus", "EventSourceResponse", "SendTimeoutError", "ServerSentEvent", "ensure_bytes"]
@@ -225,11 +227,7 @@ class EventSourceResponse(SupervisedStream):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         supervisor = supervisor_for(scope)
-        try:
-            streams = _loop_streams.get()
-        except LookupError:
-            streams = _LoopStreams()
-            _loop_streams.set(streams)
+        streams = loop_local(_loop_streams, _LoopStreams)
         with _lock:
             streams.supervisors[supervisor] = streams.supervisors.get(supervisor, 0) + 1
             _loops_with_streams.add(streams)
