@@ -1,17 +1,24 @@
 """The hooks of one stream: what its creator asked to be told or run beside it.
 
 Owns: :class:`StreamHooks`, the record of one stream's ``on_close``, ``companion``, ``drain_event``,
-``drain_grace`` and ``raise_errors`` (checked when given), and the first error to raise to the server.
-Does not own: calling them (the actor does, at its start, its drain and its end). Most streams have no
-hooks: they hold ``None`` instead of this record.
+``drain_grace`` and ``raise_errors`` (checked when given), the first error to raise to the server, and
+running the companion and ``on_close`` (their failures logged and handed to the stream). Does not own
+when they run (the actor: at its start, its drain and its end). Most streams have no hooks: they hold
+``None`` instead of this record.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import structlog
+
 from ssesup import checks
+
+log = structlog.get_logger("ssesup")
 
 if TYPE_CHECKING:
     from ssesup.stream import SupervisedStream
@@ -56,3 +63,34 @@ class StreamHooks:
         """With ``raise_errors``, the first error is raised to the server once the stream has ended."""
         if self.raise_errors and self.error is None:
             self.error = error
+
+
+async def run_companion(
+    companion: Callable[[], Awaitable[None]], failed: Callable[[Exception], None], **fields: str
+) -> None:
+    """The companion task: runs beside the generator until the stream ends (the stream's task group
+    cancels it); its failure is logged and handed to ``failed`` (which ends the stream with ``error``)."""
+    try:
+        await companion()
+    except Exception as exc:
+        log.exception("stream.companion_failed", **fields)
+        failed(exc)
+
+
+async def call_on_close(
+    on_close: Callable[[SupervisedStream], Awaitable[None] | None],
+    stream: SupervisedStream,
+    grace: float,
+    failed: Callable[[Exception], None],
+    **fields: str,
+) -> None:
+    """Call ``on_close(stream)`` once, shielded, within ``grace`` seconds; a failure is logged and handed
+    to ``failed``."""
+    with anyio.move_on_after(grace, shield=True):
+        try:
+            result = on_close(stream)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            log.exception("stream.on_close_failed", **fields)
+            failed(exc)

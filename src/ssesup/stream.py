@@ -20,10 +20,9 @@ An idle stream therefore costs two tasks, as a bare ``StreamingResponse`` does.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -33,18 +32,18 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ssesup._loop import abandon_task, wait, wake
+from ssesup.closing import close_generator
 from ssesup.connection import Connection, find_connection
 from ssesup.current import CURRENT, current_stream
 from ssesup.deadlines import next_check
+from ssesup.delivery import Delivery
 from ssesup.errors import EventTooLarge, SendTimeoutError, StreamEnding
-from ssesup.events import EncodedEvent, Event, encode_item
-from ssesup.hooks import StreamHooks
+from ssesup.events import EncodedEvent, Event
+from ssesup.hooks import StreamHooks, call_on_close, run_companion
 from ssesup.logs import escape
-from ssesup.outbox import HIGH_WATER, Outbox, slices
+from ssesup.outbox import HIGH_WATER
 from ssesup.settings import PingFactory, StreamSettings, stream_overrides
 from ssesup.states import CloseReason, Ending, State, StreamMachine, Trigger
-from ssesup.states.machine import CLOSED
 from ssesup.supervisor import LoopSupervision, Supervisor, supervisor_for
 from ssesup.sync_source import SyncSource
 from ssesup.timers import Timer
@@ -63,21 +62,10 @@ log = structlog.get_logger("ssesup")
 Item = Event | str | bytes | memoryview | Mapping[str, Any]
 Content = AsyncIterable[Item] | Iterable[Item]
 
-# An event made after this many seconds in which nothing was queued or sent goes out from the producer
-# itself; others are queued for the sender, which joins what is queued into one send. Either way the
-# event goes out at once; this only decides which task sends it.
-QUIET_FOR_DIRECT_SEND = 100e-6
-# Not the loop's clock for that: uvloop's is libuv's cached millisecond time, under which every gap
-# shorter than a millisecond looks like none, and a lone event would wait for a hand-off.
-_clock = time.perf_counter
 # How long a drained or force-closed stream may take to send its farewell and end its body, so that a
 # process exits within its drain grace plus a second even when a client has stopped reading.
 FAREWELL_BUDGET = 0.5
-# How long a generator whose cleanup was cut (cancelled past its close grace) may take to end before
-# it is left behind.
-CUT_WAIT = 0.1
 
-_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 # Added unless the response sets them; one pair shared by every stream (thousands may be open).
 _DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"))
 _ids = itertools.count(1)
@@ -112,39 +100,30 @@ class SupervisedStream(Response):
     media_type = "text/event-stream"
     # Slots, not a dict, for the actor's own state: thousands of idle streams each carry it.
     __slots__ = (
-        "_body_ended",
         "_cancel_scope",
         "_clock",
         "_connection",
         "_dead_peer_timeout",
+        "_delivery",
         "_drain_waiter",
         "_draining",
         "_hooks",
         "_id",
         "_iterator",
-        "_last_activity",
         "_live",
         "_machine",
-        "_outbox",
         "_overrides",
         "_peer",
         "_producer",
-        "_quiet_since",
         "_reported",
         "_response_started",
-        "_send_started",
-        "_sender_running",
-        "_sender_wake",
         "_settings",
         "_stalled_since",
         "_stopping",
         "_supervisor",
         "_sync_iterator",
-        "_task_group",
         "_timer",
-        "_transport_send",
         "_unreported",
-        "_wakeup",
         "bytes_sent",
         "ended_at",
         "events_sent",
@@ -219,27 +198,18 @@ class SupervisedStream(Response):
         self.started_at = 0.0
         self.ended_at: float | None = None
         self._clock: Callable[[], float] = anyio.current_time
-        self._wakeup: Callable[[], Any] = anyio.Event
         self.events_sent = 0
         self.pings_sent = 0
         self.bytes_sent = 0
         self._reported = (0, 0, 0)  # events, pings, bytes the observers have heard of
         self._unreported = False
         self._live: LoopSupervision | None = None
-        self._outbox = Outbox()
-        self._quiet_since = 0.0  # when the last send (the headers' at first) ended: see _produce
-        self._sender_wake: Any = None
-        self._sender_running = False
-        self._task_group: Any = None
-        self._transport_send: Send | None = None
-        self._send_started: float | None = None
-        self._last_activity = 0.0
+        self._delivery = Delivery(self)
         self._timer: Timer | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._producer: asyncio.Task[None] | None = None
         self._stopping = False
         self._response_started = False
-        self._body_ended = False
         self._connection: Connection | None = None
         self._dead_peer_timeout = 0.0  # the settings' once started; 0 when the server's connection is unknown
         self._stalled_since: float | None = None
@@ -336,9 +306,9 @@ class SupervisedStream(Response):
         token = CURRENT.set(self)  # the tasks below inherit it: current_stream() in the generator
         try:
             async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
-                self._transport_send = send
+                delivery = self._delivery
+                delivery.task_group, delivery.send = task_group, send
                 start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
                 if await self._send_headers(send, start):
                     self._response_started = True
@@ -346,7 +316,7 @@ class SupervisedStream(Response):
                     if scope.get("method") == "HEAD":
                         self._fire(Trigger.EXHAUSTED)  # headers only: the generator is never started
                     else:
-                        self._start_producing(task_group, live, send)
+                        self._start_producing(task_group, live)
                     # The request's own task listens until the client leaves or the body has ended.
                     await self._listen(receive)
         finally:
@@ -370,32 +340,37 @@ class SupervisedStream(Response):
         self._live = live
         supervisor.register(self, live)
         self._clock = live.loop.clock
-        self._wakeup = live.loop.wakeup
-        now = self.started_at = self._last_activity = self._clock()
+        delivery = self._delivery
+        delivery.clock, delivery.wakeup = self._clock, live.loop.wakeup
+        now = self.started_at = delivery.last_activity = self._clock()
         if settings.ping or settings.send_timeout or settings.dead_peer_timeout:
             self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
 
-    def _start_producing(self, task_group: Any, live: LoopSupervision, send: Send) -> None:
+    def _start_producing(self, task_group: Any, live: LoopSupervision) -> None:
+        settings = self._settings
+        assert settings is not None  # set when admitted
         if self._hooks is not None and self._hooks.companion is not None:
-            task_group.start_soon(self._run_companion, self._hooks.companion)
+            companion = partial(run_companion, self._hooks.companion, self._companion_failed, **self._log_fields())
+            task_group.start_soon(companion)
         if live.loop.create_task is not None:
             # asyncio: the producer is a task of the stream's own, outside the task group, so that
             # stopping it is one cancellation and its generator can await cleanup.
-            self._producer = live.loop.create_task(self._produce(send))
+            self._producer = live.loop.create_task(self._delivery.produce(self._iterator, settings))
         else:
-            task_group.start_soon(self._produce, send)
+            task_group.start_soon(self._delivery.produce, self._iterator, settings)
 
     async def _end(self, supervisor: Supervisor, live: LoopSupervision) -> None:
         """The stream's last steps, whatever ended it: CLOSED, the body ended or the connection released,
         ``on_close``, the generator closed, unregistered."""
-        self._task_group = None  # closed: nothing more can be started in it
+        delivery = self._delivery
+        delivery.task_group = None  # closed: nothing more can be started in it
         # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
         self._fire(Trigger.FORCE_CLOSE)
         if self._timer is not None:
             self._timer.cancel()
         ending = self._machine.ending
         cancel_scope = self._cancel_scope
-        body_left = self._response_started and not self._body_ended
+        body_left = self._response_started and not delivery.body_ended
         if (
             body_left
             and ending is not Ending.FAREWELL
@@ -411,108 +386,9 @@ class SupervisedStream(Response):
             with anyio.CancelScope(shield=True):
                 await anyio.lowlevel.checkpoint()  # the server hears of the abort before the app returns
         if hooks is not None and hooks.on_close is not None:
-            await self._call_on_close(hooks.on_close)
+            await call_on_close(hooks.on_close, self, self._close_grace(), self._keep_error, **self._log_fields())
         await self._stop_generator()
         supervisor.unregister(self, live)
-
-    # -- the three roles -----------------------------------------------------------------------------
-
-    async def _produce(self, send: Send) -> None:
-        """Pull, encode, queue (or send what arrived alone). Once the stream is closed it takes nothing
-        more from the generator; the generator itself is cancelled with the task group when the sender
-        has ended the body."""
-        machine = self._machine
-        settings = self._settings
-        assert settings is not None
-        sep = settings.sep
-        max_size = settings.max_event_size
-        outbox = self._outbox
-        chunks = outbox.chunks
-        try:
-            async for item in self._iterator:
-                if machine.state is CLOSED:
-                    break
-                chunk = encode_item(item, sep)
-                if max_size is not None and len(chunk) > max_size:
-                    raise EventTooLarge(f"an event of {len(chunk)} bytes exceeds max_event_size ({max_size} bytes)")
-                if (
-                    not chunks
-                    and not self._sender_running
-                    and _clock() - self._quiet_since > QUIET_FOR_DIRECT_SEND
-                    and len(chunk) <= HIGH_WATER
-                ):
-                    # Nothing was queued or sent lately: send it from here, without a hand-off. Only who
-                    # sends changes, never when. This is _send without its coroutine: a lone event's
-                    # latency is mostly what is touched before its bytes leave.
-                    self._send_started = self._last_activity = self._clock()
-                    try:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    except Exception as exc:
-                        self._send_refused(exc)
-                        break  # the stream has ended: no further event is asked of the generator
-                    else:
-                        self._count(1, 0, len(chunk))
-                    finally:
-                        self._send_ended()
-                else:
-                    chunks.append(chunk)  # Outbox.put, written out: once per event of a burst
-                    outbox.size += len(chunk)
-                    if not self._sender_running:
-                        self._start_sender()
-                    if outbox.size >= HIGH_WATER:
-                        # Nothing more is pulled until there is room: back-pressure reaches the generator.
-                        # The item and its bytes are the outbox's now (one copy of a large event, not two).
-                        del item, chunk
-                        await outbox.wait_for_room(self._wakeup)
-        except StreamEnding as ending:
-            self._fire(ending.trigger)
-        except Exception as exc:
-            if machine.state is not CLOSED:  # a generator cut short by its stream's end is no failure
-                log.exception("stream.generator_failed", stream_id=self.stream_id, route=self.route)
-                self._keep_error(exc)
-            self._fire(Trigger.ERROR)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()  # the stream stopped its own producer: an ordinary end
-        else:
-            self._fire(Trigger.EXHAUSTED)
-
-    async def _send_queued(self, send: Send) -> None:
-        """The sender, started when bytes are queued: sends what is queued, joined, until nothing is
-        left, then ends (or, once the stream is closed, ends the body and the stream's task group)."""
-        outbox = self._outbox
-        try:
-            while True:
-                # One send at a time: while the producer sends an event that arrived alone, wait for it.
-                if self._send_started is None:
-                    if outbox.chunks:
-                        sent = await self._send_body(send, *outbox.take())
-                        outbox.sent()
-                        if not sent:
-                            # The stream has ended (also when it had already, say completed, before this
-                            # send failed): nothing more is written, nothing waits for the body's end.
-                            self._cancel_task_group()
-                            return
-                        continue
-                    if self._machine.closed:
-                        # An error to raise to the server leaves the body unended, as an error does.
-                        if (self._hooks is None or self._hooks.error is None) and await self._send(send, _END_OF_BODY):
-                            self._body_ended = True
-                        self._cancel_task_group()
-                    return
-                self._sender_wake = sender_wake = self._wakeup()
-                await wait(sender_wake)
-        finally:
-            self._sender_running = False
-
-    def _start_sender(self) -> None:
-        """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
-        farewells and the end of the body go through the sender)."""
-        if not self._sender_running and self._task_group is not None:
-            self._sender_running = True
-            self._task_group.start_soon(self._send_queued, self._transport_send)
 
     async def _listen(self, receive: Receive) -> None:
         while True:
@@ -526,32 +402,7 @@ class SupervisedStream(Response):
     async def _send_headers(self, send: Send, start: Message) -> bool:
         """Send the response's start (status and headers), under the send deadline; ``False`` when the
         client is gone. Once per stream (``ssesup.compat`` sends a GET's headers as sse-starlette does)."""
-        return await self._send(send, start)
-
-    async def _send_body(self, send: Send, body: bytes, events: int, pings: int) -> bool:
-        """Send ``body`` (holding ``events`` events and ``pings`` pings), in slices of the high-water mark
-        when larger: the server never buffers more than a slice (memory stays bounded), each slice under
-        the send deadline. Counted once all of it is out."""
-        if len(body) > HIGH_WATER:
-            for piece in slices(body):
-                if not await self._send(send, {"type": "http.response.body", "body": piece, "more_body": True}):
-                    return False
-        elif not await self._send(send, {"type": "http.response.body", "body": body, "more_body": True}):
-            return False
-        self._count(events, pings, len(body))
-        return True
-
-    async def _send(self, send: Send, message: Message) -> bool:
-        """One ASGI send under the send deadline; ``False`` when it failed (the stream has ended)."""
-        self._send_started = self._last_activity = self._clock()
-        try:
-            await send(message)
-        except Exception as exc:
-            self._send_refused(exc)
-            return False
-        finally:
-            self._send_ended()
-        return True
+        return await self._delivery.send_message(start)
 
     def _send_refused(self, error: Exception) -> None:
         """A send raised: the client is gone (``OSError``), or the server refused what was sent. With
@@ -563,13 +414,6 @@ class SupervisedStream(Response):
         # Not the client's doing: the server refused what was sent (an invalid header, say).
         log.error("stream.send_failed", stream_id=self.stream_id, route=self.route, exc_info=error)
         self._fire(Trigger.SEND_FAILED)
-
-    def _send_ended(self) -> None:
-        self._send_started = None
-        self._quiet_since = _clock()
-        if self._sender_wake is not None and (self._outbox.chunks or self._machine.state is CLOSED):
-            wake(self._sender_wake)  # a sender that waited for this send to finish
-            self._sender_wake = None
 
     def _count(self, events: int, pings: int, size: int) -> None:
         """Count a sent chunk; the observers hear of it from the supervisor within a second."""
@@ -618,20 +462,20 @@ class SupervisedStream(Response):
         if ending is Ending.FAREWELL:
             assert transition.close_reason is not None
             settings = self._settings
-            self._outbox.put(supervisor.farewell_bytes(self, settings.sep if settings else "\r\n"))
+            self._delivery.outbox.put(supervisor.farewell_bytes(self, settings.sep if settings else "\r\n"))
             if scope is not None:
                 scope.deadline = now + FAREWELL_BUDGET
             self._stop_producer_now()
         elif scope is not None and self._send_timeout():
             scope.deadline = now + self._send_timeout()  # what is queued is flushed under the send deadline
-        self._start_sender()
+        self._delivery.start_sender()
 
     def _stop_producer_now(self) -> None:
         """The producer takes nothing more: its generator is cancelled where it waits now, not after the
         farewell (it would otherwise be closed at its next yield, that event dropped). A send in flight
         is never interrupted for it: then the generator is stopped with the task group."""
         producer = self._producer
-        if producer is None or self._send_started is not None or producer.done():
+        if producer is None or self._delivery.send_started is not None or producer.done():
             return
         if producer is not asyncio.current_task():
             self._stopping = True
@@ -659,46 +503,33 @@ class SupervisedStream(Response):
         second signal made the supervisor close every stream). Only for a farewell ending, with no send
         waiting and a peer that keeps up (see ``Connection.keeps_up``); shielded, within
         ``FAREWELL_BUDGET``. True when the body was ended; otherwise the connection is released."""
-        send = self._transport_send
-        if send is None or self._machine.ending is not Ending.FAREWELL or self._send_started is not None:
+        delivery = self._delivery
+        if delivery.send is None or self._machine.ending is not Ending.FAREWELL or delivery.send_started is not None:
             return False
         connection = self._server_connection()
         if connection is None or not connection.keeps_up():
             return False
         with anyio.move_on_after(FAREWELL_BUDGET, shield=True):
-            outbox = self._outbox
-            flushed = not outbox.chunks or await self._send_body(send, *outbox.take())
-            self._body_ended = flushed and await self._send(send, _END_OF_BODY)
-        return self._body_ended
+            await delivery.flush_and_end()
+        return delivery.body_ended
 
     # -- the stream's own hooks -----------------------------------------------------------------------
+
+    def _log_fields(self) -> dict[str, str]:
+        return {"stream_id": self.stream_id, "route": self.route}
+
+    def _companion_failed(self, error: Exception) -> None:
+        self._keep_error(error)
+        self._fire(Trigger.ERROR)
+
+    def _raising(self) -> bool:
+        """Whether an error is to be raised to the server (then the body is left unended)."""
+        return self._hooks is not None and self._hooks.error is not None
 
     def _keep_error(self, error: BaseException) -> None:
         """With ``raise_errors``, the first error is raised to the server once the stream has ended."""
         if self._hooks is not None:
             self._hooks.keep_error(error)
-
-    async def _run_companion(self, companion: Callable[[], Awaitable[None]]) -> None:
-        """The companion task: runs beside the generator until the stream ends (the task group's end
-        cancels it); its failure ends the stream with ``error``."""
-        try:
-            await companion()
-        except Exception as exc:
-            log.exception("stream.companion_failed", stream_id=self.stream_id, route=self.route)
-            self._keep_error(exc)
-            self._fire(Trigger.ERROR)
-
-    async def _call_on_close(self, on_close: Callable[[SupervisedStream], Awaitable[None] | None]) -> None:
-        """Call ``on_close(stream)`` once, shielded, within the close grace; a failure is logged (and
-        raised with ``raise_errors``)."""
-        with anyio.move_on_after(self._close_grace(), shield=True):
-            try:
-                result = on_close(self)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                log.exception("stream.on_close_failed", stream_id=self.stream_id, route=self.route)
-                self._keep_error(exc)
 
     # -- the timer: pings, send deadlines, dead peers -------------------------------------------------
 
@@ -714,10 +545,10 @@ class SupervisedStream(Response):
         assert settings is not None
         return next_check(
             now,
-            self._last_activity,
+            self._delivery.last_activity,
             settings.ping,
             settings.send_timeout,
-            self._send_started,
+            self._delivery.send_started,
             self._dead_peer_timeout,
             self._stalled_since,
         )
@@ -727,19 +558,20 @@ class SupervisedStream(Response):
         settings = self._settings
         if self._machine.closed or settings is None:
             return None
-        started = self._send_started
+        delivery = self._delivery
+        started = delivery.send_started
         if started is not None and settings.send_timeout and now - started >= settings.send_timeout:
             self._fire(Trigger.SEND_TIMEOUT)
             return None
         if self._dead_peer_timeout and self._peer_is_dead(now):
             self._fire(Trigger.DEAD_PEER)
             return None
-        if settings.ping and now - self._last_activity >= settings.ping:
+        if settings.ping and now - delivery.last_activity >= settings.ping:
             # Due: ping if idle; a stream with a send in flight or bytes queued is not idle.
-            if started is None and not self._outbox.chunks:
-                self._outbox.put_ping(self._ping_bytes(settings))
-                self._start_sender()
-            self._last_activity = now
+            if started is None and not delivery.outbox.chunks:
+                delivery.outbox.put_ping(self._ping_bytes(settings))
+                delivery.start_sender()
+            delivery.last_activity = now
         return self._next_check(now)
 
     def _ping_bytes(self, settings: StreamSettings) -> bytes:
@@ -762,7 +594,7 @@ class SupervisedStream(Response):
         the first check that finds them marks the start, a check that finds none clears it."""
         connection = self._server_connection()
         if connection is None:
-            if self._transport_send is not None:
+            if self._delivery.send is not None:
                 self._dead_peer_timeout = 0.0  # not a server whose connection ssesup can read
             return False
         if not connection.unacknowledged():
@@ -776,8 +608,9 @@ class SupervisedStream(Response):
 
     def _server_connection(self) -> Connection | None:
         """The server's connection behind this stream's ``send``, looked up once it is needed."""
-        if self._connection is None and self._transport_send is not None:
-            self._connection = find_connection(self._transport_send)
+        send = self._delivery.send
+        if self._connection is None and send is not None:
+            self._connection = find_connection(send)
         return self._connection
 
     def _release(self) -> None:
@@ -792,42 +625,12 @@ class SupervisedStream(Response):
     # -- the generator's end ----------------------------------------------------------------------------
 
     async def _stop_generator(self) -> None:
-        """Stop the producer and close the generator so that its ``finally`` blocks run, within the
-        close grace (the farewell budget after a force close); past it, the cleanup is cut and logged.
-
-        On asyncio the producer is cancelled once, so a generator waiting inside an ``await`` can still
-        await its cleanup; one that keeps running past the grace is abandoned (it no longer holds up
-        its stream or the loop's shutdown). A failure in the cleanup is logged, never raised.
-        """
+        """Stop the producer and close the generator within the close grace (the farewell budget after a
+        force close): ``ssesup.closing``."""
         grace = FAREWELL_BUDGET if self.close_reason is CloseReason.SHUTDOWN else self._close_grace()
-        deadline = self._clock() + grace
-        producer = self._producer
-        if producer is not None and not producer.done():
-            if not self._stopping:  # cancelled once only: a drain's close may have cancelled it already
-                self._stopping = True
-                producer.cancel()
-            with anyio.move_on_after(grace, shield=True):
-                await asyncio.wait((producer,))
-            if not producer.done():
-                log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
-                producer.cancel()  # cut the cleanup; one that swallows this too is left behind
-                with anyio.move_on_after(CUT_WAIT, shield=True):
-                    await asyncio.wait((producer,))
-                if not producer.done():
-                    abandon_task(producer)
-                return
-        with anyio.move_on_after(max(0.0, deadline - self._clock()), shield=True) as scope:
-            await self._close_iterator()
-        if scope.cancel_called:  # cut, also when the generator swallowed the cancellation
-            log.error("stream.cleanup_cut", stream_id=self.stream_id, route=self.route, close_grace_s=grace)
-
-    async def _close_iterator(self) -> None:
-        try:
-            aclose = getattr(self._iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        except Exception:
-            log.exception("stream.generator_close_failed", stream_id=self.stream_id, route=self.route)
+        cancel = not self._stopping  # cancelled once only: a drain's close may have cancelled it already
+        self._stopping = True
+        await close_generator(self._producer, cancel, self._iterator, grace, self._clock, **self._log_fields())
 
 
 def _websocket_denial(send: Send) -> Send:
