@@ -37,7 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ssesup import checks
 from ssesup._loop import abandon_task, wait, wake
-from ssesup.connection import Connection, find_connection
+from ssesup.connection import Connection, find_connection, supervised_send
 from ssesup.events import Event, check_separator, encode_item
 from ssesup.limits import Refusal
 from ssesup.logs import escape
@@ -351,7 +351,8 @@ class SupervisedStream(Response):
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
-                self._transport_send = send
+                # HTTP/2: the stream's own edge (ended alone, bounded); HTTP/1.1: the server's send.
+                self._transport_send = send = supervised_send(scope, send, lambda: self._fire(Trigger.DEAD_PEER))
                 start = {
                     "type": "http.response.start",
                     "status": self.status_code,
@@ -791,7 +792,7 @@ class SupervisedStream(Response):
         connection = self._server_connection()
         if connection is not None:
             try:
-                connection.release()
+                connection.release(peer_dead=self.close_reason is CloseReason.DEAD_PEER)
             except Exception:
                 log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 
