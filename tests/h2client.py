@@ -16,11 +16,26 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+
+
+class _GoawayKeepsStreams(h2.connection.H2ConnectionStateMachine):
+    """A server's graceful GOAWAY lets the streams it names finish (RFC 9113, 6.8), but the h2 package's
+    connection closes on it and refuses every later frame (granian sends a PING right after its GOAWAY,
+    then the drain's farewells): here a GOAWAY leaves the connection open."""
+
+    _transitions: ClassVar = {
+        **h2.connection.H2ConnectionStateMachine._transitions,
+        (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionInputs.RECV_GOAWAY): (
+            None,
+            h2.connection.ConnectionState.CLIENT_OPEN,
+        ),
+    }
 
 
 @dataclass
@@ -60,6 +75,7 @@ class H2Client:
         self.host = host
         self.scheme = "https" if tls else "http"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.state_machine = _GoawayKeepsStreams()
         self.lock = threading.Lock()
         self.streams: dict[int, H2Stream] = {}
         self.closed_at: float | None = None  # when the connection ended (EOF, reset, GOAWAY)

@@ -32,21 +32,33 @@ from tls import self_signed
 
 APP = "apps.network_app:app"
 CANCEL = 0x8  # the RST_STREAM code of a stream the server no longer serves
-# hypercorn --workers 0: the app runs in the process that gets SIGTERM (docs/deploying.md).
+# Each server as a command (it serves on BIND) and whether it speaks TLS. hypercorn --workers 0: the app
+# runs in the process that gets SIGTERM (docs/deploying.md). granian --http auto: HTTP/1.1 and HTTP/2
+# with prior knowledge on one port (the namespaced tests ask for readiness in HTTP/1.1).
 KINDS = {
-    "hypercorn-asyncio-h2c": ("asyncio", False),
-    "hypercorn-asyncio-tls": ("asyncio", True),
-    "hypercorn-trio-h2c": ("trio", False),
-    "hypercorn-trio-tls": ("trio", True),
+    "hypercorn-asyncio-h2c": ("hypercorn", "asyncio", False),
+    "hypercorn-asyncio-tls": ("hypercorn", "asyncio", True),
+    "hypercorn-trio-h2c": ("hypercorn", "trio", False),
+    "hypercorn-trio-tls": ("hypercorn", "trio", True),
+    "granian-h2c": ("granian", "auto", False),
+    "granian-tls": ("granian", "auto", True),
 }
 HELLO = b"data: hello"
 
 
-def hypercorn_argv(worker: str, tls: bool, bind: str, tmp_path: Path) -> list[str]:
-    argv = [sys.executable, "-m", "hypercorn", APP, "-k", worker, "--workers", "0", "-b", bind]
+def server_argv(kind: str, host: str, port: int, tmp_path: Path) -> list[str]:
+    server, mode, tls = KINDS[kind]
+    if server == "hypercorn":
+        argv = [sys.executable, "-m", "hypercorn", APP, "-k", mode, "--workers", "0", "-b", f"{host}:{port}"]
+    else:
+        argv = [sys.executable, "-m", "granian", "--interface", "asgi", APP, "--host", host, "--port", str(port)]
+        argv += ["--http", mode, "--no-access-log"]
     if tls:
         cert, key = self_signed(tmp_path)
-        argv += ["--certfile", str(cert), "--keyfile", str(key)]
+        if server == "hypercorn":
+            argv += ["--certfile", str(cert), "--keyfile", str(key)]
+        else:
+            argv += ["--ssl-certificate", str(cert), "--ssl-keyfile", str(key)]
     return argv
 
 
@@ -55,12 +67,29 @@ def app_env(close_file: Path, **settings: float) -> dict[str, str]:
 
 
 @contextmanager
-def hypercorn(kind: str, tmp_path: Path, close_file: Path, **settings: float) -> Iterator[tuple[ServerProcess, bool]]:
-    worker, tls = KINDS[kind]
+def h2_server(kind: str, tmp_path: Path, close_file: Path, **settings: float) -> Iterator[tuple[ServerProcess, bool]]:
     port = free_port()
-    argv = hypercorn_argv(worker, tls, f"127.0.0.1:{port}", tmp_path)
+    argv = server_argv(kind, "127.0.0.1", port, tmp_path)
     with serve(argv, port, tmp_path, app_env(close_file, **settings)) as server:
-        yield server, tls
+        yield server, KINDS[kind][2]
+
+
+def server_rss_mb(server: ServerProcess) -> float:
+    """The resident memory of the server's processes (granian serves from a worker process)."""
+    return sum(rss_mb(pid) for pid in session_pids(server.process.pid))
+
+
+def session_pids(session: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[3]) == session:
+                found.append(int(entry.name))
+    return found
 
 
 def rss_mb(pid: int) -> float:
@@ -81,22 +110,29 @@ def reasons(close_file: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_stalled_stream_is_reset_alone_at_its_send_timeout_and_its_siblings_stream_on(kind: str, tmp_path: Path):
+def test_a_stalled_stream_ends_alone_at_its_send_timeout_and_its_siblings_stream_on(kind: str, tmp_path: Path):
     close_file = tmp_path / "closes.txt"
-    with hypercorn(kind, tmp_path, close_file, send_timeout=2) as (server, tls):
+    with h2_server(kind, tmp_path, close_file, send_timeout=2) as (server, tls):
         client = H2Client("127.0.0.1", server.port, tls=tls)
         healthy, stalled = open_streams(client, 3)
-        started = time.monotonic()
-        before = peak = rss_mb(server.process.pid)
-        # The stalled stream's send waits at the server's bound: its send_timeout (2 s, checked every
-        # 0.5 s) resets it. Until then, and after, the server's memory stays where it was.
-        while stalled.reset_code is None and time.monotonic() - started < 10:
-            peak = max(peak, rss_mb(server.process.pid))
+        started = time.time()
+        before = peak = server_rss_mb(server)
+        # The stalled stream's send waits (at ssesup's bound on hypercorn, granian's own on granian): its
+        # send_timeout (2 s, checked every 0.5 s) ends it. Meanwhile the server's memory stays put.
+        while not closes(close_file) and time.time() - started < 10:
+            peak = max(peak, server_rss_mb(server))
             time.sleep(0.1)
-        assert stalled.reset_code == CANCEL, f"not reset within 10 s; server RSS {before:.0f} -> {peak:.0f} MB"
-        assert stalled.ended_at - started < 2 + 0.5 + 2  # the timeout, a check interval, a loaded machine
-        assert not stalled.ended
+        time.sleep(0.3)  # the reset, where there is one, is on its way
+        assert reasons(close_file) == [("/flood", "send_timeout")], f"server RSS {before:.0f} -> {peak:.0f} MB"
+        assert closes(close_file)[0][0] - started < 2 + 0.5 + 2  # the timeout, a check interval, a loaded machine
         assert peak - before < 30, f"server RSS {before:.0f} -> {peak:.0f} MB while a stream was stalled"
+        assert not stalled.ended
+        if KINDS[kind][0] == "hypercorn":
+            assert stalled.reset_code == CANCEL  # reset alone
+        else:
+            # granian keeps a stream whose window is shut even once its app has returned (docs/deploying.md):
+            # no reset reaches the client; the stream's bytes wait, bounded, in granian.
+            assert stalled.reset_code is None
 
         sizes = [len(stream.body) for stream in healthy]
         time.sleep(1.5)  # ticks every 0.2 s go on arriving on every sibling
@@ -113,11 +149,11 @@ def test_a_stalled_stream_is_reset_alone_at_its_send_timeout_and_its_siblings_st
         assert reasons(close_file) == [("/flood", "send_timeout")] + [("/slow", "client_disconnect")] * 3
 
 
-@pytest.mark.parametrize("kind", ["hypercorn-asyncio-h2c", "hypercorn-asyncio-tls"])
+@pytest.mark.parametrize("kind", ["hypercorn-asyncio-h2c", "hypercorn-asyncio-tls", "granian-h2c", "granian-tls"])
 def test_sigterm_drains_every_healthy_sibling_of_a_stalled_stream_with_its_farewell(kind: str, tmp_path: Path):
     grace = 3.0
     close_file = tmp_path / "closes.txt"
-    with hypercorn(kind, tmp_path, close_file, drain_grace=grace) as (server, tls):
+    with h2_server(kind, tmp_path, close_file, drain_grace=grace) as (server, tls):
         client = H2Client("127.0.0.1", server.port, tls=tls)
         healthy, stalled = open_streams(client, 59, path="/slow?every=0.5")
         time.sleep(0.5)  # the stalled stream's window is shut: what it is sent now stays on the server
@@ -130,7 +166,11 @@ def test_sigterm_drains_every_healthy_sibling_of_a_stalled_stream_with_its_farew
 
         farewells = [s for s in healthy if b"event: farewell" in s.body and s.ended and s.reset_code is None]
         assert len(farewells) == 59, [(s.stream_id, s.ended, s.reset_code, s.body[-80:]) for s in healthy]
-        assert stalled.reset_code == CANCEL, (stalled.ended, stalled.reset_code)
+        assert not stalled.ended
+        if KINDS[kind][0] == "hypercorn":
+            assert stalled.reset_code == CANCEL, (stalled.ended, stalled.reset_code)
+        else:  # granian keeps the stuck stream: its connection is released once its siblings are done
+            assert client.closed_at is not None and client.closed_at - started < grace + 4
         assert time.monotonic() - started < grace + 4, f"exited ({exited}) {time.monotonic() - started:.1f} s after"
         assert reasons(close_file) == [("/flood", "drained")] + [("/slow", "drained")] * 59
 
@@ -143,11 +183,11 @@ def _namespaces() -> None:
 
 
 @pytest.mark.usefixtures("_namespaces")
-@pytest.mark.parametrize("kind", ["hypercorn-asyncio-h2c", "hypercorn-trio-h2c"])  # netns.serve asks in plain HTTP
+@pytest.mark.parametrize("kind", ["hypercorn-asyncio-h2c", "hypercorn-trio-h2c", "granian-h2c"])  # readiness: HTTP/1.1
 def test_a_vanished_peer_closes_every_stream_on_its_connection_with_dead_peer_at_once(kind: str, tmp_path: Path):
     close_file = tmp_path / "closes.txt"
-    worker, tls = KINDS[kind]
-    argv = hypercorn_argv(worker, tls, f"0.0.0.0:{netns.PORT}", tmp_path)
+    tls = KINDS[kind][2]
+    argv = server_argv(kind, "0.0.0.0", netns.PORT, tmp_path)
     env = app_env(close_file, ping=1, dead_peer_timeout=3, send_timeout=30)
     with netns.network("gone") as net, netns.serve(net, argv, tmp_path / "server.log", env) as server:
         sock = net.connect("gone")

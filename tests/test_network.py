@@ -40,6 +40,11 @@ SERVERS = {
     "hypercorn-asyncio": [
         sys.executable, "-m", "hypercorn", APP, "-k", "asyncio", "--workers", "0", "-b", f"0.0.0.0:{netns.PORT}",
     ],
+    # granian's connections live in Rust: ssesup finds their sockets by the scope's two ends (edge/sockets.py).
+    "granian": [
+        sys.executable, "-m", "granian", "--interface", "asgi", APP, "--host", "0.0.0.0", "--port", str(netns.PORT),
+        "--http", "1", "--no-access-log",
+    ],
 }  # fmt: skip
 # What the issue asks is 2 s from the decision to close to a released connection, and an exit within
 # drain_grace + 2 s; the tests allow 2 s more for a loaded machine.

@@ -38,11 +38,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ssesup.edge import hypercorn
+from ssesup.edge import granian, hypercorn
 from ssesup.edge.multiplexed import MultiplexedStream
+from ssesup.edge.sockets import OwnSocket
 
 # How many objects the search behind ``send`` looks at before it gives up (uvicorn's transport is
 # three steps from a Starlette route's ``send``; each middleware adds one or two).
@@ -112,22 +114,48 @@ class Connection:
         return unacked > 0 and retransmits > 0
 
 
-def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], on_peer_dead: Callable[[], None]) -> Any:
-    """The ``send`` a stream should use: the server's own, or, for a stream multiplexed with others on a
-    server the edge knows (HTTP/2), its edge's send, which waits while the server holds more than
-    ``edge.multiplexed.BOUND`` bytes of the stream. ``on_peer_dead`` is called when another stream on
-    the same connection finds the peer dead. HTTP/1.1 costs one look at the scope."""
+def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger: Callable[[Any], None]) -> Any:
+    """The ``send`` a stream should use, looked up once when it starts: the server's own, or, for a
+    stream multiplexed with others (HTTP/2) on a server the edge knows, its edge's send (hypercorn's
+    waits while the server holds more than ``edge.multiplexed.BOUND`` bytes of the stream). ``trigger``,
+    the stream's own, hears ``Trigger.DEAD_PEER`` when another stream on its connection finds the peer
+    dead. Under granian the edge is found by the socket's two ends (``edge/granian.py``). HTTP/1.1 on
+    other servers costs one look at the scope and one at the loaded modules."""
+    if granian.serving() and _search(send, granian.is_protocol) is not None:
+        edge = granian.stream_edge(scope, send)
+        if isinstance(edge, MultiplexedStream):
+            return edge.bounded(trigger)
+        if edge is not None:
+            with contextlib.suppress(TypeError):  # a send that takes no weak reference: not found later
+                _edges[send] = edge
+        return send
     if scope.get("http_version") not in ("2", "3"):
         return send
     edge = find_connection(send)
     if isinstance(edge, MultiplexedStream):
-        return edge.bounded(on_peer_dead)
+        return edge.bounded(trigger)
     return send
 
 
-def find_connection(send: Callable[..., Any]) -> Connection | MultiplexedStream | None:
+# Edges that nothing behind a send leads to (granian's sockets), by the send.
+_edges: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def find_connection(send: Callable[..., Any]) -> Connection | MultiplexedStream | OwnSocket | None:
     """The connection (for a multiplexed stream, the stream's edge) behind an ASGI ``send`` of a server
     this module knows, or ``None``."""
+    try:
+        edge = _edges.get(send)
+    except TypeError:
+        edge = None
+    if edge is not None:
+        return edge
+    found = _search(send, _as_connection)
+    return None if found is _NONE else found
+
+
+def _search(send: Callable[..., Any], match: Callable[[Any], Any]) -> Any:
+    """The first ``match(node)`` that is not ``None`` over what stands behind ``send``, or ``None``."""
     seen: set[int] = set()
     queue: list[Any] = [send]
     while queue and len(seen) < _SEARCH_BUDGET:
@@ -135,9 +163,9 @@ def find_connection(send: Callable[..., Any]) -> Connection | MultiplexedStream 
         if id(node) in seen:
             continue
         seen.add(id(node))
-        found = _as_connection(node)
-        if found is not None:
-            return None if found is _NONE else found
+        found = match(node)
+        if found is not None and found is not False:
+            return found
         owner = getattr(node, "__self__", None)
         if owner is not None:
             queue.append(owner)

@@ -352,7 +352,7 @@ class SupervisedStream(Response):
                 self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
                 # HTTP/2: the stream's own edge (ended alone, bounded); HTTP/1.1: the server's send.
-                self._transport_send = send = supervised_send(scope, send, lambda: self._fire(Trigger.DEAD_PEER))
+                self._transport_send = send = supervised_send(scope, send, self.trigger)
                 start = {
                     "type": "http.response.start",
                     "status": self.status_code,

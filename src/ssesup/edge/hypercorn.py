@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Collection
 from typing import Any
 
-from ssesup.edge.multiplexed import MultiplexedStream, peer_of
+from ssesup.edge.multiplexed import MultiplexedStream, Peer, peer_of
 
 try:  # hypercorn depends on h2; where it is missing there is no hypercorn HTTP/2 stream to meet
     import h2.errors
@@ -46,8 +46,9 @@ def stream_edge(http_stream: Any) -> MultiplexedStream | None:
     protocol = getattr(getattr(http_stream, "send", None), "__self__", None)
     if type(protocol).__name__ != "H2Protocol" or not hasattr(protocol, "stream_buffers"):
         return None
-    peer = peer_of(protocol, lambda: HypercornH2(protocol))
-    return MultiplexedStream(peer, http_stream.stream_id, http_stream.app_send)
+    server = HypercornH2(protocol)  # holds the protocol: made per stream, never kept by the protocol's key
+    peer = peer_of(protocol, lambda: Peer(server.connection))
+    return MultiplexedStream(peer, server, http_stream.stream_id, http_stream.app_send)
 
 
 class HypercornH2:

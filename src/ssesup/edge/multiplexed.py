@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from ssesup.states import Trigger
+
 if TYPE_CHECKING:
     from ssesup.connection import Connection
 
@@ -36,7 +38,9 @@ BOUND = 64 * 1024
 class StreamServer(Protocol):
     """What a server adapter gives for one multiplexed connection."""
 
-    connection: Connection | None  # the TCP connection under it (release, TCP_INFO), if found
+    # The TCP connection under it, released with a stream's reset when nothing else lives on it and it
+    # does not drain; None where that cannot be told (then only a dead peer releases it).
+    connection: Connection | None
 
     def live(self) -> Collection[int]:
         """The ids of the streams open on the connection (any response, not only ssesup's)."""
@@ -55,72 +59,75 @@ class StreamServer(Protocol):
 
 
 class Peer:
-    """One connection's peer: the streams ssesup serves on it, told when the peer is found dead."""
+    """One connection's peer: the streams ssesup serves on it (weakly: an ended stream is forgotten),
+    each told when the peer is found dead, and the connection to release then."""
 
-    __slots__ = ("__weakref__", "dead", "server", "streams")
+    __slots__ = ("__weakref__", "connection", "dead", "streams")
 
-    def __init__(self, server: StreamServer) -> None:
-        self.server = server
-        self.streams: dict[int, Callable[[], None]] = {}
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.streams: dict[int, weakref.WeakMethod] = {}
         self.dead = False
 
-    def join(self, stream_id: int, on_peer_dead: Callable[[], None] | None) -> None:
-        if on_peer_dead is None:
+    def join(self, token: int, trigger: Callable[[Trigger], None] | None) -> None:
+        """``trigger`` (a stream's bound ``trigger``) hears ``Trigger.DEAD_PEER`` if another stream on
+        this connection finds the peer dead."""
+        if trigger is None:
             return
         streams = self.streams
-        if len(streams) > 8 and len(streams) > 2 * len(self.server.live()):
-            live = self.server.live()
-            for gone in [sid for sid in streams if sid not in live]:
+        if len(streams) >= 16 and not len(streams) & (len(streams) - 1):  # at 16, 32, 64, ...: forget ended ones
+            for gone in [key for key, ref in streams.items() if ref() is None]:
                 del streams[gone]
-        streams[stream_id] = on_peer_dead
+        streams[token] = weakref.WeakMethod(trigger)
 
-    def died(self, stream_id: int) -> None:
-        """``stream_id`` found the peer dead: every other stream on it is told, then the connection goes."""
+    def died(self, token: int) -> None:
+        """The stream ``token`` found the peer dead: every other stream on it is told, then the
+        connection is released."""
         if not self.dead:
             self.dead = True
-            live = self.server.live()
-            for sid, tell in list(self.streams.items()):
-                if sid != stream_id and sid in live:
+            for key, ref in list(self.streams.items()):
+                trigger = ref()
+                if key != token and trigger is not None:
                     try:
-                        tell()
+                        trigger(Trigger.DEAD_PEER)
                     except Exception:
-                        log.exception("edge.peer_dead_notice_failed", stream=sid)
+                        log.exception("edge.peer_dead_notice_failed", stream=key)
             self.streams.clear()
-        connection = self.server.connection
-        if connection is not None:
-            connection.release()
+        if self.connection is not None:
+            self.connection.release(peer_dead=True)
 
 
 # The peers of the connections alive now, by the server's own connection object.
 _peers: weakref.WeakKeyDictionary[Any, Peer] = weakref.WeakKeyDictionary()
 
 
-def peer_of(key: Any, make: Callable[[], StreamServer]) -> Peer:
+def peer_of(key: Any, make: Callable[[], Peer]) -> Peer:
     peer = _peers.get(key)
     if peer is None:
-        peer = _peers[key] = Peer(make())
+        peer = _peers[key] = make()
     return peer
 
 
 class MultiplexedStream:
     """The edge of one stream on a multiplexed connection: what ``find_connection`` returns for it."""
 
-    __slots__ = ("_peer", "_server_send", "stream_id")
+    __slots__ = ("_peer", "_server", "_server_send", "stream_id")
 
-    def __init__(self, peer: Peer, stream_id: int, server_send: Callable[..., Any]) -> None:
+    def __init__(self, peer: Peer, server: StreamServer, stream_id: int, server_send: Callable[..., Any]) -> None:
         self._peer = peer
+        self._server = server
         self.stream_id = stream_id
         self._server_send = server_send
 
-    def bounded(self, on_peer_dead: Callable[[], None] | None) -> Callable[[Any], Any]:
-        """The stream's ``send`` with the per-stream bound; ``on_peer_dead`` is called when another
-        stream on the connection finds the peer dead."""
-        self._peer.join(self.stream_id, on_peer_dead)
+    def bounded(self, trigger: Callable[[Trigger], None] | None) -> Callable[[Any], Any]:
+        """The stream's ``send`` with the per-stream bound; ``trigger`` hears ``Trigger.DEAD_PEER`` when
+        another stream on the connection finds the peer dead."""
+        self._peer.join(self.stream_id, trigger)
         return self.send
 
     async def send(self, message: Any) -> None:
         await self._server_send(message)
-        server = self._peer.server
+        server = self._server
         if server.held(self.stream_id) > BOUND:
             await server.emptied(self.stream_id)
 
@@ -131,7 +138,7 @@ class MultiplexedStream:
         if peer_dead:
             peer.died(self.stream_id)
             return
-        server = peer.server
+        server = self._server
         server.reset(self.stream_id)
         connection = server.connection
         alone = not any(sid != self.stream_id for sid in server.live())
@@ -139,9 +146,9 @@ class MultiplexedStream:
             connection.release()  # nothing else lives on a connection its peer does not read
 
     def keeps_up(self) -> bool:
-        connection = self._peer.server.connection
-        return connection is not None and connection.keeps_up() and self._peer.server.stream_keeps_up(self.stream_id)
+        connection = self._peer.connection
+        return connection is not None and connection.keeps_up() and self._server.stream_keeps_up(self.stream_id)
 
     def unacknowledged(self) -> bool | None:
-        connection = self._peer.server.connection
+        connection = self._peer.connection
         return None if connection is None else connection.unacknowledged()
