@@ -45,6 +45,8 @@ SERVERS = {
         sys.executable, "-m", "granian", "--interface", "asgi", APP, "--host", "0.0.0.0", "--port", str(netns.PORT),
         "--http", "1", "--no-access-log",
     ],
+    # daphne: Twisted's transport never makes a send wait; ssesup bounds it and holds daphne's shutdown.
+    "daphne": [sys.executable, "-m", "daphne", "-b", "0.0.0.0", "-p", str(netns.PORT), APP],
 }  # fmt: skip
 # What the issue asks is 2 s from the decision to close to a released connection, and an exit within
 # drain_grace + 2 s; the tests allow 2 s more for a loaded machine.

@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ssesup.edge import granian, hypercorn
+from ssesup.edge import daphne, granian, hypercorn
 from ssesup.edge.multiplexed import MultiplexedStream
 from ssesup.edge.sockets import OwnSocket
 
@@ -119,8 +119,9 @@ def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger:
     stream multiplexed with others (HTTP/2) on a server the edge knows, its edge's send (hypercorn's
     waits while the server holds more than ``edge.multiplexed.BOUND`` bytes of the stream). ``trigger``,
     the stream's own, hears ``Trigger.DEAD_PEER`` when another stream on its connection finds the peer
-    dead. Under granian the edge is found by the socket's two ends (``edge/granian.py``). HTTP/1.1 on
-    other servers costs one look at the scope and one at the loaded modules."""
+    dead. Under granian the edge is found by the socket's two ends (``edge/granian.py``); under daphne its
+    send is bounded and its shutdown waits for the drain (``edge/daphne.py``). HTTP/1.1 on other servers
+    costs one look at the scope and two at the loaded modules."""
     if granian.serving() and _search(send, granian.is_protocol) is not None:
         edge = granian.stream_edge(scope, send)
         if isinstance(edge, MultiplexedStream):
@@ -129,6 +130,10 @@ def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger:
             with contextlib.suppress(TypeError):  # a send that takes no weak reference: not found later
                 _edges[send] = edge
         return send
+    if daphne.serving():
+        edge = _search(send, daphne.match)
+        if edge is not None:
+            return edge.bounded(trigger)
     if scope.get("http_version") not in ("2", "3"):
         return send
     edge = find_connection(send)
@@ -141,7 +146,9 @@ def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger:
 _edges: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def find_connection(send: Callable[..., Any]) -> Connection | MultiplexedStream | OwnSocket | None:
+def find_connection(
+    send: Callable[..., Any],
+) -> Connection | MultiplexedStream | OwnSocket | daphne.DaphneConnection | None:
     """The connection (for a multiplexed stream, the stream's edge) behind an ASGI ``send`` of a server
     this module knows, or ``None``."""
     try:
@@ -183,7 +190,7 @@ def _search(send: Callable[..., Any], match: Callable[[Any], Any]) -> Any:
 def _as_connection(node: Any) -> Any:
     """What ``node`` is the edge of; ``_NONE`` where the search must stop with nothing (an HTTP/3
     stream: the transport behind it is a UDP socket every connection shares, never to be released)."""
-    if isinstance(node, MultiplexedStream):
+    if isinstance(node, (MultiplexedStream, daphne.DaphneConnection)):
         return node
     if hypercorn.is_http_stream(node):
         version = getattr(node, "scope", {}).get("http_version")
