@@ -114,6 +114,12 @@ class H2Client:
             self._flush()
         return stream
 
+    def cancel(self, stream: H2Stream) -> None:
+        """Reset ``stream`` from the client's side (a closed EventSource; the connection stays)."""
+        with self.lock:
+            self.conn.reset_stream(stream.stream_id, 0x8)
+            self._flush()
+
     def _flush(self) -> None:
         data = self.conn.data_to_send()
         if data:

@@ -116,6 +116,28 @@ def test_sigterm_under_uvicorn_drains_500_streams_in_waves_and_exits_within_grac
             ],
             id="hypercorn",
         ),
+        pytest.param(
+            lambda port: [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                APP,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--no-access-log",
+            ],
+            id="granian-workers-2",
+        ),
+        pytest.param(
+            lambda port: [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APP],
+            id="daphne",
+        ),
     ],
 )
 def test_sigterm_drains_under_other_servers(tmp_path, argv_of):

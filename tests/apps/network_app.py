@@ -6,6 +6,7 @@ what the network does (tests/netns.py owns that). Routes, each opening with a ``
 * ``/flood``: 64 KiB events as fast as the client takes them (a client that stops reading stalls it);
 * ``/idle``: nothing after the hello (only the supervisor's pings);
 * ``/slow?every=S``: one small event every ``S`` seconds (default 1);
+* ``/count?n=N``: ``N`` events (default 3), then the stream completes;
 * ``/metrics``: ssesup's metrics (``ssesup_streams_closed_total{route,reason}``).
 
 Settings come from the environment: ``SSESUP_NET_SUPERVISOR`` is a JSON object of
@@ -79,12 +80,24 @@ async def slow(request: Request) -> SupervisedStream:
     return SupervisedStream(gen())
 
 
+async def count(request: Request) -> SupervisedStream:
+    n = int(request.query_params.get("n", "3"))
+
+    async def gen():
+        yield Event("hello")
+        for i in range(n):
+            yield Event(f"event {i}", id=str(i))
+
+    return SupervisedStream(gen())
+
+
 app = supervisor.install(
     Starlette(
         routes=[
             Route("/flood", flood),
             Route("/idle", idle),
             Route("/slow", slow),
+            Route("/count", count),
             Route("/metrics", metrics_app()),
         ]
     )
