@@ -42,7 +42,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ssesup.edge import daphne, granian, hypercorn
+import structlog
+
+from ssesup.edge import daphne, granian, hypercorn, sockets
 from ssesup.edge.multiplexed import MultiplexedStream
 from ssesup.edge.sockets import OwnSocket
 
@@ -53,6 +55,7 @@ _SEARCH_BUDGET = 64
 _LEADS = ("transport", "writer", "stream", "transport_stream", "send", "app_send", "protocol_send", "_send")
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _NONE = object()  # the search ends with nothing found
+log = structlog.get_logger("ssesup")
 # struct tcp_info: u8 state, ca_state, retransmits, ...; u32 rto, ato, snd_mss, rcv_mss, unacked.
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_HEAD = struct.Struct("=BBBBBBBBIIIII")
@@ -121,7 +124,15 @@ def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger:
     the stream's own, hears ``Trigger.DEAD_PEER`` when another stream on its connection finds the peer
     dead. Under granian the edge is found by the socket's two ends (``edge/granian.py``); under daphne its
     send is bounded and its shutdown waits for the drain (``edge/daphne.py``). HTTP/1.1 on other servers
-    costs one look at the scope and two at the loaded modules."""
+    costs one look at the scope and two at the loaded modules. The first stream of each HTTP version
+    checks that its connection can be found, and warns (``edge.connection_unknown``) where it cannot."""
+    chosen = _choose(scope, send, trigger)
+    if scope.get("http_version") not in _checked:
+        _check(scope, chosen)
+    return chosen
+
+
+def _choose(scope: Mapping[str, Any], send: Callable[..., Any], trigger: Callable[[Any], None]) -> Any:
     if granian.serving() and _search(send, granian.is_protocol) is not None:
         edge = granian.stream_edge(scope, send)
         if isinstance(edge, MultiplexedStream):
@@ -140,6 +151,24 @@ def supervised_send(scope: Mapping[str, Any], send: Callable[..., Any], trigger:
     if isinstance(edge, MultiplexedStream):
         return edge.bounded(trigger)
     return send
+
+
+# The HTTP versions whose first stream has been checked (once per process).
+_checked: set[Any] = set()
+
+
+def _check(scope: Mapping[str, Any], send: Callable[..., Any]) -> None:
+    version = scope.get("http_version")
+    _checked.add(version)
+    found = find_connection(send)
+    if found is None or (granian.serving() and not sockets.readable()):
+        log.warning(
+            "edge.connection_unknown",
+            http_version=str(version),
+            hint="ssesup cannot reach this server's connections: a stuck client keeps its socket after "
+            "send_timeout and may hold a deploy's exit, and a vanished peer is not detected; see the server "
+            "matrix in docs/deploying.md",
+        )
 
 
 # Edges that nothing behind a send leads to (granian's sockets), by the send.

@@ -57,10 +57,18 @@ def normal(address: Any) -> Address | None:
     return str(ip), port
 
 
+TABLES = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
+
+
+def readable() -> bool:
+    """Whether this process can read its sockets' table (Linux's /proc)."""
+    return os.access(TABLES[0], os.R_OK) and os.access("/proc/self/fd", os.R_OK)
+
+
 def _connections() -> dict[int, tuple[Address, Address]]:
     """inode -> (local, remote) of this namespace's TCP sockets that are not listening."""
     found: dict[int, tuple[Address, Address]] = {}
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+    for table in TABLES:
         try:
             with open(table) as f:
                 next(f)
