@@ -146,6 +146,10 @@ def _choose(scope: Mapping[str, Any], send: Callable[..., Any], trigger: Callabl
         if edge is not None:
             return edge.bounded(trigger)
     if scope.get("http_version") not in ("2", "3"):
+        if hypercorn.trio_serving():
+            http_stream = _search(send, lambda node: node if hypercorn.is_http_stream(node) else None)
+            if http_stream is not None:
+                return hypercorn.unshielded_send(send, http_stream) or send
         return send
     edge = find_connection(send)
     if isinstance(edge, MultiplexedStream):

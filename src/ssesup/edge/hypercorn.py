@@ -15,11 +15,15 @@ socket.
   is shut, yet sets the event the push waits on, so every push goes on), hence the bound in
   ``multiplexed.MultiplexedStream.send``; the wait is on the buffer's own ``drain()``.
 * HTTP/3 (QUIC over UDP) has no TCP connection to read or release: nothing is found, so nothing is done.
+* HTTP/1.1 on trio: hypercorn writes in a shielded scope; a stream's sends run in tasks of the
+  connection's nursery (``UnshieldedSend``), so that a send to a client that stopped reading can be
+  given up and the connection released.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Collection
 from typing import Any
 
@@ -100,3 +104,55 @@ async def _after_reset(protocol: Any, stream_id: int) -> None:
         protocol.priority.unblock(stream_id)
     await protocol.has_data.set()
     await protocol._flush()
+
+
+# -- HTTP/1.1 on trio ------------------------------------------------------------------------------------
+
+
+def trio_serving() -> bool:
+    return "hypercorn.trio.tcp_server" in sys.modules
+
+
+def unshielded_send(send: Any, http_stream: Any) -> UnshieldedSend | None:
+    """For an HTTP/1.1 stream of hypercorn's trio worker: ``send`` run where a cancellation reaches it."""
+    task_group = getattr(http_stream, "task_group", None)
+    if type(task_group).__module__ != "hypercorn.trio.task_group" or not callable(getattr(task_group, "spawn", None)):
+        return None
+    return UnshieldedSend(send, task_group.spawn)
+
+
+class UnshieldedSend:
+    """hypercorn's trio worker writes to its socket in a shielded cancel scope, so a send to a client that
+    stopped reading could not be cancelled: the stream's send deadline or farewell budget passed, and
+    the stream waited in that send forever, never reaching the release that would end it (its socket
+    kept, a drain never finished). Here each send runs in a task of the connection's own nursery, and
+    the stream waits for it unshielded: cancelled, the stream goes on to release the connection, which
+    ends the write (``ClosedResourceError``, which hypercorn handles)."""
+
+    __slots__ = ("_send", "_spawn")
+
+    def __init__(self, send: Any, spawn: Any) -> None:
+        self._send = send
+        self._spawn = spawn
+
+    async def __call__(self, message: Any) -> None:
+        import trio
+
+        done = trio.Event()
+        outcome: list[Exception | None] = []
+
+        async def write() -> None:
+            try:
+                await self._send(message)
+                outcome.append(None)
+            except Exception as error:
+                outcome.append(error)
+            finally:
+                done.set()
+
+        self._spawn(write)
+        await done.wait()
+        if not outcome:  # the connection's nursery was cancelled: the connection is gone
+            raise ConnectionError("the connection ended during a send")
+        if outcome[0] is not None:
+            raise outcome[0]
