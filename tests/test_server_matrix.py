@@ -102,3 +102,75 @@ def test_http1_a_client_that_stops_reading_costs_the_server_bounded_memory(kind:
             time.sleep(0.1)
         sock.close()
         assert peak - before < 30, f"server RSS {before:.0f} -> {peak:.0f} MB in 3 s"
+
+
+# The matrix's rows in docs/deploying.md, and the tests that hold their cells (file, function, parameter id).
+STREAMS = "test_http1_a_stream_completes_and_a_client_that_leaves_is_seen"
+CELLS = {
+    ("`uvicorn` (httptools or h11, asyncio or uvloop)", "HTTP/1.1"): [
+        ("test_server_matrix.py", STREAMS, "uvicorn"),
+        ("test_server_matrix.py", "test_http1_a_client_that_stops_reading_costs_the_server_bounded_memory", "uvicorn"),
+        ("test_network.py", "test_sigterm_with_stuck_and_vanished_peers", "uvicorn-httptools-uvloop"),
+        ("test_network.py", "test_a_send_timeout_releases_the_connection", "uvicorn-h11-asyncio"),
+        ("test_network.py", "test_a_vanished_peer_on_an_idle_or_slow_stream", "uvicorn-httptools-uvloop"),
+        ("test_drain.py", "test_sigterm_drains_under_other_servers", "uvicorn-workers-2"),
+    ],
+    ("`gunicorn -k uvicorn_worker.UvicornWorker`", "HTTP/1.1"): [
+        ("test_server_matrix.py", STREAMS, "gunicorn"),
+        ("test_network.py", "test_sigterm_with_stuck_and_vanished_peers", "gunicorn-uvicorn-worker"),
+        ("test_drain.py", "test_sigterm_drains_under_other_servers", "gunicorn-2-uvicorn-workers"),
+    ],
+    ("`hypercorn --workers 0` (asyncio)", "HTTP/1.1"): [
+        ("test_server_matrix.py", STREAMS, "hypercorn-asyncio"),
+        ("test_network.py", "test_sigterm_with_stuck_and_vanished_peers", "hypercorn-asyncio"),
+    ],
+    ("`hypercorn --workers 0` (asyncio)", "HTTP/2, h2c and TLS"): [
+        ("test_server_matrix.py", "test_http2_a_stream_completes", "hypercorn-asyncio-tls"),
+        ("test_http2.py", "test_a_stalled_stream_ends_alone", "hypercorn-asyncio-h2c"),
+        ("test_http2.py", "test_sigterm_drains_every_healthy_sibling", "hypercorn-asyncio-tls"),
+        ("test_http2.py", "test_a_vanished_peer_closes_every_stream", "hypercorn-asyncio-h2c"),
+        ("test_browser_http2.py", "test_a_page_streams_twelve_event_sources", "hypercorn-asyncio-tls"),
+    ],
+    ("`hypercorn -k trio --workers 0`", "HTTP/1.1"): [
+        ("test_server_matrix.py", STREAMS, "hypercorn-trio"),
+        ("test_network.py", "test_a_send_timeout_releases_the_connection", "hypercorn-trio"),
+        ("test_network.py", "test_a_vanished_peer_on_an_idle_or_slow_stream", "hypercorn-trio"),
+    ],
+    ("`hypercorn -k trio --workers 0`", "HTTP/2, h2c and TLS"): [
+        ("test_server_matrix.py", "test_http2_a_stream_completes", "hypercorn-trio-tls"),
+        ("test_http2.py", "test_a_stalled_stream_ends_alone", "hypercorn-trio-h2c"),
+        ("test_http2.py", "test_a_vanished_peer_closes_every_stream", "hypercorn-trio-h2c"),
+    ],
+    ("`hypercorn`", "HTTP/3"): [],
+    ("`granian --interface asgi`", "HTTP/1.1"): [
+        ("test_server_matrix.py", STREAMS, "granian"),
+        ("test_network.py", "test_sigterm_with_stuck_and_vanished_peers", "granian"),
+        ("test_drain.py", "test_sigterm_drains_under_other_servers", "granian-workers-2"),
+    ],
+    ("`granian --interface asgi`", "HTTP/2, h2c and TLS"): [
+        ("test_server_matrix.py", "test_http2_a_stream_completes", "granian-tls"),
+        ("test_http2.py", "test_a_stalled_stream_ends_alone", "granian-h2c"),
+        ("test_http2.py", "test_sigterm_drains_every_healthy_sibling", "granian-tls"),
+        ("test_http2.py", "test_a_vanished_peer_closes_every_stream", "granian-h2c"),
+        ("test_browser_http2.py", "test_a_page_streams_twelve_event_sources", "granian-tls"),
+    ],
+    ("`daphne`", "HTTP/1.1"): [
+        ("test_server_matrix.py", "test_http1_a_client_that_stops_reading_costs_the_server_bounded_memory", "daphne"),
+        ("test_network.py", "test_sigterm_with_stuck_and_vanished_peers", "daphne"),
+        ("test_drain.py", "test_sigterm_drains_under_other_servers", "daphne"),
+    ],
+    ("`daphne`", "HTTP/2"): [],
+}
+
+
+def test_every_row_of_the_server_matrix_is_held_by_tests_that_exist():
+    text = (Path(__file__).parent.parent / "docs" / "deploying.md").read_text()
+    table = text[text.index("| server | protocol | streams |") :].split("\n\n")[0].splitlines()[2:]
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]) for line in table}
+    assert rows == set(CELLS)
+    tests = Path(__file__).parent
+    for row, cells in CELLS.items():
+        for file, function, parameter in cells:
+            source = (tests / file).read_text()
+            assert f"def {function}" in source, (row, file, function)
+            assert f'"{parameter}' in source, (row, file, parameter)  # the parameter's id (or a key it starts)
