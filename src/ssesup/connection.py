@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -137,10 +136,7 @@ def _choose(scope: Mapping[str, Any], send: Callable[..., Any], trigger: Callabl
         edge = granian.stream_edge(scope, send)
         if isinstance(edge, MultiplexedStream):
             return edge.bounded(trigger)
-        if edge is not None:
-            with contextlib.suppress(TypeError):  # a send that takes no weak reference: not found later
-                _edges[send] = edge
-        return send
+        return send if edge is None else Found(send, edge)
     if daphne.serving():
         edge = _search(send, daphne.match)
         if edge is not None:
@@ -175,8 +171,18 @@ def _check(scope: Mapping[str, Any], send: Callable[..., Any]) -> None:
         )
 
 
-# Edges that nothing behind a send leads to (granian's sockets), by the send.
-_edges: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+class Found:
+    """A server's ``send`` with the edge that nothing behind it leads to (granian's socket), for
+    :func:`find_connection` to find."""
+
+    __slots__ = ("_send", "edge")
+
+    def __init__(self, send: Callable[..., Any], edge: Any) -> None:
+        self._send = send
+        self.edge = edge
+
+    async def __call__(self, message: Any) -> None:
+        await self._send(message)
 
 
 def find_connection(
@@ -184,12 +190,6 @@ def find_connection(
 ) -> Connection | MultiplexedStream | OwnSocket | daphne.DaphneConnection | None:
     """The connection (for a multiplexed stream, the stream's edge) behind an ASGI ``send`` of a server
     this module knows, or ``None``."""
-    try:
-        edge = _edges.get(send)
-    except TypeError:
-        edge = None
-    if edge is not None:
-        return edge
     found = _search(send, _as_connection)
     return None if found is _NONE else found
 
@@ -225,6 +225,8 @@ def _as_connection(node: Any) -> Any:
     stream: the transport behind it is a UDP socket every connection shares, never to be released)."""
     if isinstance(node, (MultiplexedStream, daphne.DaphneConnection)):
         return node
+    if isinstance(node, Found):
+        return node.edge
     if hypercorn.is_http_stream(node):
         version = getattr(node, "scope", {}).get("http_version")
         if version == "2":
