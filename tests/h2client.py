@@ -61,8 +61,16 @@ class H2Stream:
 class H2Client:
     """One HTTP/2 connection; ``request(path)`` opens a stream on it."""
 
-    def __init__(self, host: str, port: int, *, tls: bool = False, sock: socket.socket | None = None) -> None:
-        raw = sock if sock is not None else socket.create_connection((host, port), timeout=10)
+    def __init__(
+        self, host: str, port: int, *, tls: bool = False, sock: socket.socket | None = None, rcvbuf: int | None = None
+    ) -> None:
+        if sock is None:
+            sock = socket.socket()
+            if rcvbuf is not None:  # before connecting: a client that stops reading stops the server soon
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(10)
+            sock.connect((host, port))
+        raw = sock
         if tls:
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -81,6 +89,8 @@ class H2Client:
         self.closed_at: float | None = None  # when the connection ended (EOF, reset, GOAWAY)
         self.close_error: str | None = None
         self.goaway: int | None = None
+        self.reading = threading.Event()  # cleared: the client stops reading the connection at all
+        self.reading.set()
         with self.lock:
             self.conn.initiate_connection()
             self._flush()
@@ -94,6 +104,7 @@ class H2Client:
         self.close()
 
     def close(self) -> None:
+        self.reading.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -128,6 +139,7 @@ class H2Client:
     def _read(self) -> None:
         try:
             while True:
+                self.reading.wait()
                 data = self.sock.recv(65536)
                 if not data:  # the server closed the connection: close ours, as a browser does
                     self.close_error = "eof"

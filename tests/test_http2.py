@@ -217,3 +217,36 @@ def test_a_vanished_peer_closes_every_stream_on_its_connection_with_dead_peer_at
         while server.held({port}) and time.time() < deadline:
             time.sleep(0.05)
         assert not server.held({port}), server.held({port})
+
+
+@pytest.mark.parametrize("kind", ["hypercorn-asyncio-h2c", "hypercorn-trio-tls"])
+def test_a_client_that_stops_reading_its_connection_has_each_stream_reset_then_the_connection_released(
+    kind: str, tmp_path: Path
+):
+    """The whole peer stuck (it reads nothing at all): each stream ends with its send_timeout; the last
+    one's connection, with nothing else on it and nothing draining, is released."""
+    close_file = tmp_path / "closes.txt"
+    with h2_server(kind, tmp_path, close_file, send_timeout=2) as (server, tls):
+        client = H2Client("127.0.0.1", server.port, tls=tls, rcvbuf=4096)
+        streams = [client.request("/flood") for _ in range(2)]
+        for stream in streams:
+            client.wait_for(stream, HELLO)
+        client.reading.clear()
+        port = client.sock.getsockname()[1]
+        deadline = time.monotonic() + 15
+        while len(closes(close_file)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reasons(close_file) == [("/flood", "send_timeout")] * 2
+        decided = time.monotonic()
+        while held(port) and time.monotonic() - decided < 4:
+            time.sleep(0.05)
+        assert not held(port), held(port)
+        client.close()
+
+
+def held(client_port: int) -> list[str]:
+    """The server's side of the client's connection, while it holds it (open, or bytes queued)."""
+    import subprocess
+
+    out = subprocess.run(["ss", "-tanH", f"( dport = :{client_port} )"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.split()[0] in ("ESTAB", "CLOSE-WAIT") or line.split()[2] != "0"]

@@ -99,6 +99,9 @@ class _GranianH2:
     def stream_keeps_up(self, stream_id: int) -> bool:
         return False
 
+    def drains(self) -> bool:
+        return True  # never released for one stream's sake: see reset
+
 
 # How often a connection left with a stuck HTTP/2 stream is looked at again.
 STUCK_CHECK = 1.0

@@ -67,7 +67,11 @@ class HypercornH2:
         self.connection = find_connection(protocol.send)  # the TCP server's writer (asyncio) or stream (trio)
 
     def live(self) -> Collection[int]:
-        return self._protocol.streams.keys()
+        """The streams open on the connection: hypercorn's, less those whose HTTP/2 state is closed
+        (reset, or ended) while their app has not returned yet."""
+        protocol = self._protocol
+        states = protocol.connection.streams
+        return [sid for sid in protocol.streams if sid in states and not states[sid].closed]
 
     def reset(self, stream_id: int) -> None:
         protocol = self._protocol
@@ -84,6 +88,14 @@ class HypercornH2:
         buffer = self._protocol.stream_buffers.get(stream_id)
         if buffer is not None:
             await buffer.drain()
+
+    def drains(self) -> bool:
+        connection = self.connection
+        try:
+            window = self._protocol.connection.outbound_flow_control_window
+        except AttributeError:
+            return False
+        return connection is not None and connection.keeps_up() and window > 0
 
     def stream_keeps_up(self, stream_id: int) -> bool:
         if self.held(stream_id):

@@ -57,6 +57,10 @@ class StreamServer(Protocol):
     def stream_keeps_up(self, stream_id: int) -> bool:
         """Nothing held for ``stream_id`` and its window open: a last small write will leave at once."""
 
+    def drains(self) -> bool:
+        """Whether the connection's peer reads it: the socket keeps up and the connection's own window
+        (HTTP/2's, which the peer reopens as it reads any stream) is open."""
+
 
 class Peer:
     """One connection's peer: the streams ssesup serves on it (weakly: an ended stream is forgotten),
@@ -142,7 +146,7 @@ class MultiplexedStream:
         server.reset(self.stream_id)
         connection = server.connection
         alone = not any(sid != self.stream_id for sid in server.live())
-        if connection is not None and alone and not connection.keeps_up():
+        if connection is not None and alone and not server.drains():
             connection.release()  # nothing else lives on a connection its peer does not read
 
     def keeps_up(self) -> bool:
