@@ -115,3 +115,20 @@ def test_no_warning_where_the_connection_is_found(monkeypatch, pair):
     with structlog.testing.capture_logs() as logs:
         assert connection.supervised_send({"http_version": "1.1"}, send, None) is send
     assert not [entry for entry in logs if entry["event"] == "edge.connection_unknown"]
+
+
+def test_no_warning_for_a_test_client_that_calls_the_app_in_process(monkeypatch):
+    from ssesup.testing import SSEClient
+
+    monkeypatch.setattr(connection, "_checked", set())
+
+    async def app(scope, receive, send):
+        with structlog.testing.capture_logs() as logs:
+            connection.supervised_send(scope, send, None)
+        app.logs = logs
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with SSEClient(app) as client:
+        client.stream("/")
+    assert app.logs == []

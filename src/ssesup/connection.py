@@ -161,6 +161,8 @@ def _check(scope: Mapping[str, Any], send: Callable[..., Any]) -> None:
     version = scope.get("http_version")
     _checked.add(version)
     found = find_connection(send)
+    if found is None and _search(send, _in_process) is not None:
+        return  # a test client calling the app in-process: there is no connection to reach
     if found is None or (granian.serving() and not sockets.readable()):
         log.warning(
             "edge.connection_unknown",
@@ -169,6 +171,14 @@ def _check(scope: Mapping[str, Any], send: Callable[..., Any]) -> None:
             "send_timeout and may hold a deploy's exit, and a vanished peer is not detected; see the server "
             "matrix in docs/deploying.md",
         )
+
+
+# Clients that call an app in-process, without a server or a connection.
+_IN_PROCESS = ("ssesup.testing", "starlette.testclient", "httpx._transports.asgi")
+
+
+def _in_process(node: Any) -> bool:
+    return type(getattr(node, "__self__", node)).__module__.startswith(_IN_PROCESS)
 
 
 class Found:
