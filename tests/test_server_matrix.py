@@ -127,6 +127,7 @@ CELLS = {
     ("`hypercorn --workers 0` (asyncio)", "HTTP/2, h2c and TLS"): [
         ("test_server_matrix.py", "test_http2_a_stream_completes", "hypercorn-asyncio-tls"),
         ("test_http2.py", "test_a_stalled_stream_ends_alone", "hypercorn-asyncio-h2c"),
+        ("test_http2.py", "test_a_client_that_stops_reading_its_connection", "hypercorn-asyncio-h2c"),
         ("test_http2.py", "test_sigterm_drains_every_healthy_sibling", "hypercorn-asyncio-tls"),
         ("test_http2.py", "test_a_vanished_peer_closes_every_stream", "hypercorn-asyncio-h2c"),
         ("test_browser_http2.py", "test_a_page_streams_twelve_event_sources", "hypercorn-asyncio-tls"),
@@ -139,6 +140,7 @@ CELLS = {
     ("`hypercorn -k trio --workers 0`", "HTTP/2, h2c and TLS"): [
         ("test_server_matrix.py", "test_http2_a_stream_completes", "hypercorn-trio-tls"),
         ("test_http2.py", "test_a_stalled_stream_ends_alone", "hypercorn-trio-h2c"),
+        ("test_http2.py", "test_a_client_that_stops_reading_its_connection", "hypercorn-trio-tls"),
         ("test_http2.py", "test_a_vanished_peer_closes_every_stream", "hypercorn-trio-h2c"),
     ],
     ("`hypercorn`", "HTTP/3"): [],
