@@ -351,7 +351,7 @@ class SupervisedStream(Response):
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
-                # HTTP/2: the stream's own edge (ended alone, bounded); HTTP/1.1: the server's send.
+                # The edge's send where the server needs one (HTTP/2, granian, daphne, trio), else the server's.
                 self._transport_send = send = supervised_send(scope, send, self.trigger)
                 start = {
                     "type": "http.response.start",
