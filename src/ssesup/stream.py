@@ -37,7 +37,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ssesup import checks
 from ssesup._loop import abandon_task, wait, wake
-from ssesup.connection import Connection, find_connection
+from ssesup.connection import find_connection, supervised_send
+from ssesup.edge import ServerConnection
 from ssesup.events import EncodedEvent, Event, check_separator, encode_item
 from ssesup.limits import Refusal
 from ssesup.logs import escape
@@ -261,7 +262,7 @@ class SupervisedStream(Response):
         self._stopping = False
         self._response_started = False
         self._body_ended = False
-        self._connection: Connection | None = None
+        self._connection: ServerConnection | None = None
         self._stalled_since: float | None = None
 
     # -- what observers and generators can read ------------------------------------------------------
@@ -351,7 +352,8 @@ class SupervisedStream(Response):
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._cancel_scope = task_group.cancel_scope
-                self._transport_send = send
+                # The edge's send where the server needs one (HTTP/2, granian, daphne, trio), else the server's.
+                self._transport_send = send = supervised_send(scope, send, self.trigger)
                 start = {
                     "type": "http.response.start",
                     "status": self.status_code,
@@ -818,7 +820,7 @@ class SupervisedStream(Response):
             self._body_ended = flushed and await self._send(send, _END_OF_BODY)
         return self._body_ended
 
-    def _server_connection(self) -> Connection | None:
+    def _server_connection(self) -> ServerConnection | None:
         """The server's connection behind this stream's ``send``, looked up once it is needed."""
         if self._connection is None and self._transport_send is not None:
             self._connection = find_connection(self._transport_send)
@@ -829,7 +831,7 @@ class SupervisedStream(Response):
         connection = self._server_connection()
         if connection is not None:
             try:
-                connection.release()
+                connection.release(peer_dead=self.close_reason is CloseReason.DEAD_PEER)
             except Exception:
                 log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 
