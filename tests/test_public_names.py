@@ -34,6 +34,8 @@ NOT_API_MODULES = {"ssesup.cli", "ssesup.demo"}
 NOT_SSESUP_THERE = {
     ("fastapi.md", "EventSourceResponse"): "FastAPI's own (fastapi.sse), mapped to ssesup in a table",
     ("fastapi.md", "ServerSentEvent"): "FastAPI's own (fastapi.sse), mapped to ssesup in a table",
+    ("README.md", "Connection"): "the HTTP header (sse-starlette sends Connection: keep-alive)",
+    ("migrating.md", "Connection"): "the HTTP header (sse-starlette sends Connection: keep-alive)",
 }
 
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,}).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -33,10 +33,11 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ssesup.closing import close_generator
-from ssesup.connection import Connection, find_connection
+from ssesup.connection import find_connection, supervised_send
 from ssesup.current import CURRENT, current_stream
 from ssesup.deadlines import next_check
 from ssesup.delivery import Delivery
+from ssesup.edge import ServerConnection
 from ssesup.errors import EventTooLarge, SendTimeoutError, StreamEnding
 from ssesup.events import EncodedEvent, Event
 from ssesup.hooks import StreamHooks, call_on_close, run_companion
@@ -210,7 +211,7 @@ class SupervisedStream(Response):
         self._producer: asyncio.Task[None] | None = None
         self._stopping = False
         self._response_started = False
-        self._connection: Connection | None = None
+        self._connection: ServerConnection | None = None
         self._dead_peer_timeout = 0.0  # the settings' once started; 0 when the server's connection is unknown
         self._stalled_since: float | None = None
 
@@ -307,6 +308,8 @@ class SupervisedStream(Response):
         try:
             async with anyio.create_task_group() as task_group:
                 self._cancel_scope = task_group.cancel_scope
+                # The edge's send where the server needs one (HTTP/2, granian, daphne, trio), else the server's.
+                send = supervised_send(scope, send, self.trigger)
                 delivery = self._delivery
                 delivery.task_group, delivery.send = task_group, send
                 start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
@@ -606,7 +609,7 @@ class SupervisedStream(Response):
 
     # -- the connection (ssesup.connection) ---------------------------------------------------------------
 
-    def _server_connection(self) -> Connection | None:
+    def _server_connection(self) -> ServerConnection | None:
         """The server's connection behind this stream's ``send``, looked up once it is needed."""
         send = self._delivery.send
         if self._connection is None and send is not None:
@@ -618,7 +621,7 @@ class SupervisedStream(Response):
         connection = self._server_connection()
         if connection is not None:
             try:
-                connection.release()
+                connection.release(peer_dead=self.close_reason is CloseReason.DEAD_PEER)
             except Exception:
                 log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 

@@ -6,6 +6,9 @@ what the network does (tests/netns.py owns that). Routes, each opening with a ``
 * ``/flood``: 64 KiB events as fast as the client takes them (a client that stops reading stalls it);
 * ``/idle``: nothing after the hello (only the supervisor's pings);
 * ``/slow?every=S``: one small event every ``S`` seconds (default 1);
+* ``/count?n=N``: ``N`` events (default 3), then the stream completes;
+* ``/page?n=N``: a page whose script opens ``N`` ``EventSource``s on ``/slow?every=0.5`` (default 8),
+  each closed at its farewell; ``window.sources`` says what each saw;
 * ``/metrics``: ssesup's metrics (``ssesup_streams_closed_total{route,reason}``).
 
 Settings come from the environment: ``SSESUP_NET_SUPERVISOR`` is a JSON object of
@@ -26,6 +29,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from ssesup import Event, SupervisedStream, Supervisor, metrics_app
@@ -79,12 +83,43 @@ async def slow(request: Request) -> SupervisedStream:
     return SupervisedStream(gen())
 
 
+async def count(request: Request) -> SupervisedStream:
+    n = int(request.query_params.get("n", "3"))
+
+    async def gen():
+        yield Event("hello")
+        for i in range(n):
+            yield Event(f"event {i}", id=str(i))
+
+    return SupervisedStream(gen())
+
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>streams</title><script>
+const count = Number(new URLSearchParams(location.search).get("n") || 8);
+window.sources = [];
+for (let i = 0; i < count; i++) {
+  const state = {opened: false, ticks: 0, farewell: false};
+  const source = new EventSource("/slow?every=0.5");
+  source.onopen = () => { state.opened = true; };
+  source.onmessage = (event) => { if (event.data.startsWith("tick")) state.ticks++; };
+  source.addEventListener("farewell", () => { state.farewell = true; source.close(); });
+  window.sources.push(state);
+}
+</script>"""
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE)
+
+
 app = supervisor.install(
     Starlette(
         routes=[
             Route("/flood", flood),
             Route("/idle", idle),
             Route("/slow", slow),
+            Route("/count", count),
+            Route("/page", page),
             Route("/metrics", metrics_app()),
         ]
     )
