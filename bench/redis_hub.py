@@ -152,7 +152,7 @@ def hub_resume(plan: Plan, log: Path, src: Path) -> dict:
 async def _resume(a: Server, b: Server, events: int, timeout: float) -> dict:
     import httpx
 
-    from ssesup.testing import EventStreamParser
+    from ssesup.parser import EventStreamParser
 
     url_a, url_b = (f"http://{client.HOST}:{s.port}" for s in (a, b))
     loop = asyncio.get_running_loop()

@@ -87,7 +87,7 @@ def hub_storm(plan: Plan, log: Path, src: Path) -> dict:
 async def _storm(a, b, plan: Plan) -> dict:
     import httpx
 
-    from ssesup.testing import EventStreamParser
+    from ssesup.parser import EventStreamParser
 
     clients, events, rate = plan.hub_storm_clients, plan.hub_storm_events, plan.hub_storm_rate
     url_a, url_b = (f"http://{client.HOST}:{s.port}" for s in (a, b))

@@ -18,7 +18,7 @@ from starlette.routing import Mount
 
 from servers import UvicornThread, recv_until, wait_until
 from ssesup import Supervisor
-from ssesup.signals import DrainEndpoint
+from ssesup.endpoints import DrainEndpoint
 
 TOKEN = "right-token-0123456789abcdef"
 WRONG = "wrong-token-0123456789abcdef"

@@ -80,7 +80,7 @@ def test_force_close_ends_every_stream_with_shutdown_and_a_clean_body():
 
 # The senders the forced close started are cancelled before their first step, as at a real forced exit:
 # their coroutines never run (collected below, so that the warning is raised here and filtered).
-@pytest.mark.filterwarnings("ignore:coroutine 'SupervisedStream._send_queued' was never awaited")
+@pytest.mark.filterwarnings("ignore:coroutine 'Delivery.send_queued' was never awaited")
 def test_streams_the_server_cancels_right_after_a_forced_close_still_get_their_farewell():
     # A server's forced exit (uvicorn's, after a second signal) cancels every task, maybe in the loop
     # turn right after the supervisor closed every stream and before any stream's sender ran.

@@ -174,8 +174,8 @@ def test_a_subscriber_that_never_reads_100k_events_stays_within_its_mailbox_boun
             await hub.publish("ticks", Event.json({"n": n, "pad": "x" * 100}))
             if n % 1000 == 999:
                 await anyio.sleep(0)  # the reader fans out
-                peak_depth = max(peak_depth, len(subscription.mailbox))
-                peak_bytes = max(peak_bytes, subscription._bytes)
+                peak_depth = max(peak_depth, len(subscription.mailbox.items))
+                peak_bytes = max(peak_bytes, subscription.mailbox.size)
                 if n == 9_999:
                     gc.collect()
                     baseline = len(gc.get_objects())
@@ -184,7 +184,7 @@ def test_a_subscriber_that_never_reads_100k_events_stays_within_its_mailbox_boun
         grown = len(gc.get_objects()) - baseline
         assert peak_depth <= 500 and peak_bytes <= 64 * 1024
         assert grown < 2000, f"{grown} more objects after 100k events than after 10k"
-        gap, *events = await take(subscription, 1 + len(subscription.mailbox))
+        gap, *events = await take(subscription, 1 + len(subscription.mailbox.items))
         assert gap.event == "gap" and json.loads(gap.data)["reason"] == "dropped"
         assert numbers(events)[-1] == 99_999
         await subscription.aclose()

@@ -214,7 +214,7 @@ def test_a_subscription_closed_by_another_task_during_a_history_read_ends_there(
                 await subscription.aclose()
         assert got[0].data is None and [json.loads(e.data)["n"] for e in got[1:]] == list(range(1, PAGE + 1))
         assert {e.event for e in got[1:]} == {"order"} and got[-1].id is not None
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
         with pytest.raises(StopAsyncIteration):
             await subscription.__anext__()
         await hub.aclose()
@@ -245,7 +245,7 @@ def test_a_subscription_closed_by_another_task_while_it_joins_leaves_every_chann
         assert ended == ["ended"]
         loop_hub = hub.loop_hub()
         try:
-            assert not loop_hub.subscriptions and not loop_hub.subscribers
+            assert not loop_hub.mailboxes and not loop_hub.subscribers
         finally:
             loop_hub.leave(subscription)  # after a failure too: its reader ends, and the loop can close
             await hub.aclose()
@@ -449,7 +449,7 @@ def test_a_subscriber_that_does_not_take_a_backlog_still_overflows_its_mailbox(r
             await subscription.__anext__()
             publish_while_this_loop_waits(hub, "backlog", 1000)
             await anyio.sleep(5)  # not reading: the reader fans out meanwhile
-            assert not hub.loop_hub().subscriptions  # it left the hub when its mailbox overflowed
+            assert not hub.loop_hub().mailboxes  # it left the hub when its mailbox overflowed
             with pytest.raises(StreamEnding, match="overflowed"):
                 await subscription.__anext__()
         await hub.aclose()

@@ -106,7 +106,7 @@ def test_a_cancelled_subscriber_wakes_alone_and_the_others_get_every_event(run):
         for number in (0, 1, 4):
             assert got[number] == ["a", "b", "c", "d"]
         assert got[2] == ["a"]
-        assert not hub.loop_hub().subscriptions  # each closed subscription left its channel
+        assert not hub.loop_hub().mailboxes  # each closed subscription left its channel
 
     run(main())
 

@@ -94,9 +94,11 @@ async def subscribed(hub: Hub, *channels: str, last_event_id: str | None = None)
 
 
 async def until_waiting(*subscriptions) -> None:
-    """Until every one of ``subscriptions`` waits on its waiter (a task's first step gets it there)."""
+    """Until every one of ``subscriptions`` (or mailboxes) waits on its waiter (a task's first step gets it
+    there)."""
+    mailboxes = [getattr(subscription, "mailbox", subscription) for subscription in subscriptions]
     for _ in range(100):
-        if all(type(subscription._wakeup) is Waiter for subscription in subscriptions):
+        if all(type(mailbox.wakeup) is Waiter for mailbox in mailboxes):
             return
         await asyncio.sleep(0)
     raise AssertionError("a subscriber never waited")
@@ -164,7 +166,7 @@ def same_as_a_future(run, act) -> tuple[Any, ...]:
         reference = await on_a_future(act)
         ours = await on_a_subscription(hub, act)
         assert ours == reference
-        assert not hub.loop_hub().subscriptions  # the subscription left its channel
+        assert not hub.loop_hub().mailboxes  # the subscription left its channel
         return ours
 
     return run(main)
@@ -311,7 +313,7 @@ def test_a_task_cancelled_in_the_same_step_as_its_wake_up_loses_nothing_and_the_
                 ("three", "tick", third),
             ]
         assert got[1] == [] and got[2] == []
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
         # What the cancelled ones did not take is there for their next wait: a resume from their last id.
         resumed = await subscribed(hub, last_event_id=starts[1])
         events = [await asyncio.wait_for(anext(resumed), 10) for _ in range(3)]
@@ -349,7 +351,7 @@ def test_a_subscriber_woken_by_a_ring_cancels_one_later_in_the_same_ring(run):
         await asyncio.wait(tasks, timeout=10)
         assert ending(tasks[0]) == ending(tasks[2]) == ("result", Event("x", event="n", id=event_id))
         assert ending(tasks[1]) == ("cancelled", ("from the ring",))
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)
 
@@ -392,7 +394,7 @@ def test_a_cancel_after_a_slow_consumer_s_wake_up_cancels_it_as_with_a_future(ru
         other_task = asyncio.create_task(anext(other))
         await until_waiting(subscription, other)
         await hub.publish("c", Event("x" * 100))  # over 64 bytes: both overflow, woken by set()
-        assert subscription._wakeup is None  # woken
+        assert subscription.mailbox.wakeup is None  # woken
         await _wake_then_cancel(task, _woken_already)
         await asyncio.wait([task], timeout=10)
         assert (seen, ending(task)) == reference == ([(("same step",), 1)], ("cancelled", ("same step",)))
@@ -402,7 +404,7 @@ def test_a_cancel_after_a_slow_consumer_s_wake_up_cancels_it_as_with_a_future(ru
             await asyncio.wait_for(other_task, 10)
         await subscription.aclose()
         await other.aclose()
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)
 
@@ -433,7 +435,7 @@ def test_a_wait_for_that_expires_ends_the_subscription_and_a_resume_from_its_las
         # and says so at once (no wait for an event that will never come, no second start).
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(subscription), 10)
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
         resumed = await subscribed(hub, last_event_id=event.id)
         later = await hub.publish("c", Event("later", event="n"))
         events = [await asyncio.wait_for(anext(resumed), 10) for _ in range(2)]
@@ -452,7 +454,7 @@ def test_asyncio_timeout_around_a_wait_raises_timeout_error_and_the_task_is_not_
             async with asyncio.timeout(0.05):
                 await anext(subscription)
         assert asyncio.current_task().cancelling() == 0  # the timeout's uncancel took its cancel back
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
         async with await subscribed(hub) as again:
             waiting = asyncio.create_task(anext(again))
             await until_waiting(again)
@@ -473,7 +475,7 @@ def test_a_shielded_wait_goes_on_when_the_outer_task_is_cancelled_and_the_subscr
         assert outer.cancel("outer only")
         await asyncio.wait([outer], timeout=10)
         assert ending(outer) == ("cancelled", ("outer only",)) and seen == [(("outer only",), 1)]
-        assert not inner.done() and type(subscription._wakeup) is Waiter
+        assert not inner.done() and type(subscription.mailbox.wakeup) is Waiter
         first = await hub.publish("c", Event("one", event="n"))
         assert await asyncio.wait_for(inner, 10) == Event("one", event="n", id=first)
         second = await hub.publish("c", Event("two", event="n"))
@@ -508,7 +510,7 @@ def test_a_task_group_whose_task_fails_cancels_the_waiting_subscribers_and_the_o
         assert [type(error) for error in group.value.exceptions] == [ValueError]
         assert asyncio.current_task().cancelling() == 0
         assert sorted(seen) == [((), 1), ((), 1)]
-        assert hub.loop_hub().subscriptions == {outside}
+        assert hub.loop_hub().mailboxes == {outside.mailbox}
         event_id = await hub.publish("c", Event("after", event="n"))
         assert await asyncio.wait_for(anext(outside), 10) == Event("after", event="n", id=event_id)
         await outside.aclose()
@@ -546,7 +548,7 @@ def test_gather_with_return_exceptions_reports_a_cancelled_subscriber_as_it_repo
         gathered.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gathered
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)
 
@@ -566,11 +568,11 @@ def test_a_subscriber_task_nobody_holds_is_kept_while_it_waits_and_freed_when_it
         task = weakref.ref(asyncio.create_task(subscriber()))  # no strong reference of ours
         for _ in range(20):
             await asyncio.sleep(0)
-            if hub.loop_hub().subscriptions:
+            if hub.loop_hub().mailboxes:
                 break
-        (subscription,) = hub.loop_hub().subscriptions
-        await until_waiting(subscription)
-        del subscription
+        (mailbox,) = hub.loop_hub().mailboxes
+        await until_waiting(mailbox)
+        del mailbox
         gc.collect()
         assert task() is not None  # its subscription's waiter holds its wake-up
         event_id = await hub.publish("c", Event("kept", event="n"))
@@ -603,7 +605,7 @@ async def main():
                     got.append((n, event.data))
 
     tasks = [asyncio.create_task(subscriber(n)) for n in range(3)]
-    while len(hub.loop_hub().subscriptions) < 3 or any(s._wakeup is None for s in hub.loop_hub().subscriptions):
+    while len(hub.loop_hub().mailboxes) < 3 or any(s.wakeup is None for s in hub.loop_hub().mailboxes):
         await asyncio.sleep(0)
     await hub.publish("c", Event("a", event="n"))
     tasks[1].cancel("same step")
@@ -716,7 +718,7 @@ def test_a_burst_of_publishes_in_one_step_reaches_each_subscriber_once_in_order(
                 assert [(e.data, e.event, e.id) for e in events] == expected
             assert [(e.data, e.event) for e in taken[3]] == [(d, e) for d, e, _ in expected] + [(f"{burst}.d", "other")]
             seen_ids.update(e.id for e in taken[3])
-            assert all(len(s.mailbox) == 0 for s in subscriptions)  # nothing left over to come twice
+            assert all(len(s.mailbox.items) == 0 for s in subscriptions)  # nothing left over to come twice
         assert len(seen_ids) == 12
         for subscription in subscriptions:
             await subscription.aclose()
@@ -735,16 +737,16 @@ def test_a_subscription_closed_from_another_task_ends_the_wait_of_the_task_in_it
         other_waiting = asyncio.create_task(anext(other))
         await until_waiting(subscription, other)
         await subscription.aclose()  # from this task, while `waiting` waits in it
-        assert hub.loop_hub().subscriptions == {other}
+        assert hub.loop_hub().mailboxes == {other.mailbox}
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(waiting, 10)
         event_id = await hub.publish("c", Event("after", event="n"))
         assert await asyncio.wait_for(other_waiting, 10) == Event("after", event="n", id=event_id)
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(subscription), 10)
-        assert hub.loop_hub().subscriptions == {other}
+        assert hub.loop_hub().mailboxes == {other.mailbox}
         await other.aclose()
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)
 
@@ -760,7 +762,7 @@ def test_a_closed_subscription_iterated_again_ends_at_once_and_does_not_join_aga
         await never.aclose()  # closed before its first event: it never joins
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(never), 10)
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)
 
@@ -784,6 +786,6 @@ def test_a_subscription_is_iterated_once_as_events_or_encoded_not_both(run):
         await items.aclose()
         with pytest.raises(RuntimeError, match="closed"):
             encoded.encoded()
-        assert not hub.loop_hub().subscriptions
+        assert not hub.loop_hub().mailboxes
 
     run(main)

@@ -91,7 +91,7 @@ def rejected(registry: CollectorRegistry, reason: str) -> float:
 
 def counted(server: UvicornThread, supervisor: Supervisor) -> tuple[int, dict[str, int]]:
     def read() -> tuple[int, dict[str, int]]:
-        admission = supervisor.live.admission
+        admission = supervisor.loop_supervision.admission
         return admission.total, dict(admission.per_client)
 
     return server.call(read)

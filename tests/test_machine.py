@@ -6,13 +6,15 @@ import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import ssesup
-from ssesup.states import TRANSITIONS, CloseReason, IllegalTransition, State, StreamMachine, Transition, Trigger
+from ssesup.states import TRANSITIONS, CloseReason, Ending, IllegalTransition, State, StreamMachine, Transition, Trigger
+from ssesup.states.machine import table_markdown
 
 LIVE_STATES = [s for s in State if s is not State.CLOSED]
 ALL_PAIRS = list(itertools.product(State, Trigger))
@@ -25,7 +27,7 @@ def pair_id(pair: tuple[State, Trigger]) -> str:
 def successors(state: State) -> Iterator[tuple[Trigger, State, CloseReason | None]]:
     for trigger in Trigger:
         if (state, trigger) in TRANSITIONS:
-            to_state, reason = TRANSITIONS[(state, trigger)]
+            to_state, reason, _ = TRANSITIONS[(state, trigger)]
             yield trigger, to_state, reason
 
 
@@ -80,16 +82,52 @@ def test_a_new_machine_is_open_without_a_close_reason() -> None:
 
 
 def test_table_keys_and_values_are_states_triggers_and_close_reasons() -> None:
-    for (state, trigger), (to_state, reason) in TRANSITIONS.items():
+    for (state, trigger), (to_state, reason, ending) in TRANSITIONS.items():
         assert isinstance(state, State)
         assert isinstance(trigger, Trigger)
         assert isinstance(to_state, State)
         assert reason is None or isinstance(reason, CloseReason)
+        assert ending is None or isinstance(ending, Ending)
 
 
-def test_table_names_a_close_reason_exactly_on_the_rows_that_lead_to_closed() -> None:
-    for (state, trigger), (to_state, reason) in TRANSITIONS.items():
+def test_table_names_a_close_reason_and_an_ending_exactly_on_the_rows_that_lead_to_closed() -> None:
+    for (state, trigger), (to_state, reason, ending) in TRANSITIONS.items():
         assert (reason is not None) == (to_state is State.CLOSED), (state, trigger)
+        assert (ending is not None) == (to_state is State.CLOSED), (state, trigger)
+
+
+def test_every_ending_appears_in_the_table() -> None:
+    assert {ending for _, _, ending in TRANSITIONS.values() if ending is not None} == set(Ending)
+
+
+@pytest.mark.parametrize(
+    ("reason", "ending"),
+    [
+        (CloseReason.COMPLETED, Ending.FLUSH),
+        (CloseReason.ERROR, Ending.FLUSH),
+        (CloseReason.SLOW_CONSUMER, Ending.FLUSH),
+        (CloseReason.DRAINED, Ending.FAREWELL),
+        (CloseReason.SHUTDOWN, Ending.FAREWELL),
+        (CloseReason.SEND_TIMEOUT, Ending.ABANDON),
+        (CloseReason.DEAD_PEER, Ending.ABANDON),
+        (CloseReason.CLIENT_DISCONNECT, Ending.GONE),
+    ],
+    ids=lambda v: v.value,
+)
+def test_each_close_reason_has_one_ending_but_error_by_a_refused_send(reason: CloseReason, ending: Ending) -> None:
+    endings = {row.ending for (_, trigger), row in TRANSITIONS.items() if row.close_reason is reason}
+    if reason is CloseReason.ERROR:
+        # The generator's error flushes what is queued; a send the server refused writes nothing more.
+        assert endings == {Ending.FLUSH, Ending.ABANDON}
+        abandoned = {trigger for (_, trigger), row in TRANSITIONS.items() if row.ending is Ending.ABANDON}
+        assert Trigger.SEND_FAILED in abandoned and Trigger.ERROR not in abandoned
+    else:
+        assert endings == {ending}
+
+
+def test_architecture_md_shows_the_table_as_the_code_has_it() -> None:
+    text = (Path(__file__).parent.parent / "ARCHITECTURE.md").read_text()
+    assert table_markdown() in text, "the table changed: paste the output of python -m ssesup.states"
 
 
 def test_closed_is_terminal_no_row_leaves_it() -> None:
@@ -101,7 +139,7 @@ def test_every_trigger_appears_in_the_table() -> None:
 
 
 def test_every_close_reason_appears_in_the_table() -> None:
-    assert {reason for _, reason in TRANSITIONS.values() if reason is not None} == set(CloseReason)
+    assert {reason for _, reason, _ in TRANSITIONS.values() if reason is not None} == set(CloseReason)
 
 
 def test_every_state_is_reachable_from_open() -> None:
@@ -138,15 +176,15 @@ def test_every_live_state_can_close_in_one_step(state: State) -> None:
 def test_disconnect_timeout_error_and_force_close_end_every_live_state_with_their_reason(
     state: State, trigger: Trigger, reason: CloseReason
 ) -> None:
-    assert TRANSITIONS[(state, trigger)] == (State.CLOSED, reason)
+    assert TRANSITIONS[(state, trigger)][:2] == (State.CLOSED, reason)
 
 
 def test_first_send_makes_an_open_stream_streaming() -> None:
-    assert TRANSITIONS[(State.OPEN, Trigger.FIRST_SEND)] == (State.STREAMING, None)
+    assert TRANSITIONS[(State.OPEN, Trigger.FIRST_SEND)] == (State.STREAMING, None, None)
 
 
 def test_first_send_keeps_a_stream_that_started_draining_before_it_in_draining() -> None:
-    assert TRANSITIONS[(State.DRAINING, Trigger.FIRST_SEND)] == (State.DRAINING, None)
+    assert TRANSITIONS[(State.DRAINING, Trigger.FIRST_SEND)] == (State.DRAINING, None, None)
 
 
 def test_first_send_happens_at_most_once_while_streaming() -> None:
@@ -155,20 +193,20 @@ def test_first_send_happens_at_most_once_while_streaming() -> None:
 
 @pytest.mark.parametrize("state", [State.OPEN, State.STREAMING], ids=lambda s: s.value)
 def test_drain_moves_open_and_streaming_streams_to_draining(state: State) -> None:
-    assert TRANSITIONS[(state, Trigger.DRAIN)] == (State.DRAINING, None)
+    assert TRANSITIONS[(state, Trigger.DRAIN)] == (State.DRAINING, None, None)
 
 
 def test_a_generator_that_finishes_while_streaming_completes() -> None:
-    assert TRANSITIONS[(State.STREAMING, Trigger.EXHAUSTED)] == (State.CLOSED, CloseReason.COMPLETED)
+    assert TRANSITIONS[(State.STREAMING, Trigger.EXHAUSTED)][:2] == (State.CLOSED, CloseReason.COMPLETED)
 
 
 @pytest.mark.parametrize("trigger", [Trigger.EXHAUSTED, Trigger.DRAIN_CLOSE], ids=lambda t: t.value)
 def test_a_draining_stream_that_finishes_or_gets_its_turn_is_drained(trigger: Trigger) -> None:
-    assert TRANSITIONS[(State.DRAINING, trigger)] == (State.CLOSED, CloseReason.DRAINED)
+    assert TRANSITIONS[(State.DRAINING, trigger)][:2] == (State.CLOSED, CloseReason.DRAINED)
 
 
 def test_a_draining_stream_whose_grace_runs_out_is_shut_down() -> None:
-    assert TRANSITIONS[(State.DRAINING, Trigger.GRACE_EXPIRED)] == (State.CLOSED, CloseReason.SHUTDOWN)
+    assert TRANSITIONS[(State.DRAINING, Trigger.GRACE_EXPIRED)][:2] == (State.CLOSED, CloseReason.SHUTDOWN)
 
 
 @pytest.mark.parametrize("trigger", [Trigger.DRAIN_CLOSE, Trigger.GRACE_EXPIRED], ids=lambda t: t.value)
@@ -177,13 +215,13 @@ def test_drain_close_and_grace_expired_are_legal_only_while_draining(trigger: Tr
 
 
 def test_completed_is_reached_only_by_a_stream_that_was_streaming() -> None:
-    assert [key for key, (_, reason) in TRANSITIONS.items() if reason is CloseReason.COMPLETED] == [
+    assert [key for key, (_, reason, _) in TRANSITIONS.items() if reason is CloseReason.COMPLETED] == [
         (State.STREAMING, Trigger.EXHAUSTED)
     ]
 
 
 def test_drained_is_reached_only_from_draining() -> None:
-    assert {state for (state, _), (_, reason) in TRANSITIONS.items() if reason is CloseReason.DRAINED} == {
+    assert {state for (state, _), (_, reason, _) in TRANSITIONS.items() if reason is CloseReason.DRAINED} == {
         State.DRAINING
     }
 
@@ -201,9 +239,9 @@ def test_every_state_trigger_pair_follows_the_table_or_raises_illegal_transition
     machine = machine_in(state)
     reason_before = machine.close_reason
     if pair in TRANSITIONS:
-        to_state, reason = TRANSITIONS[pair]
+        to_state, reason, ending = TRANSITIONS[pair]
         transition = machine.fire(trigger)
-        assert transition == Transition(state, to_state, trigger, reason)
+        assert transition == Transition(state, to_state, trigger, reason, ending)
         assert machine.state is to_state
         assert machine.close_reason == (reason if to_state is State.CLOSED else None)
         assert machine.closed == (to_state is State.CLOSED)
@@ -296,7 +334,7 @@ def test_every_close_reason_is_reachable_by_some_path_from_open() -> None:
 # Stateful testing: random triggers, checked against the table
 # --------------------------------------------------------------------------------------------------
 
-TABLE_TARGETS = {State.OPEN} | {to_state for to_state, _ in TRANSITIONS.values()}
+TABLE_TARGETS = {State.OPEN} | {to_state for to_state, _, _ in TRANSITIONS.values()}
 
 
 class StreamMachineRandomTriggers(RuleBasedStateMachine):
@@ -313,9 +351,9 @@ class StreamMachineRandomTriggers(RuleBasedStateMachine):
         before = self.machine.state
         key = (before, trigger)
         if key in TRANSITIONS:
-            to_state, reason = TRANSITIONS[key]
+            to_state, reason, ending = TRANSITIONS[key]
             transition = self.machine.fire(trigger)
-            assert transition == Transition(before, to_state, trigger, reason)
+            assert transition == Transition(before, to_state, trigger, reason, ending)
             self.expected_state = to_state
             if to_state is State.CLOSED:
                 assert self.first_close_reason is None, "a second transition into CLOSED"

@@ -7,6 +7,7 @@ import anyio
 import pytest
 
 from ssesup import Event, SupervisedStream, Supervisor
+from ssesup.delivery import Delivery
 
 
 @pytest.mark.parametrize("use_uvloop", [False, True])
@@ -15,14 +16,14 @@ def test_an_event_that_arrived_alone_is_sent_by_the_producer_even_after_a_burst(
     sender task) sends later events that arrive alone without a hand-off, also on uvloop, whose loop
     clock moves in whole milliseconds. (White-box: the sender task is started per hand-off.)"""
     spawned: list[int] = []
-    original = SupervisedStream._start_sender
+    original = Delivery.start_sender
 
-    def counting(self: SupervisedStream) -> None:
-        if not self._sender_running:
-            spawned.append(self.events_sent)
+    def counting(self: Delivery) -> None:
+        if not self.sender_running:
+            spawned.append(self.stream.events_sent)
         original(self)
 
-    monkeypatch.setattr(SupervisedStream, "_start_sender", counting)
+    monkeypatch.setattr(Delivery, "start_sender", counting)
     sent: list[bytes] = []
 
     async def main() -> None:

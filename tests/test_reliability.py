@@ -33,7 +33,7 @@ def serve_app(supervisor: Supervisor, **config):
 
 
 def live_streams(server) -> int:
-    return server.call(lambda: len(server.supervisor.live.streams))
+    return server.call(lambda: len(server.supervisor.loop_supervision.streams))
 
 
 def stuck_client(port: int, path: str) -> socket.socket:

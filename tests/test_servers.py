@@ -36,8 +36,8 @@ def test_streams_run_on_trio_under_hypercorn_with_every_ending():
         with raw_request(server.port, "/wait?ping=0.1") as sock:
             recv_until(sock, b": ping")
         wait_until(lambda: recorder.reasons("/wait") == ["client_disconnect"])
-        wait_until(lambda: server.call(lambda: len(default_supervisor.live.streams)) == 0)
-        assert server.call(lambda: default_supervisor.live.timers.running) is False
+        wait_until(lambda: server.call(lambda: len(default_supervisor.loop_supervision.streams)) == 0)
+        assert server.call(lambda: default_supervisor.loop_supervision.timers.running) is False
     assert recorder.reasons("/count") == ["completed"]
     assert recorder.reasons("/fail") == ["error"]
     assert sorted(recorder.finally_ran) == ["count", "fail", "wait"]
@@ -53,13 +53,14 @@ def test_several_event_loops_in_several_threads_share_nothing():
             sock.sendall(b"GET /wait?ping=0 HTTP/1.1\r\nHost: x\r\n\r\n")
             recv_until(sock, b"waiting")
             socks.append(sock)
-        assert one.call(lambda: len(default_supervisor.live.streams)) == 1
-        assert two.call(lambda: len(default_supervisor.live.streams)) == 2
-        assert one.call(lambda: default_supervisor.live) is not two.call(lambda: default_supervisor.live)
+        assert one.call(lambda: len(default_supervisor.loop_supervision.streams)) == 1
+        assert two.call(lambda: len(default_supervisor.loop_supervision.streams)) == 2
+        supervision = lambda: default_supervisor.loop_supervision  # noqa: E731
+        assert one.call(supervision) is not two.call(supervision)
         for sock in socks:
             sock.close()
-        wait_until(lambda: two.call(lambda: len(default_supervisor.live.streams)) == 0)
-        wait_until(lambda: one.call(lambda: len(default_supervisor.live.streams)) == 0)
+        wait_until(lambda: two.call(lambda: len(default_supervisor.loop_supervision.streams)) == 0)
+        wait_until(lambda: one.call(lambda: len(default_supervisor.loop_supervision.streams)) == 0)
 
 
 def test_a_fastapi_path_operation_returns_a_supervised_stream():
@@ -145,8 +146,8 @@ def test_an_installed_supervisor_sets_the_defaults_of_an_app_in_one_line():
     with UvicornThread(app) as server, raw_request(server.port, "/") as sock:
         received = recv_until(sock, b": ping\n\n")
         assert b"data: hello\n\n" in received
-        assert server.call(lambda: len(supervisor.live.streams)) == 1
-        assert server.call(lambda: len(default_supervisor.live.streams)) == 0
+        assert server.call(lambda: len(supervisor.loop_supervision.streams)) == 1
+        assert server.call(lambda: len(default_supervisor.loop_supervision.streams)) == 0
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def test_with_raise_errors_the_error_a_send_raised_reaches_the_server_and_no_bac
 def test_a_send_that_fails_after_the_generator_finished_ends_the_stream(monkeypatch, raise_errors):
     """The generator finished while its events waited for the sender, whose send then failed: the
     stream ends there (it used to wait for a disconnect), raising the error only with ``raise_errors``."""
-    monkeypatch.setattr("ssesup.stream.ARRIVED_ALONE", math.inf)  # every event is queued for the sender
+    monkeypatch.setattr("ssesup.delivery.QUIET_FOR_DIRECT_SEND", math.inf)  # every event is queued for the sender
     sent: list[str] = []
     refused = RuntimeError("the server refused it")
 
@@ -83,7 +83,7 @@ def test_a_send_that_fails_after_the_generator_finished_ends_the_stream(monkeypa
 def test_a_send_that_failed_asks_the_generator_for_no_further_event(monkeypatch):
     """The producer's own send of an event failed: the stream has ended, and the generator, stopped at
     its ``yield``, is closed there rather than run on to its next event."""
-    monkeypatch.setattr("ssesup.stream.ARRIVED_ALONE", -1.0)  # every event is sent by the producer itself
+    monkeypatch.setattr("ssesup.delivery.QUIET_FOR_DIRECT_SEND", -1.0)  # every event is sent by the producer itself
     steps: list[str] = []
 
     async def main() -> None:
@@ -173,7 +173,8 @@ def test_a_drains_close_cancels_the_generator_where_it_waits_not_after_the_farew
 def test_a_cleanup_cut_at_the_close_grace_is_logged_also_when_the_generator_swallowed_the_cut(monkeypatch):
     """The generator, stopped at its ``yield`` while its event was being sent, is closed within the close
     grace; its cleanup outlasts it and swallows the cut: it was cut all the same, and that is logged."""
-    monkeypatch.setattr("ssesup.stream.ARRIVED_ALONE", -1.0)  # the producer sends: the generator waits at its yield
+    # The producer sends: the generator waits at its yield.
+    monkeypatch.setattr("ssesup.delivery.QUIET_FOR_DIRECT_SEND", -1.0)
     seen: list[str] = []
 
     async def main() -> None:

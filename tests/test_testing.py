@@ -4,6 +4,7 @@ agrees with httpx-sse, which we did not write), and the served app answers real 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import subprocess
 import sys
@@ -483,7 +484,7 @@ def test_app_errors_are_raised() -> None:
 
 @pytest.mark.parametrize("sep", ["\r\n", "\n", "\r"])
 def test_served_app_gives_httpx_sse_the_events_the_in_process_client_reads(supervisor: Supervisor, sep: str) -> None:
-    supervisor.sep = sep
+    supervisor.stream_settings = dataclasses.replace(supervisor.stream_settings, sep=sep)
     app, _ = make_app(supervisor)
     in_process = SSEClient(app).stream("/finite")
     with serve(app) as server, httpx.Client(base_url=server.url, timeout=10) as http:

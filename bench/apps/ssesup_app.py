@@ -160,7 +160,7 @@ async def hub_idle(request: Request) -> SupervisedStream:
 
 
 async def stats(request: Request) -> JSONResponse:
-    return JSONResponse(loop_stats(supervisor.live.timers.pending))
+    return JSONResponse(loop_stats(supervisor.loop_supervision.timers.pending))
 
 
 app = Starlette(

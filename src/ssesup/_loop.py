@@ -20,7 +20,22 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+from anyio.lowlevel import RunVar
+
+T = TypeVar("T")
+
+
+def loop_local(var: RunVar[T], make: Callable[[], T]) -> T:
+    """The current event loop's value of ``var``, made with ``make()`` on first use (an anyio
+    ``RunVar``: one per loop, gone with it)."""
+    try:
+        return var.get()
+    except LookupError:
+        value = make()
+        var.set(value)
+        return value
 
 
 def running_trio() -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from starlette.types import Scope
+from starlette.types import Scope, Send
 
 from ssesup._loop import LoopPrimitives
 from ssesup.logs import SummaryLog, escape
@@ -60,6 +60,16 @@ class Refusal:
     reason: str
     """The ``reason`` label of ``ssesup_streams_rejected_total``."""
     body: bytes
+
+    async def respond(self, send: Send) -> None:
+        """Answer with the refusal: its status, ``Retry-After`` and a short text body."""
+        headers = [
+            (b"retry-after", str(self.retry_after).encode()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,6 @@ def escape(value: str) -> str:
     return _UNSAFE.sub(_escaped, value)
 
 
-def escape_bytes(value: bytes) -> str:
-    """A header value (bytes, as ASGI gives it) as escaped text: bytes that are not UTF-8 as ``\\xNN``."""
-    return escape(value.decode("utf-8", "backslashreplace"))
-
-
 def debug(event: str, **fields: Any) -> None:
     """A ``debug`` line, left out while structlog is unconfigured: its default prints every level, and
     nobody who configured nothing asked for debug lines. Once configured, its levels decide."""

@@ -137,7 +137,7 @@ class StreamMetrics(StreamObserver):
         self._routes: dict[str, _RouteSeries] = {}
         self._transitions = {
             (state, to_state): self.state_transitions.labels(state.value, to_state.value)
-            for (state, _), (to_state, _) in TRANSITIONS.items()
+            for (state, _), (to_state, *_) in TRANSITIONS.items()
         }
         self._rejected = {reason: self.streams_rejected.labels(reason) for reason in REJECT_REASONS}
         self._auth_failures = {reason: self.drain_auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}

@@ -25,20 +25,15 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssesup import checks, logs
-from ssesup._loop import LoopPrimitives
+from ssesup._loop import LoopPrimitives, loop_local
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
-from ssesup.events import Event, check_separator
+from ssesup.endpoints import DrainEndpoint, LivenessEndpoint, ReadinessEndpoint
+from ssesup.events import Event
 from ssesup.limits import Admission, Refusal, StreamLimits
 from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
-from ssesup.signals import (
-    NO_SERVER_HANDLER,
-    DrainEndpoint,
-    LivenessEndpoint,
-    ReadinessEndpoint,
-    listen_for_signals,
-    server_graceful_timeout,
-)
+from ssesup.settings import PingFactory, StreamSettings
+from ssesup.signals import NO_SERVER_HANDLER, listen_for_signals, server_graceful_timeout
 from ssesup.states import Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
@@ -111,7 +106,7 @@ class Supervisor:
         close_grace: float = 5.0,
         max_event_size: int | None = None,
         sep: str = "\r\n",
-        ping_factory: Callable[[], Event] | None = None,
+        ping_factory: PingFactory | None = None,
         metrics: bool | CollectorRegistry = True,
         drain_grace: float = DrainSettings.grace,
         retry_after: int = DrainSettings.retry_after,
@@ -121,13 +116,10 @@ class Supervisor:
         limits: StreamLimits | None = None,
         sync_threads: int = 40,
     ) -> None:
-        self.ping = checks.seconds("ping", ping)
-        self.send_timeout = checks.seconds("send_timeout", send_timeout)
-        self.dead_peer_timeout = checks.seconds("dead_peer_timeout", dead_peer_timeout)
-        self.close_grace = checks.seconds("close_grace", close_grace)
-        self.max_event_size = checks.size("max_event_size", max_event_size)
-        self.sep = check_separator(sep)
-        self.ping_factory = checks.optional_callable("ping_factory", ping_factory, "ping_factory() -> Event")
+        self.stream_settings = StreamSettings(
+            ping, send_timeout, dead_peer_timeout, close_grace, max_event_size, sep, ping_factory
+        )
+        """The settings of this supervisor's streams (each stream may override some of them)."""
         self.drain_settings = DrainSettings(drain_grace, retry_after, reconnect, drain_on_signals)
         self.farewell = checks.optional_callable("farewell", farewell, "farewell(stream) -> Event | None")
         self.limits = checks.optional_instance("limits", limits, StreamLimits, " (ssesup.StreamLimits(...))")
@@ -143,24 +135,47 @@ class Supervisor:
         self._index_handlers()
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
 
+    @property
+    def ping(self) -> float:
+        return self.stream_settings.ping
+
+    @property
+    def send_timeout(self) -> float:
+        return self.stream_settings.send_timeout
+
+    @property
+    def dead_peer_timeout(self) -> float:
+        return self.stream_settings.dead_peer_timeout
+
+    @property
+    def close_grace(self) -> float:
+        return self.stream_settings.close_grace
+
+    @property
+    def max_event_size(self) -> int | None:
+        return self.stream_settings.max_event_size
+
+    @property
+    def sep(self) -> str:
+        return self.stream_settings.sep
+
+    @property
+    def ping_factory(self) -> PingFactory | None:
+        return self.stream_settings.ping_factory
+
     # -- the live part, per event loop -------------------------------------------------------------
 
     @property
-    def live(self) -> LoopSupervision:
+    def loop_supervision(self) -> LoopSupervision:
         """This event loop's registry, timers and drain flag (created on first use)."""
-        try:
-            return self._live.get()
-        except LookupError:
-            supervision = LoopSupervision(self.limits, self.sync_threads)
-            self._live.set(supervision)
-            return supervision
+        return loop_local(self._live, partial(LoopSupervision, self.limits, self.sync_threads))
 
     def streams(self) -> Iterator[SupervisedStream]:
         """The live streams of the current event loop."""
-        return iter(tuple(self.live.streams))
+        return iter(tuple(self.loop_supervision.streams))
 
     def register(self, stream: SupervisedStream, live: LoopSupervision) -> None:
-        """Add ``stream`` to this loop's registry (``live``: this loop's :attr:`live`)."""
+        """Add ``stream`` to this loop's registry (``live``: this loop's :attr:`loop_supervision`)."""
         if not live.listening_for_signals:
             self._listen_for_signals(live)
         live.streams.add(stream)
@@ -180,9 +195,9 @@ class Supervisor:
 
     # -- what streams sent ---------------------------------------------------------------------------
 
-    def sent_later(self, stream: SupervisedStream, live: LoopSupervision) -> None:
+    def report_sent_soon(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         """``stream`` has sent bytes its observers have not heard of: report them within
-        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`live`). A stream that ends is reported
+        :data:`REPORT_EVERY` seconds (``live``: this loop's :attr:`loop_supervision`). A stream that ends is reported
         by :meth:`unregister` and stays listed until then, harmlessly: at most a second of ended streams."""
         live.unreported.append(stream)
         if live.report_timer is None:
@@ -208,7 +223,7 @@ class Supervisor:
         """Drain this event loop's streams: refuse new ones, farewell and close the live ones in waves,
         force-close what is left when ``grace`` (default ``drain_grace``) runs out. With ``wait``,
         return when every stream is closed. Returns a summary (``streams``, ``duration``)."""
-        live = self.live
+        live = self.loop_supervision
         if not live.draining:
             self.begin_drain(grace)
         if wait:
@@ -216,7 +231,7 @@ class Supervisor:
         return self.drain_status()
 
     def drain_status(self) -> dict[str, Any]:
-        live = self.live
+        live = self.loop_supervision
         started, finished = live.drain_started_at, live.drain_finished_at
         return {
             "draining": live.draining,
@@ -227,7 +242,7 @@ class Supervisor:
 
     def begin_drain(self, grace: float | None = None) -> None:
         """Start a drain now (synchronous: safe from a signal callback). A second call does nothing."""
-        live = self.live
+        live = self.loop_supervision
         if live.draining:
             return
         grace = self.drain_settings.grace if grace is None else checks.seconds("grace", grace, positive=True)
@@ -251,7 +266,7 @@ class Supervisor:
 
     def force_close(self) -> None:
         """Close every stream of this loop now (the farewell is still sent where the socket allows)."""
-        for stream in tuple(self.live.streams):
+        for stream in tuple(self.loop_supervision.streams):
             stream.trigger(Trigger.FORCE_CLOSE)
 
     def farewell_bytes(self, stream: SupervisedStream, sep: str) -> bytes:
@@ -309,7 +324,7 @@ class Supervisor:
             )
 
     async def _on_signal(self, signum: int) -> None:
-        live = self.live
+        live = self.loop_supervision
         live.signals_seen += 1
         if live.signals_seen == 1:
             log.info("drain.signal", signal=signal.Signals(signum).name)

@@ -162,7 +162,7 @@ def make_app(supervisor: Supervisor | None = None) -> tuple[Starlette, Recorder]
         return stream(gen(), status_code=201, headers={"cache-control": "no-cache", "x-extra": "yes"})
 
     async def stats(request: Request) -> JSONResponse:
-        live = (supervisor or _default()).live
+        live = (supervisor or _default()).loop_supervision
         tasks = len(asyncio.all_tasks()) if sniffio.current_async_library() == "asyncio" else -1
         return JSONResponse(
             {

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from ssesup import Event, SupervisedStream, Supervisor
+from ssesup.endpoints import DrainEndpoint
 from ssesup.logs import configure_logging
 from ssesup.metrics import metrics_app
-from ssesup.signals import DrainEndpoint
 
 TOKEN = os.environ.get("SSESUP_TEST_TOKEN", "test-token-0123456789abcdef")
 FREE, GLOBAL_FREE, FIRST, LONGEST = os.environ.get("SSESUP_TEST_BACKOFF", "3,30,1,60").split(",")

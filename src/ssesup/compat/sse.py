@@ -41,11 +41,13 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup._loop import loop_local
 from ssesup.compat.event import ServerSentEvent, ensure_bytes
+from ssesup.errors import SendTimeoutError
 from ssesup.events import EncodedEvent
 from ssesup.signals import loop_notifier
 from ssesup.states import CloseReason
-from ssesup.stream import SendTimeoutError, SupervisedStream
+from ssesup.stream import SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
 
 __all__ = ["AppStatus", "EventSourceResponse", "SendTimeoutError", "ServerSentEvent", "ensure_bytes"]
@@ -139,7 +141,7 @@ def _draining_here() -> bool:
         streams = _loop_streams.get()
     except (LookupError, RuntimeError):  # no compat stream on this loop, or no event loop at all
         return False
-    return any(supervisor.live.draining for supervisor in streams.supervisors)
+    return any(supervisor.loop_supervision.draining for supervisor in streams.supervisors)
 
 
 class EventSourceResponse(SupervisedStream):
@@ -218,19 +220,14 @@ class EventSourceResponse(SupervisedStream):
             raise TypeError("ping interval must be int or float")
         if value < 0:
             raise ValueError("ping interval must be >= 0 (0 disables ping)")
-        self._ping_interval = value
-        self._ping = float(value)  # the native setting, read when the stream starts
+        self._ping_interval = value  # the native setting is made from it when the stream starts
 
     def enable_compression(self, force: bool = False) -> None:
         raise NotImplementedError("Compression is not supported for SSE streams.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         supervisor = supervisor_for(scope)
-        try:
-            streams = _loop_streams.get()
-        except LookupError:
-            streams = _LoopStreams()
-            _loop_streams.set(streams)
+        streams = loop_local(_loop_streams, _LoopStreams)
         with _lock:
             streams.supervisors[supervisor] = streams.supervisors.get(supervisor, 0) + 1
             _loops_with_streams.add(streams)
@@ -238,6 +235,7 @@ class EventSourceResponse(SupervisedStream):
         self._head = scope["type"] == "http" and scope["method"].upper() == "HEAD"
         if self._head and scope["method"] != "HEAD":
             scope = {**scope, "method": "HEAD"}  # sse-starlette takes a method in any case for HEAD
+        self.override(ping=float(self._ping_interval))  # set after it was made, perhaps
         try:
             if exiting:
                 supervisor.begin_drain()  # the app is exiting: refused, as every stream after a drain

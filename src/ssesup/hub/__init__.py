@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,25 +25,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
+from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels
 from ssesup.hub.fanout import LoopHub
 from ssesup.hub.ids import GapReason, channels_digest, format_id
-from ssesup.hub.subscription import (
-    MAX_CHANNEL_LENGTH,
-    InvalidChannel,
-    Overflow,
-    Subscription,
-    check_channel,
-    check_channels,
-)
+from ssesup.hub.mailbox import Overflow
+from ssesup.hub.metrics import HubCounters, NoCounters, hub_metrics
+from ssesup.hub.subscription import Subscription
 from ssesup.stream import SupervisedStream
 from ssesup.supervisor import Supervisor, supervisor_for
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from ssesup.hub.metrics import HubMetrics
 
 __all__ = [
     "MAX_CHANNEL_LENGTH",
@@ -74,8 +71,6 @@ RATE_COVERED = 333
 REDIS_CONNECTIONS = 16
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
-# The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
-ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait")
 
 
 class Hub:
@@ -147,17 +142,11 @@ class Hub:
         if backend is None:
             backend = _backend_for(url, history_size, self.history_ttl, redis_prefix, redis_connections)
         self.backend = backend
-        self.metrics: HubMetrics | None = None
-        if metrics is not False:
-            from ssesup.hub.metrics import hub_metrics
-
-            self.metrics = hub_metrics(None if metrics is True else metrics)
-            # The series at 0 from the start, so that the first close or engine error shows in rate().
-            name = self.backend.name
-            self.metrics.slow_consumers.labels(name)
-            self.metrics.subscribers.labels(name)
-            for operation in ENGINE_OPERATIONS:
-                self.metrics.backend_errors.labels(name, operation)
+        self.counters: NoCounters = (
+            NoCounters()
+            if metrics is False
+            else HubCounters(hub_metrics(None if metrics is True else metrics), self.backend.name, metrics_channels)
+        )
         self.metrics_channels = metrics_channels
         self._live: RunVar[LoopHub] = RunVar(f"ssesup.hub.{id(self)}")
 
@@ -182,8 +171,7 @@ class Hub:
             raise ValueError("the hub sets event ids (monotonic per channel): publish the event without an id")
         backend = self.backend
         position = await self.call("append", lambda: backend.append(channel, event))
-        if self.metrics is not None:
-            self.metrics.published.labels(backend.name, self._channel_label(channel)).inc()
+        self.counters.published(channel)
         loop_hub = self.loop_hub()
         loop_hub.published(channel)
         epoch = await loop_hub.current_epoch()
@@ -232,12 +220,8 @@ class Hub:
     # -- what the hub's parts share ------------------------------------------------------------------
 
     def loop_hub(self) -> LoopHub:
-        try:
-            return self._live.get()
-        except LookupError:
-            live = LoopHub(self)
-            self._live.set(live)
-            return live
+        """This event loop's part of the hub: its subscriptions, cursors and reader."""
+        return loop_local(self._live, partial(LoopHub, self))
 
     def overflow_of(self, channels: tuple[str, ...]) -> Overflow:
         """A subscription drops events only when each of its channels allows it."""
@@ -250,43 +234,10 @@ class Hub:
         try:
             result = await fn()
         except HubUnavailable:
-            self.count_error(operation)
+            self.counters.error(operation)
             raise
-        if self.metrics is not None:
-            self.metrics.backend_seconds.labels(self.backend.name, operation).observe(time.perf_counter() - started)
+        self.counters.timed(operation, time.perf_counter() - started)
         return result
-
-    def _channel_label(self, channel: str) -> str:
-        return channel if self.metrics_channels else ""
-
-    def count_error(self, operation: str) -> None:
-        if self.metrics is not None:
-            self.metrics.backend_errors.labels(self.backend.name, operation).inc()
-
-    def count_delivered(self, delivered: dict[str, int]) -> None:
-        if self.metrics is None or not delivered:
-            return
-        if self.metrics_channels:
-            for channel, count in delivered.items():
-                self.metrics.delivered.labels(self.backend.name, channel).inc(count)
-        else:
-            self.metrics.delivered.labels(self.backend.name, "").inc(sum(delivered.values()))
-
-    def count_replayed(self, channel: str) -> None:
-        if self.metrics is not None:
-            self.metrics.replayed.labels(self.backend.name, self._channel_label(channel)).inc()
-
-    def count_gap(self, reason: GapReason) -> None:
-        if self.metrics is not None:
-            self.metrics.gaps.labels(self.backend.name, reason.value).inc()
-
-    def count_slow_consumer(self) -> None:
-        if self.metrics is not None:
-            self.metrics.slow_consumers.labels(self.backend.name).inc()
-
-    def count_subscriber(self, change: int) -> None:
-        if self.metrics is not None:
-            self.metrics.subscribers.labels(self.backend.name).inc(change)
 
 
 def _overflow(value: object, name: str) -> Overflow:
@@ -339,7 +290,7 @@ class _HubReadiness:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         supervisor = self.supervisor or supervisor_for(scope)
-        if supervisor.live.draining:
+        if supervisor.loop_supervision.draining:
             response = JSONResponse({"ready": False, "draining": True, "hub": "unknown"}, 503)
         elif not await self.hub.healthy():
             response = JSONResponse({"ready": False, "draining": False, "hub": "unavailable"}, 503)

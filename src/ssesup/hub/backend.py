@@ -54,13 +54,13 @@ class Entry:
     position of the entry before it in that channel when the engine knows it (``previous``): a reader
     whose cursor is before ``previous`` missed what history dropped in between."""
 
-    __slots__ = ("_encoded", "event", "last_framed", "position", "previous")
+    __slots__ = ("encoded", "event", "last_framed", "position", "previous")
 
     def __init__(self, position: Position, event: Event, previous: Position | None = None) -> None:
         self.position = position
         self.event = event
         self.previous = previous
-        self._encoded: dict[object, bytes] = {}
+        self.encoded: dict[object, bytes] = {}
         # (key, bytes) of the last framed(), one attribute (loops in other threads read it whole): a
         # fan-out asks for the same key for every subscriber, who compare theirs to it (equal tuples:
         # no hash, no call) before they call framed().
@@ -68,20 +68,20 @@ class Entry:
 
     def body(self, sep: str) -> bytes:
         """The event encoded with ``sep``, made once per separator however many subscribers get it."""
-        body = self._encoded.get(sep)
+        body = self.encoded.get(sep)
         if body is None:
-            body = self._encoded[sep] = self.event.encode(sep)
+            body = self.encoded[sep] = self.event.encode(sep)
         return body
 
     def framed(self, key: tuple[str, str, str]) -> bytes:
         """The event encoded with separator ``sep`` after the ``id:`` line of a subscription of its
         channel alone, ``key`` being ``(sep, epoch, digest)`` (``digest`` names that channel; the
         subscription keeps its key, so a delivery makes nothing): made once per separator and epoch."""
-        framed = self._encoded.get(key)
+        framed = self.encoded.get(key)
         if framed is None:
             sep, epoch, digest = key
             event_id = format_id(epoch, digest, (self.position,))
-            framed = self._encoded[key] = b"id: " + event_id.encode() + sep.encode() + self.body(sep)
+            framed = self.encoded[key] = b"id: " + event_id.encode() + sep.encode() + self.body(sep)
         self.last_framed = (key, framed)
         return framed
 

@@ -31,11 +31,11 @@ import structlog
 from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
 from ssesup.hub.backend import Entry, HubUnavailable, Missed
 from ssesup.hub.ids import Position
+from ssesup.hub.mailbox import Mailbox
 from ssesup.hub.waiter import Waiter, ring_soon
 
 if TYPE_CHECKING:
     from ssesup.hub import Hub
-    from ssesup.hub.subscription import Subscription
 
 log = structlog.get_logger("ssesup")
 
@@ -83,10 +83,11 @@ class LoopHub:
         self.loop = LoopPrimitives()
         # asyncio: each subscription's one Waiter (ssesup.hub.waiter); trio: the loop's own wake-up.
         self.asyncio_loop = None if running_trio() else asyncio.get_running_loop()
-        # Per channel, its subscriptions in the order they joined (a dict: fan-out wakes them in that order).
-        self.subscribers: dict[str, dict[Subscription, None]] = {}
+        # Per channel, the mailboxes of its subscribers in the order they joined (a dict: fan-out wakes
+        # them in that order).
+        self.subscribers: dict[str, dict[Mailbox, None]] = {}
         self.cursors: dict[str, Position] = {}
-        self.subscriptions: set[Subscription] = set()
+        self.mailboxes: set[Mailbox] = set()
         self.epoch: str | None = None
         self.healthy = True
         self.rng = random.Random()
@@ -94,11 +95,10 @@ class LoopHub:
         self._task: object = None
         # The engine calls in flight that joins and replays share: (operation, channel, ...) -> _Flight.
         self._flights: dict[tuple[object, ...], _Flight] = {}
-        if hub.metrics is not None:
-            hub.metrics.watch_depth(self)
+        hub.counters.watch_depth(self)
 
     def mailbox_depth(self) -> int:
-        return sum(len(subscription.mailbox) for subscription in tuple(self.subscriptions))
+        return sum(len(mailbox.items) for mailbox in tuple(self.mailboxes))
 
     async def current_epoch(self) -> str:
         if self.epoch is None:
@@ -137,11 +137,11 @@ class LoopHub:
             if flight.ok:
                 return flight.result  # type: ignore[return-value]
 
-    async def join(self, subscription: Subscription, channel: str) -> Position:
-        """Follow ``channel`` for ``subscription``; return the cursor after which every entry will reach
-        its mailbox."""
-        self.subscriptions.add(subscription)
-        self.subscribers.setdefault(channel, {})[subscription] = None
+    async def join(self, mailbox: Mailbox, channel: str) -> Position:
+        """Follow ``channel`` for the subscriber of ``mailbox``; return the cursor after which every entry
+        will reach the mailbox."""
+        self.mailboxes.add(mailbox)
+        self.subscribers.setdefault(channel, {})[mailbox] = None
         cursor = self.cursors.get(channel)
         if cursor is not None:
             self._ensure_reader()
@@ -151,7 +151,7 @@ class LoopHub:
         cursor = self.cursors.get(channel)
         if cursor is not None:  # another subscription set it meanwhile: from there on, all reach us
             return cursor
-        if subscription not in self.subscribers.get(channel, ()):
+        if mailbox not in self.subscribers.get(channel, ()):
             return last  # left while waiting
         self.cursors[channel] = last
         backend.followed(channel)
@@ -160,13 +160,13 @@ class LoopHub:
                 await backend.wake()
         return last
 
-    def leave(self, subscription: Subscription) -> None:
-        self.subscriptions.discard(subscription)
-        for channel in subscription.channels:
+    def leave(self, mailbox: Mailbox) -> None:
+        self.mailboxes.discard(mailbox)
+        for channel in mailbox.channels:
             followers = self.subscribers.get(channel)
             if followers is None:
                 continue
-            followers.pop(subscription, None)
+            followers.pop(mailbox, None)
             if not followers:
                 del self.subscribers[channel]
                 self.cursors.pop(channel, None)
@@ -219,7 +219,7 @@ class LoopHub:
                         elif attempt == 0:
                             log.warning("hub.backend_unavailable", backend=backend.name, error=str(exc))
                         self.healthy = False
-                        self.hub.count_error("wait")
+                        self.hub.counters.error("wait")
                         await anyio.sleep(backoff(attempt, self.rng))
                         attempt += 1
                         continue
@@ -235,9 +235,9 @@ class LoopHub:
 
     def _check_epoch(self, epoch: str) -> None:
         if self.epoch is not None and epoch != self.epoch:
-            log.warning("hub.epoch_changed", backend=self.hub.backend.name, subscribers=len(self.subscriptions))
-            for subscription in tuple(self.subscriptions):
-                subscription.epoch_changed(epoch)
+            log.warning("hub.epoch_changed", backend=self.hub.backend.name, subscribers=len(self.mailboxes))
+            for mailbox in tuple(self.mailboxes):
+                mailbox.epoch_changed(epoch)
         self.epoch = epoch
 
     async def _deliver(self, batch: list[tuple[str, Entry]]) -> None:
@@ -275,24 +275,24 @@ class LoopHub:
         held = None
         while True:
             behind = [
-                subscription
+                mailbox
                 for channel in channels
-                for subscription in self.subscribers.get(channel, ())
-                if len(subscription.mailbox) > most_events or subscription.held_bytes > most_bytes
+                for mailbox in self.subscribers.get(channel, ())
+                if len(mailbox.items) > most_events or mailbox.size > most_bytes
             ]
             if not behind:
                 return
-            now_held = sum(len(subscription.mailbox) for subscription in behind)
+            now_held = sum(len(mailbox.items) for mailbox in behind)
             if (held is not None and now_held >= held) or self.loop.clock() >= deadline:
                 return
             held = now_held
             await anyio.sleep(PIECE_POLL)
 
     @staticmethod
-    def _offer(followers: dict[Subscription, None], item: tuple[str, Entry], ringing: list[Waiter]) -> None:
+    def _offer(followers: dict[Mailbox, None], item: tuple[str, Entry], ringing: list[Waiter]) -> None:
         """``item`` to every follower's mailbox; the waiters to wake go to ``ringing`` (rung together)."""
-        for subscription in tuple(followers):
-            wakeup = subscription.offer(item)
+        for mailbox in tuple(followers):
+            wakeup = mailbox.offer(item)
             if wakeup is not None:
                 if type(wakeup) is Waiter:
                     ringing.append(wakeup)
@@ -318,6 +318,6 @@ class LoopHub:
                 offer(followers, (channel, Missed(previous)), ringing)
             offer(followers, (channel, entry), ringing)
             delivered[channel] = delivered.get(channel, 0) + len(followers)
-        self.hub.count_delivered(delivered)
+        self.hub.counters.delivered(delivered)
         if ringing:
             ring_soon(ringing)  # one callback wakes them all, in the order they joined

@@ -84,12 +84,6 @@ def channels_digest(channels: Sequence[str]) -> str:
     return hashlib.blake2s("\0".join(channels).encode("utf-8"), digest_size=4).hexdigest()
 
 
-def check_epoch(epoch: str) -> str:
-    if not _EPOCH.fullmatch(epoch):
-        raise ValueError(f"an epoch is 1 to 16 characters of [0-9a-z], not {epoch!r}")
-    return epoch
-
-
 def format_id(epoch: str, digest: str, positions: Sequence[Position]) -> str:
     return ".".join((epoch, digest, *map(position_token, positions)))
 

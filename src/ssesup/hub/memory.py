@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 from anyio.lowlevel import RunVar
 
-from ssesup._loop import LoopPrimitives, spawn_owned
+from ssesup._loop import LoopPrimitives, loop_local, spawn_owned
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History
 from ssesup.hub.ids import START, Position
@@ -57,7 +57,7 @@ class _Channel:
         self.last = START  # set by the append that makes the record (a record holds one entry at least)
 
 
-class _Waiter:
+class _LoopReader:
     """The reader of one event loop: waiting for an append, and the channels appended to since it last
     looked (``changed``; ``None`` until its first look, which reads every channel it follows)."""
 
@@ -105,10 +105,10 @@ class MemoryBackend(Backend):
         # Per bucket of channel names, the highest last position of a channel forgotten in it.
         self._horizons = [START] * HORIZON_BUCKETS
         self._counter = 0
-        self._waiting: set[_Waiter] = set()
+        self._waiting: set[_LoopReader] = set()
         # Every loop's reader (while its loop lives): each append notes its channel in theirs.
-        self._readers: weakref.WeakSet[_Waiter] = weakref.WeakSet()
-        self._waiter: RunVar[_Waiter] = RunVar(f"ssesup.hub.memory.{id(self)}")
+        self._readers: weakref.WeakSet[_LoopReader] = weakref.WeakSet()
+        self._reader: RunVar[_LoopReader] = RunVar(f"ssesup.hub.memory.{id(self)}")
         self._sweeping = False
 
     async def epoch(self) -> str:
@@ -136,8 +136,8 @@ class MemoryBackend(Backend):
             waiting, self._waiting = self._waiting, set()
         if sweeper:
             spawn_owned(self._sweeper)
-        for waiter in waiting:
-            waiter.wake()
+        for reader in waiting:
+            reader.wake()
         return position
 
     async def read(self, channel: str, after: Position, limit: int) -> History:
@@ -161,26 +161,26 @@ class MemoryBackend(Backend):
             return (self._counter, 0) if record is None else record.last
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
-        waiter = self._loop_waiter()
+        reader = self._loop_reader()
         with self._lock:
-            found = self._collect(cursors, waiter)
+            found = self._collect(cursors, reader)
             if found:
                 return found
-            waiter.event = anyio.Event()
-            self._waiting.add(waiter)
+            reader.event = anyio.Event()
+            self._waiting.add(reader)
         try:
             with anyio.move_on_after(timeout):
-                await waiter.event.wait()
+                await reader.event.wait()
         finally:
             with self._lock:
-                self._waiting.discard(waiter)
+                self._waiting.discard(reader)
         with self._lock:
-            return self._collect(cursors, waiter)
+            return self._collect(cursors, reader)
 
     def followed(self, channel: str) -> None:
-        waiter = self._loop_waiter()
+        reader = self._loop_reader()
         with self._lock:
-            waiter.note(channel)
+            reader.note(channel)
 
     def appended(self, channel: str, after: Position) -> list[Entry]:
         with self._lock:
@@ -188,7 +188,7 @@ class MemoryBackend(Backend):
             return [] if record is None else self._after(record, after)
 
     async def wake(self) -> None:
-        self._loop_waiter().event.set()
+        self._loop_reader().event.set()
 
     async def close(self) -> None:
         """Nothing to release: history stays for as long as the engine (and so its hub) lives."""
@@ -254,10 +254,10 @@ class MemoryBackend(Backend):
         newer.reverse()
         return newer
 
-    def _collect(self, cursors: Mapping[str, Position], waiter: _Waiter) -> list[tuple[str, Entry]]:
-        """What follows the cursors of the channels appended to since ``waiter`` last looked (every
+    def _collect(self, cursors: Mapping[str, Position], reader: _LoopReader) -> list[tuple[str, Entry]]:
+        """What follows the cursors of the channels appended to since ``reader`` last looked (every
         channel on its first look): the cost is per channel that changed, not per channel followed."""
-        changed, waiter.changed = waiter.changed, set()
+        changed, reader.changed = reader.changed, set()
         found: list[tuple[str, Entry]] = []
         for channel in cursors if changed is None else changed:
             cursor = cursors.get(channel)
@@ -266,12 +266,11 @@ class MemoryBackend(Backend):
                 found.extend((channel, entry) for entry in self._after(record, cursor))
         return found
 
-    def _loop_waiter(self) -> _Waiter:
-        try:
-            return self._waiter.get()
-        except LookupError:
-            waiter = _Waiter()
-            self._waiter.set(waiter)
-            with self._lock:
-                self._readers.add(waiter)
-            return waiter
+    def _loop_reader(self) -> _LoopReader:
+        return loop_local(self._reader, self._new_reader)
+
+    def _new_reader(self) -> _LoopReader:
+        reader = _LoopReader()
+        with self._lock:
+            self._readers.add(reader)
+        return reader

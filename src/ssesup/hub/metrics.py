@@ -3,7 +3,9 @@ the engine's latency and errors.
 
 Owns: the hub's collectors, one set per :class:`~prometheus_client.CollectorRegistry` (the registry
 the supervisor records in by default, prometheus-client's ``REGISTRY``), shared by every hub that
-records there. Does not own when things happen (the hub counts) or the stream metrics
+records there, and a hub's view of them (:class:`HubCounters`: what the hub's parts call when something
+happens, with the hub's labels; :class:`NoCounters` when the hub records no metrics, so no caller asks
+whether there are any). Does not own when things happen (the hub's parts count) or the stream metrics
 (``ssesup.metrics``).
 
 Labels stay bounded: ``backend`` is the engine's name, ``operation`` one of the engine's methods,
@@ -20,9 +22,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from ssesup.hub.ids import GapReason
 
 # An engine's call lasts from microseconds (memory) to a network round trip or a reconnect (Redis).
 BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
@@ -100,3 +105,80 @@ def hub_metrics(registry: CollectorRegistry | None = None) -> HubMetrics:
         if metrics is None:
             metrics = _metrics[registry] = HubMetrics(registry)
         return metrics
+
+
+# The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
+ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait")
+
+
+class NoCounters:
+    """What a hub that records no metrics counts: nothing."""
+
+    def published(self, channel: str) -> None: ...
+
+    def delivered(self, delivered: dict[str, int]) -> None: ...
+
+    def replayed(self, channel: str) -> None: ...
+
+    def gap(self, reason: GapReason) -> None: ...
+
+    def slow_consumer(self) -> None: ...
+
+    def subscribers(self, change: int) -> None: ...
+
+    def error(self, operation: str) -> None: ...
+
+    def timed(self, operation: str, seconds: float) -> None: ...
+
+    def watch_depth(self, source: object) -> None: ...
+
+
+class HubCounters(NoCounters):
+    """One hub's metrics: its engine's name as the ``backend`` label, and channel names as the
+    ``channel`` label only with ``by_channel`` (channels may be per user: unbounded)."""
+
+    def __init__(self, metrics: HubMetrics, backend: str, by_channel: bool) -> None:
+        self.metrics = metrics
+        self.backend = backend
+        self.by_channel = by_channel
+        # The series at 0 from the start, so that the first close or engine error shows in rate().
+        metrics.slow_consumers.labels(backend)
+        metrics.subscribers.labels(backend)
+        for operation in ENGINE_OPERATIONS:
+            metrics.backend_errors.labels(backend, operation)
+
+    def _channel(self, channel: str) -> str:
+        return channel if self.by_channel else ""
+
+    def published(self, channel: str) -> None:
+        self.metrics.published.labels(self.backend, self._channel(channel)).inc()
+
+    def delivered(self, delivered: dict[str, int]) -> None:
+        if not delivered:
+            return
+        if self.by_channel:
+            for channel, count in delivered.items():
+                self.metrics.delivered.labels(self.backend, channel).inc(count)
+        else:
+            self.metrics.delivered.labels(self.backend, "").inc(sum(delivered.values()))
+
+    def replayed(self, channel: str) -> None:
+        self.metrics.replayed.labels(self.backend, self._channel(channel)).inc()
+
+    def gap(self, reason: GapReason) -> None:
+        self.metrics.gaps.labels(self.backend, reason.value).inc()
+
+    def slow_consumer(self) -> None:
+        self.metrics.slow_consumers.labels(self.backend).inc()
+
+    def subscribers(self, change: int) -> None:
+        self.metrics.subscribers.labels(self.backend).inc(change)
+
+    def error(self, operation: str) -> None:
+        self.metrics.backend_errors.labels(self.backend, operation).inc()
+
+    def timed(self, operation: str, seconds: float) -> None:
+        self.metrics.backend_seconds.labels(self.backend, operation).observe(seconds)
+
+    def watch_depth(self, source: object) -> None:
+        self.metrics.watch_depth(source)

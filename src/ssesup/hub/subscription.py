@@ -1,9 +1,9 @@
 """One subscriber of the hub: its resume point, its bounded mailbox, and what it sends.
 
 Owns: reading the id a subscriber resumes from, replaying history after it, the seam to live events
-(no gap, no duplicate), the mailbox (bounded in events and bytes) and its overflow policy, the gap
-events, and the subscriber's id, which says where it is in every channel. Does not own the reader that
-fills the mailbox (``ssesup.hub.fanout``) or storage (the engine).
+(no gap, no duplicate), the gap events, and the subscriber's id, which says where it is in every
+channel. Does not own its mailbox (``ssesup.hub.mailbox``: the bounded queue and its overflow policy),
+the reader that fills it (``ssesup.hub.fanout``) or storage (the engine).
 
 How a subscription starts: it joins each channel on its loop's reader first (from then on, every entry
 after the returned cursor reaches its mailbox), then replays history after the id it asked for, then
@@ -14,20 +14,18 @@ the id, so even a client that got no event yet resumes from where it subscribed.
 
 from __future__ import annotations
 
-import enum
 import json
-import re
-from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from types import AsyncGeneratorType
 from typing import TYPE_CHECKING, Any
 
-from ssesup._loop import wake
+from ssesup.current import running_stream
+from ssesup.errors import StreamEnding
 from ssesup.events import Event
 from ssesup.hub.backend import Entry, History, Missed
+from ssesup.hub.channels import check_channels
 from ssesup.hub.ids import (
-    MAX_CHANNELS,
     MAX_ID_BYTES,
     GapReason,
     Position,
@@ -36,6 +34,7 @@ from ssesup.hub.ids import (
     format_id,
     parse_id,
 )
+from ssesup.hub.mailbox import Mailbox, Overflow
 from ssesup.hub.waiter import Waiter
 from ssesup.states import Trigger
 
@@ -46,68 +45,6 @@ if TYPE_CHECKING:
 
 # Entries read from history per engine call while replaying.
 PAGE = 500
-
-
-class Overflow(enum.Enum):
-    """What a full mailbox does with a subscriber that does not keep up."""
-
-    DISCONNECT = "disconnect"
-    """Close its stream with ``slow_consumer``; the client reconnects and resumes from history."""
-    DROP_OLDEST = "drop_oldest"
-    """Drop its oldest events; it gets a gap event (reason ``dropped``) before the next one."""
-
-
-# A channel name: 1 to MAX_CHANNEL_LENGTH characters, each an ASCII letter or digit or one of
-# ``_ - . : @ / + = # ~`` (no spaces, no control characters). Names are kept (in memory, as Redis keys)
-# while their channel has history or subscribers, and often come from requests: bounded and plain.
-MAX_CHANNEL_LENGTH = 200
-CHANNEL_CHARACTERS = "A-Za-z0-9_.:@/+=#~-"
-_CHANNEL = re.compile(f"[{CHANNEL_CHARACTERS}]{{1,{MAX_CHANNEL_LENGTH}}}")
-_CHANNEL_SHOWN = 40  # characters of a refused name an error repeats
-
-
-class InvalidChannel(ValueError):
-    """A channel name, or a list of them, that the hub refuses. Its message is safe to send back to the
-    client that asked (it repeats at most the first 40 characters of a name)."""
-
-
-def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
-    """``channels`` as a tuple when they are a valid subscription: 1 to 16 distinct valid names
-    (:func:`check_channel`); else :class:`InvalidChannel` (a ``ValueError``), or ``TypeError`` for a
-    name that is not a str. For channel lists that come from a request: answer 400 with the message."""
-    if isinstance(channels, str):
-        raise TypeError(f"channels are a sequence of names, not one str: [{_shown(channels)}]")
-    if not channels:
-        raise InvalidChannel("subscribe to at least one channel")
-    if len(channels) > MAX_CHANNELS:
-        raise InvalidChannel(f"a subscription has at most {MAX_CHANNELS} channels (its id must fit 256 bytes)")
-    for channel in channels:
-        check_channel(channel)
-    if len(set(channels)) != len(channels):
-        twice = next(channel for channel in channels if channels.count(channel) > 1)
-        raise InvalidChannel(f"channel {_shown(twice)} appears twice")
-    return tuple(channels)
-
-
-def check_channel(channel: object) -> str:
-    """``channel`` when it is a valid channel name: 1 to 200 characters of ``A-Z a-z 0-9 _ - . : @ / +
-    = # ~``; else :class:`InvalidChannel` (a ``ValueError``), or ``TypeError`` when it is not a str."""
-    if not isinstance(channel, str):
-        raise TypeError(f"a channel name is a str, not {type(channel).__name__}")
-    if not _CHANNEL.fullmatch(channel):
-        if not channel:
-            raise InvalidChannel("a channel name is not empty")
-        if len(channel) > MAX_CHANNEL_LENGTH:
-            raise InvalidChannel(f"a channel name has at most {MAX_CHANNEL_LENGTH} characters, not {len(channel)}")
-        raise InvalidChannel(
-            f"a channel name is made of A-Z a-z 0-9 and _ - . : @ / + = # ~ only, not {_shown(channel)}"
-        )
-    return channel
-
-
-def _shown(name: str) -> str:
-    cut = name[:_CHANNEL_SHOWN]
-    return repr(cut) + ("..." if len(name) > _CHANNEL_SHOWN else "")
 
 
 class Subscription:
@@ -121,26 +58,17 @@ class Subscription:
     """
 
     __slots__ = (
-        "_bytes",
         "_closed",
         "_digest",
-        "_dropped",
-        "_dropped_upto",
         "_epoch",
         "_frame",
         "_items",
         "_loop_hub",
-        "_max_bytes",
-        "_max_events",
-        "_new_epoch",
-        "_overflowed",
         "_positions",
-        "_wakeup",
         "channels",
         "hub",
         "last_event_id",
         "mailbox",
-        "overflow",
         "sep",
         "stream",
     )
@@ -151,24 +79,26 @@ class Subscription:
         self.last_event_id = last_event_id or None
         self.sep = sep
         self.stream: SupervisedStream | None = None
-        # (channel, entry): one tuple per entry, shared by every subscriber (nothing allocated per subscriber).
-        self.mailbox: deque[tuple[str, Entry]] = deque()
-        self._bytes = 0
-        self._max_events = hub.mailbox_events
-        self._max_bytes = hub.mailbox_bytes
-        self.overflow = hub.overflow_of(self.channels)
+        self.mailbox = Mailbox(
+            self.channels,
+            sep,
+            hub.mailbox_events,
+            hub.mailbox_bytes,
+            hub.overflow_of(self.channels),
+            self._slow_consumer,
+        )
         self._digest = channels_digest(self.channels)
         self._positions: dict[str, Position] = {}
         self._epoch = ""
         self._frame = (sep, "", self._digest)  # Entry.framed's key: kept, not made per delivery
-        self._new_epoch: str | None = None
-        self._dropped = 0
-        self._dropped_upto: dict[str, Position] = {}
-        self._overflowed = False
         self._closed = False
-        self._wakeup: Any = None
         self._loop_hub: LoopHub | None = None
         self._items: AsyncGenerator[Any, None] | None = None
+
+    @property
+    def overflow(self) -> Overflow:
+        """What this subscriber's mailbox does when it is full."""
+        return self.mailbox.overflow
 
     # -- the iterator of events ----------------------------------------------------------------------
 
@@ -215,43 +145,6 @@ class Subscription:
         items = self._items = self._run(encode=True)
         return items
 
-    # -- what the reader calls -----------------------------------------------------------------------
-
-    def offer(self, item: tuple[str, Entry]) -> Any:
-        """A new ``(channel, entry)`` for this subscriber's mailbox (the reader's call, never blocking).
-        Returns the subscriber's wake-up when it waits for one (the caller wakes it), else ``None``."""
-        if self._closed or self._overflowed:
-            return None
-        mailbox = self.mailbox
-        mailbox.append(item)
-        entry = item[1]
-        # The body is made by then for most subscribers (the first one made it): a lookup, not a call.
-        self._bytes += len(entry._encoded.get(self.sep) or entry.body(self.sep))
-        if len(mailbox) > self._max_events or self._bytes > self._max_bytes:
-            if self.overflow is Overflow.DISCONNECT:
-                self._disconnect()
-                return None
-            while len(mailbox) > 1 and (len(mailbox) > self._max_events or self._bytes > self._max_bytes):
-                dropped_channel, dropped = mailbox.popleft()
-                self._bytes -= len(dropped.body(self.sep))
-                self._dropped += 1
-                self._dropped_upto[dropped_channel] = dropped.position
-        wakeup = self._wakeup
-        self._wakeup = None
-        return wakeup
-
-    @property
-    def held_bytes(self) -> int:
-        """The bytes of the events in the mailbox (as the subscriber sends them)."""
-        return self._bytes
-
-    def epoch_changed(self, epoch: str) -> None:
-        """The engine's history was lost (a new epoch): tell the subscriber with a gap."""
-        self._new_epoch = epoch
-        if self._wakeup is not None:
-            wake(self._wakeup)
-            self._wakeup = None
-
     # -- the subscription's life ---------------------------------------------------------------------
 
     async def _run(self, *, encode: bool) -> AsyncGenerator[Any, None]:
@@ -259,15 +152,15 @@ class Subscription:
         its mailbox holds without waiting, and waits (once) only when the mailbox is empty."""
         hub = self.hub
         if self.stream is None:
-            self.stream = _running_stream()
+            self.stream = running_stream()
         loop_hub = self._loop_hub = hub.loop_hub()
-        hub.count_subscriber(1)
+        hub.counters.subscribers(1)
         try:
             # The start in methods of their own: what it needs is not kept, with the generator's frame,
             # for as long as the subscription lives.
             first, pages = await self._begin(loop_hub, encode)
             if self._closed:  # by another task, while it joined: what it joined after that, it leaves
-                loop_hub.leave(self)
+                loop_hub.leave(self.mailbox)
                 return
             yield first
             if pages:
@@ -278,6 +171,7 @@ class Subscription:
             del first, pages
             positions = self._positions
             mailbox = self.mailbox
+            items = mailbox.items
             wakeup_of = loop_hub.loop.wakeup
             # One waiter for the subscription's life on asyncio (nothing allocated per wait).
             waiter = None if loop_hub.asyncio_loop is None else Waiter(loop_hub.asyncio_loop)
@@ -285,38 +179,36 @@ class Subscription:
             one_channel = encode and len(self.channels) == 1
             sep = self.sep
             while True:
-                if self._overflowed:
-                    from ssesup.stream import StreamEnding
-
+                if mailbox.overflowed:
                     raise StreamEnding(Trigger.SLOW_CONSUMER, "the subscriber's mailbox overflowed")
-                if self._new_epoch is not None:
-                    self._set_epoch(self._new_epoch)
-                    self._new_epoch = None
+                if mailbox.new_epoch is not None:
+                    self._set_epoch(mailbox.new_epoch)
+                    mailbox.new_epoch = None
                     yield self._gap(encode, GapReason.EPOCH, list(self.channels))
                     continue
-                if self._dropped:
-                    for dropped_channel, upto in self._dropped_upto.items():
+                if mailbox.dropped:
+                    for dropped_channel, upto in mailbox.dropped_upto.items():
                         positions[dropped_channel] = max(positions[dropped_channel], upto)
-                    channels = list(self._dropped_upto)
-                    self._dropped_upto = {}
-                    dropped, self._dropped = self._dropped, 0
+                    channels = list(mailbox.dropped_upto)
+                    mailbox.dropped_upto = {}
+                    dropped, mailbox.dropped = mailbox.dropped, 0
                     yield self._gap(encode, GapReason.DROPPED, channels, dropped=dropped)
                     continue
-                if not mailbox:
+                if not items:
                     if waiter is not None:
-                        self._wakeup = waiter
+                        mailbox.wakeup = waiter
                         await waiter
                     else:
-                        self._wakeup = wakeup = wakeup_of()
+                        mailbox.wakeup = wakeup = wakeup_of()
                         await wakeup.wait()
                     if self._closed:  # by another task, while this one waited
                         return
                     continue
-                channel, entry = mailbox.popleft()
-                if mailbox:
-                    self._bytes -= len(entry.body(sep))
+                channel, entry = items.popleft()
+                if items:
+                    mailbox.size -= len(entry.body(sep))
                 else:
-                    self._bytes = 0  # what it held was this entry alone (the common case: no body looked up)
+                    mailbox.size = 0  # what it held was this entry alone (the common case: no body looked up)
                 position = entry.position
                 if position <= positions[channel]:
                     continue
@@ -347,7 +239,7 @@ class Subscription:
                 reason = unhonoured.reason
         cursors = []
         for channel in self.channels:
-            cursors.append(await loop_hub.join(self, channel))
+            cursors.append(await loop_hub.join(self.mailbox, channel))
         read = self.hub.backend.read
         positions = self._positions
         lost: list[str] = []
@@ -386,7 +278,7 @@ class Subscription:
                 for entry in history.entries:
                     if entry.position > positions[channel]:
                         positions[channel] = entry.position
-                        self.hub.count_replayed(channel)
+                        self.hub.counters.replayed(channel)
                         yield self._framed(entry) if encode else self._event(entry)
                 if len(history.entries) < PAGE:
                     break
@@ -424,44 +316,27 @@ class Subscription:
     def _gap(
         self, encode: bool, reason: GapReason, channels: list[str], requested: str | None = None, **extra: int
     ) -> bytes | Event:
-        self.hub.count_gap(reason)
+        self.hub.counters.gap(reason)
         resumed = self._id()
         data = {"reason": reason.value, "requested": requested, "resumed": resumed, "channels": channels, **extra}
         event = Event(json.dumps(data, separators=(",", ":"), ensure_ascii=False), event=self.hub.gap_event, id=resumed)
         return event.encode(self.sep) if encode else event
 
-    def _disconnect(self) -> None:
-        """Overflow with the policy ``disconnect``: free the mailbox and end the subscriber's stream."""
-        self._overflowed = True
-        self.mailbox.clear()
-        self._bytes = 0
-        self.hub.count_slow_consumer()
+    def _slow_consumer(self) -> None:
+        """The mailbox overflowed with the policy ``disconnect``: the subscriber leaves and its stream ends
+        (the mailbox, freed already, wakes the subscriber, which raises ``slow_consumer`` for a stream of
+        its own generator)."""
+        self.hub.counters.slow_consumer()
         if self._loop_hub is not None:
-            self._loop_hub.leave(self)
+            self._loop_hub.leave(self.mailbox)
         if self.stream is not None:
             self.stream.trigger(Trigger.SLOW_CONSUMER)
-        if self._wakeup is not None:
-            wake(self._wakeup)
-            self._wakeup = None
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.mailbox.clear()
-        self._bytes = 0
+        self.mailbox.close()  # a task that waits in it is woken, to end its iteration
         if self._loop_hub is not None:
-            self._loop_hub.leave(self)
-            self.hub.count_subscriber(-1)
-        if self._wakeup is not None:  # a task waits in it: wake it to end its iteration
-            wake(self._wakeup)
-            self._wakeup = None
-
-
-def _running_stream() -> SupervisedStream | None:
-    from ssesup.stream import current_stream
-
-    try:
-        return current_stream()
-    except LookupError:
-        return None
+            self._loop_hub.leave(self.mailbox)
+            self.hub.counters.subscribers(-1)
