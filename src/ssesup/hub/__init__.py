@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
-from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels
+from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels, internal_channel
 from ssesup.hub.fanout import LoopHub
 from ssesup.hub.ids import GapReason, channels_digest, format_id
 from ssesup.hub.mailbox import Overflow
@@ -161,6 +161,9 @@ class Hub:
         :class:`HubUnavailable` when the engine cannot be reached (nothing was published) or does not
         answer within its deadline (Redis: 5 s per call; the event may have been stored)."""
         check_channel(channel)
+        return await self._publish(channel, event)
+
+    async def _publish(self, channel: str, event: Event | str | Mapping[str, Any]) -> str:
         if isinstance(event, str):
             event = Event(event)
         elif isinstance(event, Mapping):
@@ -194,6 +197,17 @@ class Hub:
         generators that merge, filter or add events of their own. Inside a SupervisedStream's generator,
         an overflow (policy ``disconnect``) ends that stream with ``slow_consumer``."""
         return Subscription(self, channels, last_event_id)
+
+    # -- ssesup's own channels (control messages between the processes of one engine) ------------------
+
+    async def publish_internal(self, name: str, event: Event | str | Mapping[str, Any]) -> str:
+        """Publish to the internal channel ``name`` (``!name``: no client can name it, to publish or to
+        subscribe). For ssesup's own messages between processes; as :meth:`publish` otherwise."""
+        return await self._publish(internal_channel(name), event)
+
+    def subscribe_internal(self, *names: str, last_event_id: str | None = None) -> Subscription:
+        """A subscription of internal channels (:meth:`publish_internal`), as :meth:`subscribe`."""
+        return Subscription(self, [internal_channel(name) for name in names], last_event_id, internal=True)
 
     async def healthy(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers within ``timeout`` seconds."""

@@ -30,10 +30,22 @@ class InvalidChannel(ValueError):
     client that asked (it repeats at most the first 40 characters of a name)."""
 
 
-def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+# ssesup's own channels (control messages between the processes of one engine: revocations, a run's
+# cancellation) are named with this prefix, which no client's name can have: nothing a client asks for
+# reaches them. The hub's internal API (``Hub.publish_internal``, ``Hub.subscribe_internal``) adds it.
+INTERNAL_PREFIX = "!"
+
+
+def internal_channel(name: str) -> str:
+    """The internal channel of ``name`` (a valid channel name): ``!name``."""
+    return INTERNAL_PREFIX + check_channel(name)
+
+
+def check_channels(channels: Sequence[str], *, internal: bool = False) -> tuple[str, ...]:
     """``channels`` as a tuple when they are a valid subscription: 1 to 16 distinct valid names
     (:func:`check_channel`); else :class:`InvalidChannel` (a ``ValueError``), or ``TypeError`` for a
-    name that is not a str. For channel lists that come from a request: answer 400 with the message."""
+    name that is not a str. For channel lists that come from a request: answer 400 with the message.
+    With ``internal`` (ssesup's own subscriptions), names of internal channels are valid too."""
     if isinstance(channels, str):
         raise TypeError(f"channels are a sequence of names, not one str: [{_shown(channels)}]")
     if not channels:
@@ -41,7 +53,10 @@ def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
     if len(channels) > MAX_CHANNELS:
         raise InvalidChannel(f"a subscription has at most {MAX_CHANNELS} channels (its id must fit 256 bytes)")
     for channel in channels:
-        check_channel(channel)
+        if internal and isinstance(channel, str) and channel.startswith(INTERNAL_PREFIX):
+            check_channel(channel[len(INTERNAL_PREFIX) :])
+        else:
+            check_channel(channel)
     if len(set(channels)) != len(channels):
         twice = next(channel for channel in channels if channels.count(channel) > 1)
         raise InvalidChannel(f"channel {_shown(twice)} appears twice")

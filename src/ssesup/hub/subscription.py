@@ -73,9 +73,17 @@ class Subscription:
         "stream",
     )
 
-    def __init__(self, hub: Hub, channels: Sequence[str], last_event_id: str | None, *, sep: str = "\r\n") -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        channels: Sequence[str],
+        last_event_id: str | None,
+        *,
+        sep: str = "\r\n",
+        internal: bool = False,
+    ) -> None:
         self.hub = hub
-        self.channels = check_channels(channels)
+        self.channels = check_channels(channels, internal=internal)
         self.last_event_id = last_event_id or None
         self.sep = sep
         self.stream: SupervisedStream | None = None
