@@ -2,8 +2,8 @@
 optional logging set-up.
 
 The supervisor calls :func:`log_transition` once per transition: one structured event with the stream
-id, route template, client address, from and to state, trigger, and, when the stream closed, its close
-reason and duration. Nothing in ssesup logs a line per event sent.
+id, route template, client address, the user it serves (when it has one), from and to state, trigger,
+and, when the stream closed, its close reason and duration. Nothing in ssesup logs a line per event sent.
 
 Levels: a stream's opening moves (``stream.transition``, OPEN to STREAMING) are ``debug``, the start of
 its drain is ``info``, its close (``stream.closed``) is ``info``, or ``warning`` when a send timed out or
@@ -92,6 +92,9 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         "to_state": transition.to_state.value,
         "trigger": transition.trigger.value,
     }
+    user = stream.user
+    if user is not None:  # who the stream serves (never a credential: docs/auth.md)
+        fields["user"] = user if user.isprintable() else escape(user)
     if to_state is State.CLOSED:
         reason = transition.close_reason
         level = logging.WARNING if reason in _WARN_ON else logging.INFO

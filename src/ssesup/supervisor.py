@@ -11,6 +11,7 @@ the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` mak
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import signal
@@ -34,7 +35,7 @@ from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.settings import PingFactory, StreamSettings
 from ssesup.signals import NO_SERVER_HANDLER, listen_for_signals, server_graceful_timeout
-from ssesup.states import Transition, Trigger
+from ssesup.states import CloseReason, Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
 if TYPE_CHECKING:
@@ -270,10 +271,23 @@ class Supervisor:
             stream.trigger(Trigger.FORCE_CLOSE)
 
     def farewell_bytes(self, stream: SupervisedStream, sep: str) -> bytes:
-        """The farewell of a drained stream: the user's last event, if any, and a jittered ``retry:``.
-        The hint goes out whatever the ``farewell`` function does: one that raises or returns something
-        that is not an :class:`Event` is logged (``stream.farewell_failed``) and its event left out."""
+        """The farewell of a stream whose row's ending is ``farewell``, in the words of its close reason.
+
+        ``drained``, ``shutdown``: the user's last event, if any, and a jittered ``retry:``. The hint goes
+        out whatever the ``farewell`` function does: one that raises or returns something that is not an
+        :class:`Event` is logged (``stream.farewell_failed``) and its event left out.
+        ``expired``: an event named ``expired`` (JSON data: ``reason`` and ``expires_at``) and a jittered
+        ``retry:``: the client gets a fresh credential and reconnects, resuming after its last id.
+        ``revoked``: an event named ``revoked`` (JSON data: ``reason``) and no ``retry:``: the client
+        reconnects after its own delay, and a route that refuses the revoked credential (401, 403) stops
+        it (docs/auth.md)."""
+        reason = stream.close_reason
+        if reason is CloseReason.REVOKED:
+            return Event(_json({"reason": reason.value}), event="revoked").encode(sep)
         hint = Event(retry=reconnect_ms(self.drain_settings.reconnect, self._rng)).encode(sep)
+        if reason is CloseReason.EXPIRED:
+            data = _json({"reason": reason.value, "expires_at": stream.expires_at})
+            return Event(data, event="expired").encode(sep) + hint
         if self.farewell is None:
             return hint
         try:
@@ -391,6 +405,10 @@ class Supervisor:
             )
         add_middleware(SupervisorMiddleware, supervisor=self)
         return app
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[float], None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -180,15 +181,24 @@ class Hub:
         epoch = await loop_hub.current_epoch()
         return format_id(epoch, channels_digest((channel,)), (position,))
 
-    def stream(self, request: Request, *channels: str, **stream_options: Any) -> SupervisedStream:
+    def stream(
+        self,
+        request: Request,
+        *channels: str,
+        user: str | None = None,
+        expires_at: float | datetime | None = None,
+        **stream_options: Any,
+    ) -> SupervisedStream:
         """A :class:`~ssesup.SupervisedStream` of ``channels`` that resumes after the request's
         ``Last-Event-ID`` header, else its ``last_event_id`` query parameter. ``stream_options`` are
-        SupervisedStream's (``ping``, ``send_timeout``, ``sep``, ...)."""
+        SupervisedStream's (``ping``, ``send_timeout``, ``sep``, ...). ``user`` (by default the
+        request's authenticated user) and ``expires_at`` are the stream's: a stream that expires ends
+        with an ``expired`` event and resumes, with a fresh credential, after its last id."""
         last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         supervisor: Supervisor = stream_options.get("supervisor") or supervisor_for(request.scope)
         sep = stream_options.get("sep") or supervisor.sep
         subscription = Subscription(self, channels, last_event_id, sep=sep)
-        stream = SupervisedStream(subscription.encoded(), **stream_options)
+        stream = SupervisedStream(subscription.encoded(), user=user, expires_at=expires_at, **stream_options)
         subscription.stream = stream
         return stream
 
