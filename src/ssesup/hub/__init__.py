@@ -30,13 +30,16 @@ from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
 from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels, internal_channel
+from ssesup.hub.control import CHANNEL as CONTROL_CHANNEL
+from ssesup.hub.control import LoopControl, revoke_message
 from ssesup.hub.fanout import LoopHub
 from ssesup.hub.ids import GapReason, channels_digest, format_id
 from ssesup.hub.mailbox import Overflow
 from ssesup.hub.metrics import HubCounters, NoCounters, hub_metrics
 from ssesup.hub.subscription import Subscription
+from ssesup.identity import check_user
 from ssesup.stream import SupervisedStream
-from ssesup.supervisor import Supervisor, supervisor_for
+from ssesup.supervisor import LoopSupervision, Supervisor, disconnect_everywhere, supervisor_for, watch_identified
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -150,6 +153,10 @@ class Hub:
         )
         self.metrics_channels = metrics_channels
         self._live: RunVar[LoopHub] = RunVar(f"ssesup.hub.{id(self)}")
+        # Revocations from other processes: followed on each loop while it has streams with a user.
+        self._control: RunVar[LoopControl] = RunVar(f"ssesup.hub.control.{id(self)}")
+        if self.backend.shared:
+            watch_identified(self._identified)
 
     # -- the API -------------------------------------------------------------------------------------
 
@@ -218,6 +225,23 @@ class Hub:
     def subscribe_internal(self, *names: str, last_event_id: str | None = None) -> Subscription:
         """A subscription of internal channels (:meth:`publish_internal`), as :meth:`subscribe`."""
         return Subscription(self, [internal_channel(name) for name in names], last_event_id, internal=True)
+
+    # -- identity: revocation across processes -------------------------------------------------------
+
+    async def disconnect(self, user: str) -> int:
+        """End every supervised stream of ``user`` (hub stream or not) with ``revoked``, in every process
+        that shares this hub's engine: this process's at once (every event loop), the others' when the
+        message on the internal channel ``!control`` reaches them (Redis: a round trip). Returns how many
+        streams this process closed. Raises :class:`HubUnavailable` when the engine cannot be reached
+        (this process's streams are closed; the other processes were not told). See docs/auth.md."""
+        check_user(user)
+        closed = await disconnect_everywhere(user)
+        if self.backend.shared:
+            await self._publish(internal_channel(CONTROL_CHANNEL), revoke_message(user))
+        return closed
+
+    def _identified(self, live: LoopSupervision, present: bool) -> None:
+        loop_local(self._control, partial(LoopControl, self)).identified(present)
 
     async def healthy(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers within ``timeout`` seconds."""

@@ -102,6 +102,9 @@ class Backend(abc.ABC):
     """An engine of the hub. See the module's docstring for the contract."""
 
     name: ClassVar[str]
+    shared: ClassVar[bool] = True
+    """Whether other processes share this engine (memory: no). A hub follows control messages between
+    processes (revocations) only on a shared engine."""
 
     @abc.abstractmethod
     async def epoch(self) -> str: ...

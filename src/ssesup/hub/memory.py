@@ -93,6 +93,7 @@ class MemoryBackend(Backend):
     seconds. A channel with nothing in history is forgotten (see the module's docstring)."""
 
     name = "memory"
+    shared = False
 
     def __init__(self, history_size: int, history_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.history_size = history_size
