@@ -26,6 +26,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 
 from procs import free_port, serve, uvicorn_argv
+from servers import wait_until
 from ssesup import CloseReason, Event, SupervisedStream, Supervisor
 from ssesup.deadlines import next_check
 from ssesup.testing import AsyncSSEClient, EventStreamParser, SSEClient
@@ -269,6 +270,46 @@ def test_the_log_names_the_user_escaped():
         SSEClient(app).stream("/e")
     (closed,) = [line for line in logs if line["event"] == "stream.closed"]
     assert closed["user"] == "eve\\x1b[2J" and closed["close_reason"] == "expired"
+
+
+# -- the per-user cap ------------------------------------------------------------------------------------
+
+
+def test_over_the_per_user_cap_a_stream_is_refused_with_429_and_retry_after(tmp_path):
+    port = free_port()
+    argv = uvicorn_argv("apps.identity_app:app", port, "--log-level", "warning")
+    with serve(argv, port, tmp_path, env={"SSESUP_MAX_PER_USER": "2"}) as server:
+        url = server.url
+
+        def open_stream(user: str):
+            token = httpx.post(f"{url}/token", params={"user": user}).json()["token"]
+            client = httpx.Client(timeout=10)
+            response = client.send(
+                client.build_request("GET", f"{url}/plain", headers={"Authorization": f"Bearer {token}"}), stream=True
+            )
+            return client, response
+
+        alice = [open_stream("alice") for _ in range(2)]
+        assert [response.status_code for _, response in alice] == [200, 200]
+        client, refused = open_stream("alice")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+        assert refused.read() == b"too many streams for this user: reconnect later\n"
+        client.close()
+        bob = open_stream("bob")  # another user is not counted with alice
+        assert bob[1].status_code == 200
+        alice[0][1].close()
+        alice[0][0].close()
+
+        def reopened() -> bool:
+            client, response = open_stream("alice")
+            alice.append((client, response))
+            return response.status_code == 200
+
+        wait_until(reopened, timeout=5)  # her closed stream no longer counts
+        assert "reason=max_streams_per_user" in server.log() and "user=alice" in server.log()
+        for client, response in [*alice, bob]:
+            response.close()
+            client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover
