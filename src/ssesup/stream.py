@@ -34,6 +34,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup import logs
 from ssesup.closing import close_generator
 from ssesup.connection import find_connection, supervised_send
 from ssesup.current import CURRENT, current_stream
@@ -449,7 +450,7 @@ class SupervisedStream(Response):
             self._fire(Trigger.CLIENT_DISCONNECT)
             return
         # Not the client's doing: the server refused what was sent (an invalid header, say).
-        log.error("stream.send_failed", stream_id=self.stream_id, route=self.route, exc_info=error)
+        logs.exception("stream.send_failed", error, stream_id=self.stream_id, route=self.route)
         self._fire(Trigger.SEND_FAILED)
 
     def _count(self, events: int, pings: int, size: int) -> None:
@@ -667,7 +668,7 @@ class SupervisedStream(Response):
             try:
                 connection.release(peer_dead=self.close_reason is CloseReason.DEAD_PEER)
             except Exception:
-                log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
+                logs.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 
     # -- the generator's end ----------------------------------------------------------------------------
 

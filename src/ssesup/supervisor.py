@@ -357,7 +357,7 @@ class Supervisor:
                 raise TypeError(f"farewell(stream) must return an Event or None, not {type(last).__name__}")
             return last.encode(sep) + hint
         except Exception:
-            log.exception("stream.farewell_failed", stream_id=stream.stream_id, route=stream.route)
+            logs.exception("stream.farewell_failed", stream_id=stream.stream_id, route=stream.route)
             return hint
 
     def _finish_drain(self, live: LoopSupervision) -> None:
@@ -442,7 +442,7 @@ class Supervisor:
             try:
                 getattr(observer, method)(*args)
             except Exception:
-                log.exception("observer.failed", observer=type(observer).__qualname__, method=method)
+                logs.exception("observer.failed", observer=type(observer).__qualname__, method=method)
 
     def _index_handlers(self) -> None:
         """Per method, the observers that override it: ``notify`` runs for every transition and every
@@ -491,7 +491,7 @@ def _identified_changed(live: LoopSupervision, present: bool) -> None:
             try:
                 callback(live, present)
             except Exception:
-                log.exception("observer.failed", observer=type(callback).__qualname__, method="identified")
+                logs.exception("observer.failed", observer=type(callback).__qualname__, method="identified")
 
 
 async def disconnect_everywhere(user: str) -> int:

@@ -12,14 +12,19 @@ stops an ``EventSource`` for good.
   "log in"; a real app authenticates this request);
 * ``GET /events?channels=a,b`` — ``hub.stream(request, "a", "b", expires_at=...)`` (401 without a valid
   credential, or for a user logged out here);
-* ``GET /plain`` — a stream of the app's own ticks (not the hub's), for the same user;
+* ``GET /plain`` — a stream of the app's own ticks (not the hub's), for the same user; ``GET /count?n=3``
+  — three ticks, then the end;
 * ``GET /fail`` — a generator that fails, with the request's credentials in its local variables;
 * ``POST /publish?channel=c&start=0&count=1`` — publishes ``{"n": start}``, ... named ``number``;
 * ``POST /disconnect?user=alice`` — ``hub.disconnect(user)`` (every process), ``&local=1``:
   ``supervisor.disconnect(user)`` (this process), ``&logout=1`` also refuses the user's credentials here
   from now on;
 * ``GET /presence?channel=c`` — ``hub.presence(channel)``;
-* ``GET /metrics``, and ``GET /page`` (the browser test's page, ``identity_page.html``).
+* ``GET /metrics``, ``POST /drain`` (the drain endpoint, token :data:`DRAIN_TOKEN`), and ``GET /page``
+  (the browser test's page, ``identity_page.html``).
+
+``SSESUP_LOG=console|json`` calls ``configure_logging`` (else structlog stays unconfigured); uvicorn's
+access log gets :class:`~ssesup.logs.RedactQueryStrings`, as docs/deploying.md advises.
 
 ``app`` is that app over ``Hub(SSESUP_HUB_URL)`` (in memory when unset), for uvicorn subprocesses.
 """
@@ -30,6 +35,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -45,9 +51,15 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ssesup import Event, Hub, StreamLimits, SupervisedStream, Supervisor
+from ssesup.logs import RedactQueryStrings, configure_logging
 from ssesup.metrics import metrics_app
 
 SECRET = b"identity-test-secret"
+DRAIN_TOKEN = "identity-drain-token-0123456789abcdef"
+
+if os.environ.get("SSESUP_LOG"):
+    configure_logging(json=os.environ["SSESUP_LOG"] == "json")
+logging.getLogger("uvicorn.access").addFilter(RedactQueryStrings())
 PAGE = Path(__file__).with_name("identity_page.html")
 
 
@@ -82,6 +94,8 @@ class TokenBackend(AuthenticationBackend):
         self.logged_out = logged_out
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, TokenUser] | None:
+        if conn.url.path == "/drain":  # the drain endpoint's bearer token is its own
+            return None
         token = conn.query_params.get("token")
         if token is None and conn.headers.get("authorization", "").startswith("Bearer "):
             token = conn.headers["authorization"][len("Bearer ") :]
@@ -131,6 +145,16 @@ def make_app(hub: Hub, supervisor: Supervisor) -> Starlette:
 
         return SupervisedStream(ticks(), expires_at=request.user.expires_at, headers={"x-worker": str(os.getpid())})
 
+    async def count(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+
+        async def ticks():
+            for n in range(int(request.query_params.get("n", "3"))):
+                yield Event(str(n), event="tick")
+
+        return SupervisedStream(ticks())
+
     async def fail(request: Request) -> Response:
         async def failing():
             # What a failing generator holds in its frame: the credentials of the request.
@@ -175,7 +199,9 @@ def make_app(hub: Hub, supervisor: Supervisor) -> Starlette:
             Route("/token", token, methods=["POST"]),
             Route("/events", events),
             Route("/plain", plain),
+            Route("/count", count),
             Route("/fail", fail),
+            Route("/drain", supervisor.drain_endpoint(DRAIN_TOKEN), methods=["POST"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/disconnect", disconnect, methods=["POST"]),
             Route("/login", login, methods=["POST"]),
@@ -196,5 +222,5 @@ def _limits() -> Any:
 
 app = make_app(
     Hub(os.environ.get("SSESUP_HUB_URL") or None, history_size=20_000),
-    Supervisor(reconnect=(0.2, 0.4), limits=_limits(), ping=1),
+    Supervisor(reconnect=(0.2, 0.4), limits=_limits(), ping=1, drain_grace=2),
 )
