@@ -57,6 +57,9 @@ class LoopPresence:
         self.delay = FLUSH_DELAY if hub.backend.shared else 0.0
         self._wakeup = anyio.Event()
         self._task: object = None
+        # One write at a time: two in flight (the task's and a read's flush) could land out of order and
+        # leave an older snapshot of a channel in the engine.
+        self._writing = anyio.Lock()
 
     def join(self, channels: tuple[str, ...], user: str) -> None:
         """A subscription of ``user`` to ``channels`` opened."""
@@ -105,6 +108,13 @@ class LoopPresence:
         """Write what changed now (a presence read on this loop sees this loop's own changes)."""
         if not self.dirty:
             return
+        async with self._writing:
+            await self._write()
+
+    async def _write(self, heartbeat: bool = False) -> None:
+        """Write the changed channels' records (under ``_writing``); with none, a heartbeat if asked."""
+        if not self.dirty and not heartbeat:
+            return
         changed = {channel: dict(self.counts.get(channel, {})) for channel in self.dirty}
         self.dirty.clear()
         try:
@@ -122,7 +132,8 @@ class LoopPresence:
             while True:
                 if not self.counts and not self.dirty:
                     if self.written:
-                        await self.hub.call("presence_write", lambda: self.hub.backend.presence_leave(self.member))
+                        async with self._writing:
+                            await self.hub.call("presence_write", lambda: self.hub.backend.presence_leave(self.member))
                         self.written = False
                     if not self.counts:  # no stream joined meanwhile
                         return
@@ -135,12 +146,9 @@ class LoopPresence:
                 if self.dirty and self.delay:
                     await anyio.sleep(self.delay)  # more changes come in the same call
                 try:
-                    if self.dirty:
-                        await self.flush()
-                    elif clock() >= beat_due:
-                        await self.hub.call(
-                            "presence_write", lambda: self.hub.backend.presence_write(self.member, {}, TTL)
-                        )
+                    if self.dirty or clock() >= beat_due:
+                        async with self._writing:
+                            await self._write(heartbeat=True)
                     else:
                         continue
                 except HubUnavailable:
