@@ -2,8 +2,9 @@
 cookies; with ``rich`` installed (typer and fastapi-cli pull it in), structlog's console renderer printed
 each frame's local variables in tracebacks, a failing generator's token among them. A real uvicorn,
 its access log on, gets credentials all three ways (query, ``Authorization``, cookie) through every
-ending (completed, client_disconnect, error, expired, revoked, refused with 429 and 401, the drain
-endpoint refusing a wrong token, drained); the whole log names the users and never a credential, with
+ending a test can cause on the loopback (completed, client_disconnect, error, send_timeout, expired,
+revoked, drained; refused with 429, 401 and 503 while draining; the drain endpoint refusing a wrong
+token); the whole log names the users and never a credential, with
 structlog unconfigured and with ``configure_logging`` (console, JSON)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ import time
 import httpx
 import pytest
 
+from apps.metrics_app import sample
 from procs import free_port, serve, uvicorn_argv
 from servers import wait_until
 from test_revocation import Held
@@ -96,6 +99,21 @@ def test_no_credential_reaches_the_log_through_any_ending(tmp_path, logging_mode
             wait_until(lambda: revoked.ended_at and gone.ended_at, timeout=5)  # noqa: B023
             assert expiring.names[-1] == "expired" and revoked.names[-1] == "revoked"
             kept.append(credentials.hold("/events?channels=news", credentials.token(f"keeper-{how}"), how))
+        # send_timeout: clients that stop reading a flood, each with its credential sent its own way.
+        stalled = []
+        for how in HOW:
+            request = credentials.request("/flood", credentials.token(f"user-{how}"), how)
+            target = request["url"].raw_path.decode()
+            headers = "".join(f"{name}: {value}\r\n" for name, value in request["headers"].items())
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+            stalled.append(sock)
+        timed_out = {"route": "/flood", "reason": "send_timeout"}
+        wait_until(lambda: (sample(server.url, "ssesup_streams_closed_total", **timed_out) or 0) >= 3, timeout=20)
+        for sock in stalled:
+            sock.close()
         # The drain endpoint: a wrong token refused (and never logged), then the drain.
         wrong = "wrong-drain-token-that-must-not-be-logged-42"
         credentials.secrets.append(wrong)
@@ -105,6 +123,8 @@ def test_no_credential_reaches_the_log_through_any_ending(tmp_path, logging_mode
         credentials.secrets.append(DRAIN_TOKEN)
         assert httpx.post(f"{server.url}/drain", headers={"Authorization": f"Bearer {DRAIN_TOKEN}"}).status_code == 202
         wait_until(lambda: all(h.ended_at for h in kept), timeout=10)
+        for how in HOW:  # refused while draining (503), credentials and all
+            assert credentials.get("/plain", credentials.token(f"user-{how}"), how).status_code == 503
         server.signal(signal.SIGTERM)
         server.process.wait(15)
         log = server.log()
@@ -112,7 +132,7 @@ def test_no_credential_reaches_the_log_through_any_ending(tmp_path, logging_mode
         assert secret not in log, f"{secret!r} is in the log:\n{log}"
     for how in HOW:
         assert f"user-{how}" in log  # the log names the stream's user
-    for reason in ("completed", "client_disconnect", "error", "expired", "revoked", "drained"):
+    for reason in ("completed", "client_disconnect", "error", "send_timeout", "expired", "revoked", "drained"):
         assert reason in log, reason
     assert "max_streams_per_user" in log and "drain.auth_failed" in log
     assert "token=***" in log  # the access log's query values, redacted

@@ -13,7 +13,8 @@ stops an ``EventSource`` for good.
 * ``GET /events?channels=a,b`` — ``hub.stream(request, "a", "b", expires_at=...)`` (401 without a valid
   credential, or for a user logged out here);
 * ``GET /plain`` — a stream of the app's own ticks (not the hub's), for the same user; ``GET /count?n=3``
-  — three ticks, then the end;
+  — three ticks, then the end; ``GET /flood`` — large events as fast as the client reads them (one that
+  stops reading is closed by a send deadline of 0.5 s);
 * ``GET /fail`` — a generator that fails, with the request's credentials in its local variables;
 * ``POST /publish?channel=c&start=0&count=1`` — publishes ``{"n": start}``, ... named ``number``;
 * ``POST /disconnect?user=alice`` — ``hub.disconnect(user)`` (every process), ``&local=1``:
@@ -155,6 +156,17 @@ def make_app(hub: Hub, supervisor: Supervisor) -> Starlette:
 
         return SupervisedStream(ticks())
 
+    async def flood(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+
+        async def large():
+            while True:
+                yield Event("f" * 65536)
+                await anyio.sleep(0)
+
+        return SupervisedStream(large(), send_timeout=0.5, ping=0)
+
     async def fail(request: Request) -> Response:
         async def failing():
             # What a failing generator holds in its frame: the credentials of the request.
@@ -201,6 +213,7 @@ def make_app(hub: Hub, supervisor: Supervisor) -> Starlette:
             Route("/plain", plain),
             Route("/count", count),
             Route("/fail", fail),
+            Route("/flood", flood),
             Route("/drain", supervisor.drain_endpoint(DRAIN_TOKEN), methods=["POST"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/disconnect", disconnect, methods=["POST"]),
