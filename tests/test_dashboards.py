@@ -202,8 +202,13 @@ def run_load(port: int, seconds: float) -> bool:
                 read_whole(f"/users/done{i}/events?count=3&every=0.05&ping=0")
             elif kind == 1:
                 hold(f"/users/gone{i}/events?every=0.1&ping=0").close()
-            else:
+            elif kind == 2:
                 read_whole("/broken")
+            elif kind == 3:
+                read_whole(f"/users/expiring{i}/events?every=0.1&ping=0&expires=0.3")  # ends expired
+            else:
+                with hold(f"/users/revoked{i}/events?every=0.1&ping=0"):
+                    httpx.post(f"http://127.0.0.1:{port}/admin/revoke?user=revoked{i}", timeout=10)
             time.sleep(0.2)
 
     def stall() -> None:
@@ -246,10 +251,11 @@ def run_load(port: int, seconds: float) -> bool:
     held = [hold(f"/users/held{i}/events?every=0.2&ping=0") for i in range(4)]
     held += [hold(f"/users/idle{i}/events?every=30") for i in range(2)]  # idle: pinged every 0.5 s
     held.append(hold("/channel?channel=ticks", b"id:"))
+    held.append(hold("/channel?channel=ticks&user=viewer", b"id:"))  # counted in presence
     hold("/stuck-sync").close()  # its blocked thread is abandoned
     try:
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(churn, kind) for kind in range(3)] + [pool.submit(stall)]
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(churn, kind) for kind in range(5)] + [pool.submit(stall)]
             futures += [pool.submit(resume), pool.submit(stall_channels)]
             time.sleep(seconds)
             stop.set()
@@ -298,7 +304,8 @@ def test_prometheus_scrapes_the_app_under_load_and_every_panel_and_alert_evaluat
     assert positive >= positive_needed, f"panels that never showed a value above 0: {positive_needed - positive}"
 
     reasons = prometheus.query(promql('sum by (reason) (ssesup_streams_closed_total{job=~"$job"}) > 0'))
-    expected = {"completed", "client_disconnect", "error", "send_timeout"} | ({"drained"} if drained else set())
+    expected = {"completed", "client_disconnect", "error", "send_timeout", "expired", "revoked"}
+    expected |= {"drained"} if drained else set()
     assert {series["metric"]["reason"] for series in reasons} >= expected
 
     routes = prometheus.get("/api/v1/label/route/values", **{"match[]": "ssesup_streams_opened_total"})

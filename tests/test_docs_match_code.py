@@ -67,7 +67,12 @@ def test_the_closed_metric_and_its_panel_list_every_close_reason():
 
 def test_the_rejected_and_auth_failure_metrics_list_every_reason_the_code_gives():
     admission = Admission(StreamLimits(max_streams=1, max_streams_per_client=1), clock=lambda: 0.0)
-    refusals = {Supervisor(metrics=False).drain_refusal.reason, admission.busy.reason, admission.too_many.reason}
+    refusals = {
+        Supervisor(metrics=False).drain_refusal.reason,
+        admission.busy.reason,
+        admission.too_many.reason,
+        admission.too_many_for_user.reason,
+    }
     assert values_after(row_of(OBSERVABILITY, "`ssesup_streams_rejected_total`"), "new streams refused:") >= refusals
     rejected = row_of(OBSERVABILITY, "`ssesup_streams_rejected_total`")
     assert set(re.findall(r"`(\w+)` \(\d{3}", rejected)) == refusals

@@ -54,6 +54,7 @@ class FakeStream:
     route: str = "/ticks"
     client: str = "10.0.0.1:5000"
     duration: float = 1.0
+    user: str | None = None
 
 
 def all_levels_captured():

@@ -5,9 +5,9 @@ machine, owned by one supervisor per event loop.
 """
 
 from ssesup.events import Event
-from ssesup.hub import Hub
+from ssesup.hub import Hub, HubUnavailable
 from ssesup.limits import StreamLimits
-from ssesup.logs import configure_logging
+from ssesup.logs import RedactQueryStrings, configure_logging
 from ssesup.metrics import metrics_app
 from ssesup.observers import StreamObserver
 from ssesup.states import CloseReason, IllegalTransition, State, Transition, Trigger
@@ -18,7 +18,9 @@ __all__ = [
     "CloseReason",
     "Event",
     "Hub",
+    "HubUnavailable",
     "IllegalTransition",
+    "RedactQueryStrings",
     "State",
     "StreamLimits",
     "StreamObserver",

@@ -55,6 +55,16 @@ def running_trio() -> bool:
         return False
 
 
+def loop_token() -> object:
+    """The running event loop itself (asyncio's loop, trio's token): the same object for every call on
+    one loop, compared with ``is``."""
+    if running_trio():
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    return asyncio.get_running_loop()
+
+
 def spawn_owned(fn: Callable[[], Coroutine[Any, Any, None]]) -> object:
     """Start ``fn()`` as a loop-wide task; return its handle (keep it: the owner owns the task)."""
     if running_trio():

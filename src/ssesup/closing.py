@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import structlog
 
+from ssesup import logs
 from ssesup._loop import abandon_task
 
 log = structlog.get_logger("ssesup")
@@ -56,6 +57,6 @@ async def close_generator(
             if aclose is not None:
                 await aclose()
         except Exception:
-            log.exception("stream.generator_close_failed", **fields)
+            logs.exception("stream.generator_close_failed", **fields)
     if scope.cancel_called:  # cut, also when the generator swallowed the cancellation
         log.error("stream.cleanup_cut", close_grace_s=grace, **fields)

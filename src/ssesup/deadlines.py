@@ -1,7 +1,7 @@
 """When the timer service should look at a stream again: a pure function of numbers.
 
-Owns: :func:`next_check`, the one place that combines a stream's ping, send deadline and dead-peer
-checks into one deadline (a stream has one timer entry for all three). Does not own: what happens when
+Owns: :func:`next_check`, the one place that combines a stream's ping, send deadline, dead-peer
+check and expiry into one deadline (a stream has one timer entry for all four). Does not own: what happens when
 it comes (the actor's timer callback) or the clock (the caller passes ``now``). Tested without a loop.
 """
 
@@ -18,6 +18,7 @@ def next_check(
     send_started: float | None,
     dead_peer_timeout: float,
     stalled_since: float | None,
+    expires: float | None = None,
 ) -> float:
     """The next time to look at a stream (``math.inf``: never), in the clock of ``now``.
 
@@ -27,7 +28,8 @@ def next_check(
       caught within 1.25x the timeout (with a ping check that often, the check that finds a send in
       flight schedules its exact deadline);
     * dead-peer checks every half of the timeout, or, once unacknowledged bytes were seen
-      (``stalled_since``), when the timeout since then runs out.
+      (``stalled_since``), when the timeout since then runs out;
+    * the credential's expiry (``expires``, in the clock of ``now``), when the stream has one.
     """
     deadline = last_activity + ping if ping else math.inf
     if send_timeout:
@@ -38,4 +40,6 @@ def next_check(
     if dead_peer_timeout:
         look = now + dead_peer_timeout / 2 if stalled_since is None else stalled_since + dead_peer_timeout
         deadline = min(deadline, look)
+    if expires is not None:
+        deadline = min(deadline, expires)
     return deadline

@@ -23,6 +23,7 @@ import anyio
 import structlog
 from starlette.types import Message, Send
 
+from ssesup import logs
 from ssesup._loop import wait, wake
 from ssesup.errors import EventTooLarge, StreamEnding
 from ssesup.events import encode_item
@@ -133,7 +134,7 @@ class Delivery:
             stream._fire(ending.trigger)
         except Exception as exc:
             if machine.state is not CLOSED:  # a generator cut short by its stream's end is no failure
-                log.exception("stream.generator_failed", stream_id=stream.stream_id, route=stream.route)
+                logs.exception("stream.generator_failed", stream_id=stream.stream_id, route=stream.route)
                 stream._keep_error(exc)
             stream._fire(Trigger.ERROR)
         except asyncio.CancelledError:

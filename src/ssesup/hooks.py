@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from ssesup import checks
+from ssesup import checks, logs
 
 log = structlog.get_logger("ssesup")
 
@@ -73,7 +73,7 @@ async def run_companion(
     try:
         await companion()
     except Exception as exc:
-        log.exception("stream.companion_failed", **fields)
+        logs.exception("stream.companion_failed", **fields)
         failed(exc)
 
 
@@ -92,5 +92,5 @@ async def call_on_close(
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            log.exception("stream.on_close_failed", **fields)
+            logs.exception("stream.on_close_failed", **fields)
             failed(exc)

@@ -1,4 +1,4 @@
-"""Admission of new streams: caps on concurrent streams, globally and per client.
+"""Admission of new streams: caps on concurrent streams, globally, per client and per user.
 
 Owns: deciding whether a new stream may open (:meth:`Admission.admit`) and counting the streams it let
 in until they leave (:meth:`Admission.leave`); the :class:`Refusal` a refused stream answers with; the
@@ -78,7 +78,11 @@ class StreamLimits:
 
     ``max_streams``: streams open at once; a stream over it is refused with ``503``
     (reason ``max_streams``). ``max_streams_per_client``: streams open at once for one client; over it,
-    ``429`` (reason ``max_streams_per_client``). ``trusted_proxies``: addresses or networks
+    ``429`` (reason ``max_streams_per_client``). ``max_streams_per_user``: streams open at once for one
+    user (a stream's ``user``; anonymous streams are not counted); over it, ``429`` (reason
+    ``max_streams_per_user``). Every cap counts per event loop (one per worker process), not across
+    processes: admission is decided on the request's path, where a round trip to a shared store would
+    cost every stream its latency and leave counts behind when a worker dies. ``trusted_proxies``: addresses or networks
     (``"10.0.0.0/8"``) whose ``X-Forwarded-For`` names the client (see the module's docstring).
     ``retry_after``: the ``Retry-After`` seconds of both refusals. ``log_every``: seconds between two
     ``stream.refused`` warnings of one reason (each says how many were refused since the last).
@@ -86,6 +90,7 @@ class StreamLimits:
 
     max_streams: int | None = None
     max_streams_per_client: int | None = None
+    max_streams_per_user: int | None = None
     trusted_proxies: Iterable[str | Network | ipaddress.IPv4Address | ipaddress.IPv6Address] = ()
     retry_after: int = 5
     log_every: float = LOG_EVERY
@@ -93,7 +98,7 @@ class StreamLimits:
     """``trusted_proxies`` parsed."""
 
     def __post_init__(self) -> None:
-        for name in ("max_streams", "max_streams_per_client"):
+        for name in ("max_streams", "max_streams_per_client", "max_streams_per_user"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (no cap), not {value!r}")
@@ -127,15 +132,21 @@ class Admission:
         """Streams admitted and not yet left."""
         self.per_client: dict[str, int] = {}
         """Streams admitted and not yet left, by client key (clients with none are absent)."""
-        # The client key each admitted stream counts for (None: per-client caps are off).
-        self._counted: dict[SupervisedStream, str | None] = {}
+        self.per_user: dict[str, int] = {}
+        """Streams admitted and not yet left, by user, when the per-user cap is on (users with none are absent)."""
+        # The client key and the user each admitted stream counts for (None: that cap is off, or anonymous).
+        self._counted: dict[SupervisedStream, tuple[str | None, str | None]] = {}
         self._max_total = limits.max_streams
         self._max_per_client = limits.max_streams_per_client
+        self._max_per_user = limits.max_streams_per_user
         self._networks = limits.networks
         self._hosts: dict[str, tuple[str, bool]] = {}
         self.busy = Refusal(503, limits.retry_after, "max_streams", b"server busy: reconnect later\n")
         self.too_many = Refusal(
             429, limits.retry_after, "max_streams_per_client", b"too many streams from this client: reconnect later\n"
+        )
+        self.too_many_for_user = Refusal(
+            429, limits.retry_after, "max_streams_per_user", b"too many streams for this user: reconnect later\n"
         )
         self._log = SummaryLog(
             "stream.refused", clock=clock or LoopPrimitives().clock, interval=limits.log_every, level=logging.WARNING
@@ -159,24 +170,33 @@ class Admission:
                     client=escape(key),
                 )
                 return self.too_many
-            self.per_client[key] = count + 1
+        user = stream.user if self._max_per_user is not None else None
+        if user is not None:
+            assert self._max_per_user is not None
+            if self.per_user.get(user, 0) >= self._max_per_user:
+                refusal = self.too_many_for_user
+                self._log.note(
+                    refusal.reason, reason=refusal.reason, limit=self._max_per_user, status=429, user=escape(user)
+                )
+                return refusal
+            self.per_user[user] = self.per_user.get(user, 0) + 1
+        if key is not None:
+            self.per_client[key] = self.per_client.get(key, 0) + 1
         self.total += 1
-        self._counted[stream] = key
+        self._counted[stream] = (key, user)
         return None
 
     def leave(self, stream: SupervisedStream) -> None:
         """``stream`` has ended: it no longer counts."""
         try:
-            key = self._counted.pop(stream)
+            key, user = self._counted.pop(stream)
         except KeyError:
             return
         self.total -= 1
         if key is not None:
-            left = self.per_client[key] - 1
-            if left:
-                self.per_client[key] = left
-            else:
-                del self.per_client[key]
+            _uncount(self.per_client, key)
+        if user is not None:
+            _uncount(self.per_user, user)
         self._log.flush()
 
     def client_key(self, scope: Scope) -> str:
@@ -213,6 +233,14 @@ class Admission:
             self._hosts.clear()
         self._hosts[host] = known
         return known
+
+
+def _uncount(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _without_port(hop: str) -> str:

@@ -2,8 +2,8 @@
 optional logging set-up.
 
 The supervisor calls :func:`log_transition` once per transition: one structured event with the stream
-id, route template, client address, from and to state, trigger, and, when the stream closed, its close
-reason and duration. Nothing in ssesup logs a line per event sent.
+id, route template, client address, the user it serves (when it has one), from and to state, trigger,
+and, when the stream closed, its close reason and duration. Nothing in ssesup logs a line per event sent.
 
 Levels: a stream's opening moves (``stream.transition``, OPEN to STREAMING) are ``debug``, the start of
 its drain is ``info``, its close (``stream.closed``) is ``info``, or ``warning`` when a send timed out or
@@ -32,8 +32,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qsl
 
 import structlog
 
@@ -67,6 +69,32 @@ def escape(value: str) -> str:
     return _UNSAFE.sub(_escaped, value)
 
 
+def exception(event: str, error: BaseException | None = None, /, *, logger: Any = None, **fields: Any) -> None:
+    """An ``error`` line with the traceback of ``error`` (by default the exception being handled),
+    rendered without local variables whatever renders it.
+
+    structlog's console renderer, unconfigured or configured with its defaults, prints each frame's local
+    variables when ``rich`` is installed (typer and fastapi-cli pull it in): a failing generator's
+    request, its token, a cookie. So unless ssesup's own set-up renders the line
+    (:func:`configure_structlog`, whose :func:`log_formatter` leaves locals out), ssesup renders the
+    traceback itself with the standard library's formatter (never any locals) into the ``exception``
+    field, which every renderer prints as it is."""
+    if error is None:
+        error = sys.exc_info()[1]
+    target = log if logger is None else logger
+    if error is None:
+        target.error(event, **fields)
+    elif _configured_by_ssesup():
+        target.error(event, exc_info=error, **fields)
+    else:
+        target.error(event, exception=traceback_text(error), **fields)
+
+
+def traceback_text(error: BaseException) -> str:
+    """``error``'s traceback as the standard library formats it: file, line and code, never a local."""
+    return "".join(traceback.format_exception(error)).rstrip("\n")
+
+
 def debug(event: str, **fields: Any) -> None:
     """A ``debug`` line, left out while structlog is unconfigured: its default prints every level, and
     nobody who configured nothing asked for debug lines. Once configured, its levels decide."""
@@ -92,6 +120,9 @@ def log_transition(stream: SupervisedStream, transition: Transition) -> None:
         "to_state": transition.to_state.value,
         "trigger": transition.trigger.value,
     }
+    user = stream.user
+    if user is not None:  # who the stream serves (never a credential: docs/auth.md)
+        fields["user"] = user if user.isprintable() else escape(user)
     if to_state is State.CLOSED:
         reason = transition.close_reason
         level = logging.WARNING if reason in _WARN_ON else logging.INFO
@@ -189,6 +220,15 @@ _SHARED_PROCESSORS: list[Any] = [
 ]
 
 
+_processors: list[Any] | None = None  # those configure_structlog set, while they are structlog's
+
+
+def _configured_by_ssesup() -> bool:
+    """Whether structlog runs with :func:`configure_structlog`'s set-up (its events rendered by a
+    ``logging`` formatter: :func:`log_formatter`, or the standard library's, neither showing locals)."""
+    return _processors is not None and structlog.is_configured() and structlog.get_config()["processors"] is _processors
+
+
 def configure_structlog() -> None:
     """Route structlog's events (ssesup's among them) into the standard library's ``logging``.
 
@@ -196,13 +236,15 @@ def configure_structlog() -> None:
     (``ssesup`` for ssesup's own), so the app's logging configuration decides levels and output; a
     handler whose formatter is :func:`log_formatter` renders the event's fields.
     """
+    global _processors
+    _processors = [
+        structlog.stdlib.filter_by_level,
+        *_SHARED_PROCESSORS,
+        structlog.processors.StackInfoRenderer(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *_SHARED_PROCESSORS,
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=_processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
@@ -221,7 +263,12 @@ def log_formatter(json: bool = False) -> logging.Formatter:
         )
         renderer: list[Any] = [tracebacks, structlog.processors.JSONRenderer()]
     else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        # Tracebacks as the standard library writes them: structlog's default, with rich installed,
+        # prints every frame's local variables (a request's token, a cookie).
+        console = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+        renderer = [console]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _escape_values, *renderer],
@@ -235,6 +282,44 @@ def _escape_values(logger: Any, method: str, event_dict: MutableMapping[str, Any
         if type(value) is str and not value.isprintable():
             event_dict[key] = escape(value)
     return event_dict
+
+
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+def _redacted_query(match: re.Match[str]) -> str:
+    pairs = parse_qsl(match.group()[1:], keep_blank_values=True)
+    if not pairs:
+        return match.group()
+    return "?" + "&".join(f"{name}=***" for name, _ in pairs)
+
+
+def redact_query(text: str) -> str:
+    """``text`` with the value of every query-string parameter in it replaced by ``***``
+    (``/events?token=abc&x=1`` -> ``/events?token=***&x=***``)."""
+    return _QUERY.sub(_redacted_query, text) if "?" in text else text
+
+
+class RedactQueryStrings(logging.Filter):
+    """A ``logging`` filter that writes every query-string value of a record's message and text arguments
+    as ``***``: a server's access log (uvicorn's ``uvicorn.access``, gunicorn's ``gunicorn.access``)
+    writes each request's path with its query, where an ``EventSource``'s token travels. Add it to the
+    access logger::
+
+        logging.getLogger("uvicorn.access").addFilter(ssesup.logs.RedactQueryStrings())
+
+    :func:`configure_logging` adds it to its handler (every record it writes). Keeping tokens out of
+    URLs (a cookie, a single-use ticket) is better still: docs/deploying.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact_query(arg) if isinstance(arg, str) else arg for arg in args)
+        elif isinstance(args, dict):
+            record.args = {key: redact_query(v) if isinstance(v, str) else v for key, v in args.items()}
+        return True
 
 
 class _Handler(logging.StreamHandler[TextIO]):
@@ -255,6 +340,7 @@ def configure_logging(*, json: bool = False, level: int | str = logging.INFO) ->
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
     handler = _Handler()
+    handler.addFilter(RedactQueryStrings())
     handler.setFormatter(log_formatter(json=json))
     root.addHandler(handler)
     root.setLevel(level)

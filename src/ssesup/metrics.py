@@ -50,7 +50,7 @@ DRAIN_DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300
 
 _ACTIVE_STATES = (State.OPEN, State.STREAMING, State.DRAINING)
 # Why new streams are refused: a drain (503), the cap on streams (503), the cap per client (429).
-REJECT_REASONS = ("draining", "max_streams", "max_streams_per_client")
+REJECT_REASONS = ("draining", "max_streams", "max_streams_per_client", "max_streams_per_user")
 # Why the drain endpoint refused a request: no bearer token (401), a wrong one (403), or it came during
 # the back-off after wrong ones and its token was not looked at (429).
 AUTH_FAILURE_REASONS = ("missing_token", "wrong_token", "backoff")

@@ -38,7 +38,8 @@ class StreamObserver:
         then."""
 
     def rejected(self, reason: str) -> None:
-        """A new stream was refused (``reason``: ``draining``, ``max_streams``, ``max_streams_per_client``)."""
+        """A new stream was refused (``reason``: ``draining``, ``max_streams``, ``max_streams_per_client``,
+        ``max_streams_per_user``)."""
 
     def drain_started(self, grace: float) -> None:
         """This loop's supervisor began a drain."""

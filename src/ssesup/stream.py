@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -32,6 +34,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ssesup import logs
 from ssesup.closing import close_generator
 from ssesup.connection import find_connection, supervised_send
 from ssesup.current import CURRENT, current_stream
@@ -41,6 +44,7 @@ from ssesup.edge import ServerConnection
 from ssesup.errors import EventTooLarge, SendTimeoutError, StreamEnding
 from ssesup.events import EncodedEvent, Event
 from ssesup.hooks import StreamHooks, call_on_close, run_companion
+from ssesup.identity import check_expires_at, check_user, user_of_scope
 from ssesup.logs import escape
 from ssesup.outbox import HIGH_WATER
 from ssesup.settings import PingFactory, StreamSettings, stream_overrides
@@ -96,6 +100,13 @@ class SupervisedStream(Response):
     wave; ``raise_errors`` makes a generator's, companion's, close callback's or send's error (and a
     send timeout, as :class:`SendTimeoutError`) propagate to the server after what was queued was sent,
     with no clean end of body.
+
+    Who it serves: ``user`` (a str, the user's id; by default the identity of the user Starlette's
+    ``AuthenticationMiddleware`` authenticated, ``None`` for anonymous) and ``expires_at`` (when the
+    credential that opened it expires: a UNIX time or an aware ``datetime``). At ``expires_at`` the
+    stream ends with ``expired``: an ``expired`` event, a ``retry:`` hint and the end of the body, so
+    that the client gets a fresh credential and reconnects. ``supervisor.disconnect(user)`` and
+    ``hub.disconnect(user)`` end a user's streams with ``revoked``. See docs/auth.md.
     """
 
     media_type = "text/event-stream"
@@ -108,6 +119,8 @@ class SupervisedStream(Response):
         "_delivery",
         "_drain_waiter",
         "_draining",
+        "_expires",
+        "_expires_at",
         "_hooks",
         "_id",
         "_iterator",
@@ -125,6 +138,7 @@ class SupervisedStream(Response):
         "_sync_iterator",
         "_timer",
         "_unreported",
+        "_user",
         "bytes_sent",
         "ended_at",
         "events_sent",
@@ -154,6 +168,8 @@ class SupervisedStream(Response):
         drain_grace: float | None = None,
         raise_errors: bool = False,
         supervisor: Supervisor | None = None,
+        user: str | None = None,
+        expires_at: float | datetime | None = None,
     ) -> None:
         if isinstance(content, AsyncIterable):
             self._iterator: AsyncIterator[Item] = aiter(content)
@@ -190,6 +206,9 @@ class SupervisedStream(Response):
         if supervisor is not None and not isinstance(supervisor, Supervisor):
             raise TypeError(f"supervisor must be a Supervisor or None, not {supervisor!r}")
         self._supervisor = supervisor
+        self._user = check_user(user)
+        self._expires_at = check_expires_at(expires_at)
+        self._expires: float | None = None  # the expiry in the loop's clock, once admitted
         self._machine = StreamMachine()
         self._draining = False
         self._drain_waiter: anyio.Event | None = None
@@ -232,6 +251,17 @@ class SupervisedStream(Response):
         """The peer address as the server saw it (``host:port``), or "" when the server gave none."""
         peer = self._peer
         return f"{peer[0]}:{peer[1]}" if peer else ""
+
+    @property
+    def user(self) -> str | None:
+        """The user this stream serves: given, or the authenticated user of its request (``None``:
+        anonymous). Known once the stream starts when it comes from the request."""
+        return self._user
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the credential that opened this stream expires (a UNIX time), or ``None``."""
+        return self._expires_at
 
     @property
     def state(self) -> State:
@@ -291,6 +321,8 @@ class SupervisedStream(Response):
             send = _websocket_denial(send)
         supervisor = self._supervisor or supervisor_for(scope)
         self._supervisor = supervisor
+        if self._user is None:
+            self._user = user_of_scope(scope)
         live = supervisor.loop_supervision  # looked up once: it costs a backend lookup per call
         refusal = supervisor.drain_refusal if live.draining else None
         if refusal is None and live.admission is not None:
@@ -346,7 +378,10 @@ class SupervisedStream(Response):
         delivery = self._delivery
         delivery.clock, delivery.wakeup = self._clock, live.loop.wakeup
         now = self.started_at = delivery.last_activity = self._clock()
-        if settings.ping or settings.send_timeout or settings.dead_peer_timeout:
+        if self._expires_at is not None:
+            # The wall clock's time, in the loop's clock: the timer checks the wall clock once it comes.
+            self._expires = now + (self._expires_at - time.time())
+        if settings.ping or settings.send_timeout or settings.dead_peer_timeout or self._expires is not None:
             self._timer = live.timers.schedule(self._next_check(now), self._on_timer)
 
     def _start_producing(self, task_group: Any, live: LoopSupervision) -> None:
@@ -415,7 +450,7 @@ class SupervisedStream(Response):
             self._fire(Trigger.CLIENT_DISCONNECT)
             return
         # Not the client's doing: the server refused what was sent (an invalid header, say).
-        log.error("stream.send_failed", stream_id=self.stream_id, route=self.route, exc_info=error)
+        logs.exception("stream.send_failed", error, stream_id=self.stream_id, route=self.route)
         self._fire(Trigger.SEND_FAILED)
 
     def _count(self, events: int, pings: int, size: int) -> None:
@@ -554,13 +589,23 @@ class SupervisedStream(Response):
             self._delivery.send_started,
             self._dead_peer_timeout,
             self._stalled_since,
+            self._expires,
         )
 
     def _on_timer(self, now: float) -> float | None:
-        """The timer service's callback: ping an idle stream, end a stalled send. No I/O here."""
+        """The timer service's callback: end an expired stream, ping an idle one, end a stalled send.
+        No I/O here."""
         settings = self._settings
         if self._machine.closed or settings is None:
             return None
+        expires = self._expires
+        if expires is not None and now >= expires:
+            left = self._expires_at - time.time() if self._expires_at is not None else 0.0
+            if left > 0:  # the wall clock was set back (or slewed) since admission: not yet
+                self._expires = now + left
+            else:
+                self._fire(Trigger.EXPIRED)
+                return None
         delivery = self._delivery
         started = delivery.send_started
         if started is not None and settings.send_timeout and now - started >= settings.send_timeout:
@@ -623,7 +668,7 @@ class SupervisedStream(Response):
             try:
                 connection.release(peer_dead=self.close_reason is CloseReason.DEAD_PEER)
             except Exception:
-                log.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
+                logs.exception("stream.release_failed", stream_id=self.stream_id, route=self.route)
 
     # -- the generator's end ----------------------------------------------------------------------------
 

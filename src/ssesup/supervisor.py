@@ -11,9 +11,13 @@ the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` mak
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
 import signal
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,16 +29,17 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssesup import checks, logs
-from ssesup._loop import LoopPrimitives, loop_local
+from ssesup._loop import LoopPrimitives, loop_local, loop_token
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.endpoints import DrainEndpoint, LivenessEndpoint, ReadinessEndpoint
 from ssesup.events import Event
+from ssesup.identity import check_user
 from ssesup.limits import Admission, Refusal, StreamLimits
 from ssesup.metrics import metrics_observer
 from ssesup.observers import OBSERVER_METHODS, StreamObserver, _LogObserver, _TransitionCallback
 from ssesup.settings import PingFactory, StreamSettings
 from ssesup.signals import NO_SERVER_HANDLER, listen_for_signals, server_graceful_timeout
-from ssesup.states import Transition, Trigger
+from ssesup.states import CloseReason, State, Transition, Trigger
 from ssesup.timers import Timer, TimerService
 
 if TYPE_CHECKING:
@@ -71,6 +76,23 @@ class LoopSupervision:
         self.report_timer: Timer | None = None
         # A ping factory that fails does so at every ping of every stream: one line per interval.
         self.ping_failures = logs.SummaryLog("stream.ping_factory_failed", clock=self.loop.clock, level=logging.ERROR)
+        # Who the live streams serve: user -> their streams (users with none are absent), so that a
+        # revocation touches that user's streams only; and how many live streams have a user.
+        self.users: dict[str, set[SupervisedStream]] = {}
+        self.identified = 0
+        self.token = loop_token()  # which loop this is (revocations from other threads go through its loop)
+
+    def close_user(self, user: str) -> int:
+        """End every live stream of ``user`` on this loop with ``revoked``; how many were open."""
+        streams = self.users.get(user)
+        if not streams:
+            return 0
+        closed = 0
+        for stream in tuple(streams):
+            if stream.state is not State.CLOSED:
+                stream.trigger(Trigger.REVOKED)
+                closed += 1
+        return closed
 
 
 class Supervisor:
@@ -134,6 +156,10 @@ class Supervisor:
         self._handlers: dict[str, list[StreamObserver]] = {}
         self._index_handlers()
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
+        # Every loop's live part (while its loop lives): a revocation reaches them all.
+        self._loops: weakref.WeakSet[LoopSupervision] = weakref.WeakSet()
+        with _registry_lock:
+            _supervisors.add(self)
 
     @property
     def ping(self) -> float:
@@ -168,7 +194,13 @@ class Supervisor:
     @property
     def loop_supervision(self) -> LoopSupervision:
         """This event loop's registry, timers and drain flag (created on first use)."""
-        return loop_local(self._live, partial(LoopSupervision, self.limits, self.sync_threads))
+        return loop_local(self._live, self._new_loop_supervision)
+
+    def _new_loop_supervision(self) -> LoopSupervision:
+        live = LoopSupervision(self.limits, self.sync_threads)
+        with _registry_lock:
+            self._loops.add(live)
+        return live
 
     def streams(self) -> Iterator[SupervisedStream]:
         """The live streams of the current event loop."""
@@ -179,11 +211,27 @@ class Supervisor:
         if not live.listening_for_signals:
             self._listen_for_signals(live)
         live.streams.add(stream)
+        user = stream.user
+        if user is not None:
+            live.users.setdefault(user, set()).add(stream)
+            live.identified += 1
+            if live.identified == 1:
+                _identified_changed(live, True)
         self.notify("opened", stream)
 
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
         """Remove an ended ``stream``; its observers hear what it sent since its last report."""
         live.streams.discard(stream)
+        user = stream.user
+        streams = live.users.get(user) if user is not None else None
+        if streams is not None and stream in streams:
+            assert user is not None
+            streams.discard(stream)
+            if not streams:
+                del live.users[user]
+            live.identified -= 1
+            if live.identified == 0:
+                _identified_changed(live, False)
         if live.admission is not None:
             live.admission.leave(stream)
         self.report_sent(stream)
@@ -192,6 +240,18 @@ class Supervisor:
         self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
         if live.draining and not live.drained.is_set():
             self._finish_drain(live)
+
+    # -- identity ------------------------------------------------------------------------------------
+
+    async def disconnect(self, user: str) -> int:
+        """End every stream of ``user`` that this supervisor supervises in this process, on every event
+        loop (each in its own loop's thread), with ``revoked``: a ``revoked`` event, then the end of the
+        body. Returns how many streams were open. For every process of a hub's engine, use
+        ``hub.disconnect(user)``; see docs/auth.md for making the reconnect fail (401/403)."""
+        check_user(user)
+        with _registry_lock:
+            loops = list(self._loops)
+        return await close_user_on(loops, user)
 
     # -- what streams sent ---------------------------------------------------------------------------
 
@@ -270,10 +330,23 @@ class Supervisor:
             stream.trigger(Trigger.FORCE_CLOSE)
 
     def farewell_bytes(self, stream: SupervisedStream, sep: str) -> bytes:
-        """The farewell of a drained stream: the user's last event, if any, and a jittered ``retry:``.
-        The hint goes out whatever the ``farewell`` function does: one that raises or returns something
-        that is not an :class:`Event` is logged (``stream.farewell_failed``) and its event left out."""
+        """The farewell of a stream whose row's ending is ``farewell``, in the words of its close reason.
+
+        ``drained``, ``shutdown``: the user's last event, if any, and a jittered ``retry:``. The hint goes
+        out whatever the ``farewell`` function does: one that raises or returns something that is not an
+        :class:`Event` is logged (``stream.farewell_failed``) and its event left out.
+        ``expired``: an event named ``expired`` (JSON data: ``reason`` and ``expires_at``) and a jittered
+        ``retry:``: the client gets a fresh credential and reconnects, resuming after its last id.
+        ``revoked``: an event named ``revoked`` (JSON data: ``reason``) and no ``retry:``: the client
+        reconnects after its own delay, and a route that refuses the revoked credential (401, 403) stops
+        it (docs/auth.md)."""
+        reason = stream.close_reason
+        if reason is CloseReason.REVOKED:
+            return Event(_json({"reason": reason.value}), event="revoked").encode(sep)
         hint = Event(retry=reconnect_ms(self.drain_settings.reconnect, self._rng)).encode(sep)
+        if reason is CloseReason.EXPIRED:
+            data = _json({"reason": reason.value, "expires_at": stream.expires_at})
+            return Event(data, event="expired").encode(sep) + hint
         if self.farewell is None:
             return hint
         try:
@@ -284,7 +357,7 @@ class Supervisor:
                 raise TypeError(f"farewell(stream) must return an Event or None, not {type(last).__name__}")
             return last.encode(sep) + hint
         except Exception:
-            log.exception("stream.farewell_failed", stream_id=stream.stream_id, route=stream.route)
+            logs.exception("stream.farewell_failed", stream_id=stream.stream_id, route=stream.route)
             return hint
 
     def _finish_drain(self, live: LoopSupervision) -> None:
@@ -369,7 +442,7 @@ class Supervisor:
             try:
                 getattr(observer, method)(*args)
             except Exception:
-                log.exception("observer.failed", observer=type(observer).__qualname__, method=method)
+                logs.exception("observer.failed", observer=type(observer).__qualname__, method=method)
 
     def _index_handlers(self) -> None:
         """Per method, the observers that override it: ``notify`` runs for every transition and every
@@ -391,6 +464,96 @@ class Supervisor:
             )
         add_middleware(SupervisorMiddleware, supervisor=self)
         return app
+
+
+# Every supervisor of the process (while it lives), for a revocation that reaches all of them.
+_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+# Told, on the loop, when a loop's supervision gets its first stream with a user (True) and loses its
+# last (False): the hub follows revocations from other processes while there are such streams.
+_identity_watchers: list[weakref.WeakMethod[Callable[[LoopSupervision, bool], None]]] = []
+# How long a revocation waits for another loop (thread) of the process to answer.
+OTHER_LOOP_TIMEOUT = 1.0
+
+
+def watch_identified(callback: Callable[[LoopSupervision, bool], None]) -> None:
+    """Call ``callback(live, present)`` (a bound method, held weakly) on a loop when its supervision's
+    first stream with a user registers (``True``) and when its last one leaves (``False``)."""
+    with _registry_lock:
+        _identity_watchers[:] = [ref for ref in _identity_watchers if ref() is not None]
+        _identity_watchers.append(weakref.WeakMethod(callback))
+
+
+def _identified_changed(live: LoopSupervision, present: bool) -> None:
+    for ref in tuple(_identity_watchers):
+        callback = ref()
+        if callback is not None:
+            try:
+                callback(live, present)
+            except Exception:
+                logs.exception("observer.failed", observer=type(callback).__qualname__, method="identified")
+
+
+async def disconnect_everywhere(user: str) -> int:
+    """End every supervised stream of ``user`` in this process, of every supervisor and event loop, with
+    ``revoked``; how many were open."""
+    check_user(user)
+    with _registry_lock:
+        loops = [live for supervisor in _supervisors for live in supervisor._loops]
+    return await close_user_on(loops, user)
+
+
+def close_user_here(user: str) -> int:
+    """End every supervised stream of ``user`` on this event loop (every supervisor's) with ``revoked``."""
+    here = loop_token()
+    with _registry_lock:
+        loops = [live for supervisor in _supervisors for live in supervisor._loops if live.token is here]
+    return sum(live.close_user(user) for live in loops)
+
+
+async def close_user_on(loops: list[LoopSupervision], user: str) -> int:
+    """``close_user(user)`` on each of ``loops``: this loop's at once, the others' through their own
+    loop's thread-safe call (answered within OTHER_LOOP_TIMEOUT, or not counted)."""
+    here = loop_token()
+    closed = 0
+    others = []
+    for live in loops:
+        if live.token is here:
+            closed += live.close_user(user)
+        elif live.identified:  # read from another thread: at worst a loop asked for nothing
+            others.append(live)
+    if not others:
+        return closed
+    answers: list[int] = []
+    answered = anyio.Event()
+    back = LoopPrimitives().call_soon_threadsafe
+    asked = 0
+
+    def answer(count: int) -> None:
+        answers.append(count)
+        if len(answers) == asked:
+            answered.set()
+
+    for live in others:
+
+        def there(live: LoopSupervision = live) -> None:
+            count = live.close_user(user)
+            with contextlib.suppress(RuntimeError):  # the asking loop has closed meanwhile
+                back(answer, count)
+
+        try:
+            live.loop.call_soon_threadsafe(there)
+        except RuntimeError:  # that loop has closed
+            continue
+        asked += 1
+    if asked:
+        with anyio.move_on_after(OTHER_LOOP_TIMEOUT):
+            await answered.wait()
+    return closed + sum(answers)
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[float], None]:

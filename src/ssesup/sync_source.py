@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import structlog
 
+from ssesup import logs
 from ssesup._loop import LoopPrimitives, wait, wake
 
 log = structlog.get_logger("ssesup")
@@ -183,6 +184,6 @@ class SyncSource:
             if close is not None:
                 close()
         except Exception:
-            log.exception("stream.generator_close_failed")
+            logs.exception("stream.generator_close_failed")
         finally:
             _count_abandoned(-1)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import anyio
 import structlog
 
+from ssesup import logs
 from ssesup._loop import spawn_owned
 
 log = structlog.get_logger("ssesup.timers")
@@ -135,7 +136,7 @@ class TimerService:
             try:
                 next_deadline = timer.callback(now)
             except Exception:
-                log.exception("timer.callback_failed")
+                logs.exception("timer.callback_failed", logger=log)
                 next_deadline = None
             if timer.cancelled:
                 continue

@@ -2,16 +2,19 @@
 
 ``uvicorn apps.metrics_app:app --app-dir tests``. Routes:
 
-* ``/users/{user_id}/events?count=N&every=S&ping=P``: a route with a path parameter; the first event
-  tells the worker's pid, then a tick every ``S`` seconds, ``N`` of them (0: until the client leaves);
+* ``/users/{user_id}/events?count=N&every=S&ping=P&expires=E``: a route with a path parameter, whose
+  streams serve that user; the first event tells the worker's pid, then a tick every ``S`` seconds, ``N``
+  of them (0: until the client leaves); with ``E``, the stream expires ``E`` seconds after it opens;
 * ``/broken``: one event, then the generator raises (closes with ``error``);
 * ``/flood``: large events as fast as the client takes them (a stalled client hits the send timeout);
 * ``/stuck-sync``: a sync generator that says hello, then blocks for good (its thread is abandoned when
   the client leaves);
-* ``/channel?channel=C&send_timeout=S``: ``hub.stream`` of one channel of an in-memory hub (history
+* ``/channel?channel=C&send_timeout=S&user=U``: ``hub.stream`` of one channel (serving ``U``: counted in
+  presence) of an in-memory hub (history
   of 100 events, mailboxes of 20; channel ``drops`` drops the oldest, the others close a slow consumer);
 * ``POST /publish?channel=C&count=N&size=B``: publishes ``N`` events of ``B`` bytes of padding to ``C``;
 * ``/admin/drain?grace=S``: drains this worker's streams (501 while the supervisor cannot drain);
+* ``POST /admin/revoke?user=U``: ``supervisor.disconnect(U)`` (this worker's streams of ``U``);
 * ``/pid?hold=S``: the pid of the worker and of its parent, after holding the worker's event loop ``S``
   seconds (meanwhile new connections go to another worker);
 * ``/metrics``: ssesup's metrics, summed over workers in multiprocess mode.
@@ -64,7 +67,9 @@ async def user_events(request: Request) -> SupervisedStream:
             yield Event.json({"tick": i}, id=str(i), event="tick")
 
     ping = request.query_params.get("ping")
-    return SupervisedStream(gen(), ping=None if ping is None else float(ping))
+    expires = request.query_params.get("expires")
+    expires_at = None if expires is None else time.time() + float(expires)
+    return SupervisedStream(gen(), ping=None if ping is None else float(ping), user=user, expires_at=expires_at)
 
 
 async def broken(request: Request) -> SupervisedStream:
@@ -107,7 +112,8 @@ def hub() -> Hub:
 async def channel(request: Request) -> SupervisedStream:
     send_timeout = request.query_params.get("send_timeout")
     options = {} if send_timeout is None else {"send_timeout": float(send_timeout)}
-    return hub().stream(request, request.query_params.get("channel", "ticks"), **options)
+    user = request.query_params.get("user")
+    return hub().stream(request, request.query_params.get("channel", "ticks"), user=user, **options)
 
 
 async def publish(request: Request) -> Response:
@@ -116,6 +122,10 @@ async def publish(request: Request) -> Response:
     count = int(request.query_params.get("count", "1"))
     ids = [await hub().publish(name, Event.json({"n": n, "pad": pad}, event="number")) for n in range(count)]
     return JSONResponse({"ids": ids})
+
+
+async def revoke(request: Request) -> Response:
+    return JSONResponse({"closed": await supervisor.disconnect(request.query_params["user"])})
 
 
 async def drain(request: Request) -> Response:
@@ -143,6 +153,7 @@ app = supervisor.install(
             Route("/channel", channel),
             Route("/publish", publish, methods=["POST"]),
             Route("/admin/drain", drain, methods=["POST"]),
+            Route("/admin/revoke", revoke, methods=["POST"]),
             Route("/pid", pid),
             Route("/metrics", metrics_app()),
         ]
@@ -182,7 +193,8 @@ def serve(command: Callable[[int], list[str]], log_path: Path, env: dict[str, st
     A free port can be taken by another program before the server binds it: then the server fails, or
     something else answers there. Either way the server is started again on another port.
     """
-    environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
+    environment = {**os.environ, "PYTHONPATH": path, **(env or {})}
     for _ in range(3):
         port = free_port()
         with open(log_path, "wb") as log:

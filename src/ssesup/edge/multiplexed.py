@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from ssesup import logs
 from ssesup.states import Trigger
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class Peer:
                     try:
                         trigger(Trigger.DEAD_PEER)
                     except Exception:
-                        log.exception("edge.peer_dead_notice_failed", stream=key)
+                        logs.exception("edge.peer_dead_notice_failed", stream=key)
             self.streams.clear()
         if self.connection is not None:
             self.connection.release(peer_dead=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -29,13 +30,17 @@ from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
 from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
 from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels, internal_channel
+from ssesup.hub.control import CHANNEL as CONTROL_CHANNEL
+from ssesup.hub.control import LoopControl, revoke_message
 from ssesup.hub.fanout import LoopHub
 from ssesup.hub.ids import GapReason, channels_digest, format_id
 from ssesup.hub.mailbox import Overflow
 from ssesup.hub.metrics import HubCounters, NoCounters, hub_metrics
+from ssesup.hub.presence import LoopPresence, summed
 from ssesup.hub.subscription import Subscription
+from ssesup.identity import check_user
 from ssesup.stream import SupervisedStream
-from ssesup.supervisor import Supervisor, supervisor_for
+from ssesup.supervisor import LoopSupervision, Supervisor, disconnect_everywhere, supervisor_for, watch_identified
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -149,6 +154,11 @@ class Hub:
         )
         self.metrics_channels = metrics_channels
         self._live: RunVar[LoopHub] = RunVar(f"ssesup.hub.{id(self)}")
+        # Revocations from other processes: followed on each loop while it has streams with a user.
+        self._control: RunVar[LoopControl] = RunVar(f"ssesup.hub.control.{id(self)}")
+        self._presence: RunVar[LoopPresence] = RunVar(f"ssesup.hub.presence.{id(self)}")
+        if self.backend.shared:
+            watch_identified(self._identified)
 
     # -- the API -------------------------------------------------------------------------------------
 
@@ -180,15 +190,24 @@ class Hub:
         epoch = await loop_hub.current_epoch()
         return format_id(epoch, channels_digest((channel,)), (position,))
 
-    def stream(self, request: Request, *channels: str, **stream_options: Any) -> SupervisedStream:
+    def stream(
+        self,
+        request: Request,
+        *channels: str,
+        user: str | None = None,
+        expires_at: float | datetime | None = None,
+        **stream_options: Any,
+    ) -> SupervisedStream:
         """A :class:`~ssesup.SupervisedStream` of ``channels`` that resumes after the request's
         ``Last-Event-ID`` header, else its ``last_event_id`` query parameter. ``stream_options`` are
-        SupervisedStream's (``ping``, ``send_timeout``, ``sep``, ...)."""
+        SupervisedStream's (``ping``, ``send_timeout``, ``sep``, ...). ``user`` (by default the
+        request's authenticated user) and ``expires_at`` are the stream's: a stream that expires ends
+        with an ``expired`` event and resumes, with a fresh credential, after its last id."""
         last_event_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         supervisor: Supervisor = stream_options.get("supervisor") or supervisor_for(request.scope)
         sep = stream_options.get("sep") or supervisor.sep
         subscription = Subscription(self, channels, last_event_id, sep=sep)
-        stream = SupervisedStream(subscription.encoded(), **stream_options)
+        stream = SupervisedStream(subscription.encoded(), user=user, expires_at=expires_at, **stream_options)
         subscription.stream = stream
         return stream
 
@@ -208,6 +227,38 @@ class Hub:
     def subscribe_internal(self, *names: str, last_event_id: str | None = None) -> Subscription:
         """A subscription of internal channels (:meth:`publish_internal`), as :meth:`subscribe`."""
         return Subscription(self, [internal_channel(name) for name in names], last_event_id, internal=True)
+
+    # -- identity: revocation across processes -------------------------------------------------------
+
+    async def disconnect(self, user: str) -> int:
+        """End every supervised stream of ``user`` (hub stream or not) with ``revoked``, in every process
+        that shares this hub's engine: this process's at once (every event loop), the others' when the
+        message on the internal channel ``!control`` reaches them (Redis: a round trip). Returns how many
+        streams this process closed. Raises :class:`HubUnavailable` when the engine cannot be reached
+        (this process's streams are closed; the other processes were not told). See docs/auth.md."""
+        check_user(user)
+        closed = await disconnect_everywhere(user)
+        if self.backend.shared:
+            await self._publish(internal_channel(CONTROL_CHANNEL), revoke_message(user))
+        return closed
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Who has streams open on ``channel``: user -> open streams (hub streams, and subscriptions in a
+        stream's generator, of streams with a user), across every process of the engine; anonymous
+        streams are not listed. This loop's own changes are written first; another process's are seen
+        within a fraction of a second (Redis: 50 ms and a round trip), and a process that died without
+        cleaning up drops out within 15 s. Raises :class:`HubUnavailable` when the engine cannot be
+        reached. See docs/auth.md."""
+        check_channel(channel)
+        await self.loop_presence().flush()
+        return summed(await self.call("presence", lambda: self.backend.presence(channel)))
+
+    def loop_presence(self) -> LoopPresence:
+        """This event loop's presence records (``ssesup.hub.presence``)."""
+        return loop_local(self._presence, partial(LoopPresence, self))
+
+    def _identified(self, live: LoopSupervision, present: bool) -> None:
+        loop_local(self._control, partial(LoopControl, self)).identified(present)
 
     async def healthy(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers within ``timeout`` seconds."""

@@ -22,6 +22,8 @@ The contract, for every engine:
 * ``close()`` releases this event loop's connections; the next call connects again.
 * ``appended(channel, after)`` (optional, not async) returns what ``wait`` would, for one channel, when
   the engine has it in this process already: the publisher's loop then fans it out in the same step.
+* ``presence_write``, ``presence_leave``, ``presence`` (optional): each event loop's presence records
+  (channel -> user -> open streams) with a time to live, and their sum per channel (``ssesup.hub.presence``).
 * ``followed(channel)`` (optional, not async): this loop's reader now follows ``channel`` (its cursor is
   set). An engine whose ``wait`` reads only the channels that changed since its last call reads this
   one at its next call too, so that what was appended while the cursor was being read is not missed.
@@ -102,6 +104,9 @@ class Backend(abc.ABC):
     """An engine of the hub. See the module's docstring for the contract."""
 
     name: ClassVar[str]
+    shared: ClassVar[bool] = True
+    """Whether other processes share this engine (memory: no). A hub follows control messages between
+    processes (revocations) only on a shared engine."""
 
     @abc.abstractmethod
     async def epoch(self) -> str: ...
@@ -126,6 +131,22 @@ class Backend(abc.ABC):
 
     def followed(self, channel: str) -> None:  # noqa: B027 (optional, not abstract)
         """This loop's reader now follows ``channel`` (optional: see the module's docstring)."""
+
+    # -- presence (optional: an engine without it answers no one present) -----------------------------
+
+    async def presence_write(  # noqa: B027 (optional, not abstract)
+        self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float
+    ) -> None:
+        """Set ``member``'s records of the channels in ``changed`` (user -> open streams; empty: none)
+        and keep every record of ``member`` for ``ttl`` seconds from now (a heartbeat: ``changed``
+        empty). A member is one event loop of one process."""
+
+    async def presence_leave(self, member: str) -> None:  # noqa: B027 (optional, not abstract)
+        """Remove every record of ``member``."""
+
+    async def presence(self, channel: str) -> list[dict[str, int]]:
+        """The records of ``channel`` of every member whose TTL has not run out (one per member)."""
+        return []
 
     def appended(self, channel: str, after: Position) -> Sequence[Entry]:
         """The entries of ``channel`` after ``after`` that this process holds already, without waiting

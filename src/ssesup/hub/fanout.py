@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import structlog
 
+from ssesup import logs
 from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
 from ssesup.hub.backend import Entry, HubUnavailable, Missed
 from ssesup.hub.ids import Position
@@ -215,7 +216,7 @@ class LoopHub:
                         batch = await backend.wait(self.cursors, HEALTH_EVERY)
                     except Exception as exc:
                         if not isinstance(exc, HubUnavailable):
-                            log.exception("hub.reader_failed", backend=backend.name)
+                            logs.exception("hub.reader_failed", backend=backend.name)
                         elif attempt == 0:
                             log.warning("hub.backend_unavailable", backend=backend.name, error=str(exc))
                         self.healthy = False

@@ -93,6 +93,7 @@ class MemoryBackend(Backend):
     seconds. A channel with nothing in history is forgotten (see the module's docstring)."""
 
     name = "memory"
+    shared = False
 
     def __init__(self, history_size: int, history_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.history_size = history_size
@@ -110,6 +111,8 @@ class MemoryBackend(Backend):
         self._readers: weakref.WeakSet[_LoopReader] = weakref.WeakSet()
         self._reader: RunVar[_LoopReader] = RunVar(f"ssesup.hub.memory.{id(self)}")
         self._sweeping = False
+        # Presence: member -> [the time its records expire, channel -> user -> open streams].
+        self._members: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
 
     async def epoch(self) -> str:
         return self._epoch
@@ -189,6 +192,27 @@ class MemoryBackend(Backend):
 
     async def wake(self) -> None:
         self._loop_reader().event.set()
+
+    async def presence_write(self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+        with self._lock:
+            _, records = self._members.get(member) or (0.0, {})
+            for channel, users in changed.items():
+                if users:
+                    records[channel] = dict(users)
+                else:
+                    records.pop(channel, None)
+            self._members[member] = (self._clock() + ttl, records)
+
+    async def presence_leave(self, member: str) -> None:
+        with self._lock:
+            self._members.pop(member, None)
+
+    async def presence(self, channel: str) -> list[dict[str, int]]:
+        with self._lock:
+            now = self._clock()
+            for member in [member for member, (until, _) in self._members.items() if until <= now]:
+                del self._members[member]  # its loop ended without removing them (a thread that died)
+            return [dict(records[channel]) for _, records in self._members.values() if channel in records]
 
     async def close(self) -> None:
         """Nothing to release: history stays for as long as the engine (and so its hub) lives."""

@@ -61,6 +61,20 @@ class HubMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.presence_users = Gauge(
+            "ssesup_hub_presence_users",
+            "Presence records this process holds: (channel, user) pairs with open streams.",
+            ("backend",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.presence_streams = Gauge(
+            "ssesup_hub_presence_streams",
+            "Hub subscriptions of streams with a user (counted in presence) open in this process.",
+            ("backend",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.mailbox_events = Gauge(
             "ssesup_hub_mailbox_events", "Events waiting in subscribers' mailboxes now.", registry=registry
         )
@@ -108,7 +122,7 @@ def hub_metrics(registry: CollectorRegistry | None = None) -> HubMetrics:
 
 
 # The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
-ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait")
+ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait", "presence", "presence_write")
 
 
 class NoCounters:
@@ -125,6 +139,8 @@ class NoCounters:
     def slow_consumer(self) -> None: ...
 
     def subscribers(self, change: int) -> None: ...
+
+    def presence(self, users: int, streams: int) -> None: ...
 
     def error(self, operation: str) -> None: ...
 
@@ -144,6 +160,8 @@ class HubCounters(NoCounters):
         # The series at 0 from the start, so that the first close or engine error shows in rate().
         metrics.slow_consumers.labels(backend)
         metrics.subscribers.labels(backend)
+        metrics.presence_users.labels(backend)
+        metrics.presence_streams.labels(backend)
         for operation in ENGINE_OPERATIONS:
             metrics.backend_errors.labels(backend, operation)
 
@@ -173,6 +191,11 @@ class HubCounters(NoCounters):
 
     def subscribers(self, change: int) -> None:
         self.metrics.subscribers.labels(self.backend).inc(change)
+
+    def presence(self, users: int, streams: int) -> None:
+        if users:
+            self.metrics.presence_users.labels(self.backend).inc(users)
+        self.metrics.presence_streams.labels(self.backend).inc(streams)
 
     def error(self, operation: str) -> None:
         self.metrics.backend_errors.labels(self.backend, operation).inc()

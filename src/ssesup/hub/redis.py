@@ -23,6 +23,10 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
   own (``<prefix>wake:<token>``), then ``XREAD`` of the channels it named that the loop follows: a
   publish costs each loop's reader what it finds, not every channel the loop follows (1,000 streams of
   16 channels each made every read cover 16,000 keys).
+* Presence: each event loop's records in one hash (``<prefix>presence:<member>``: channel -> JSON of user
+  -> open streams) and one sorted set of members by the time their records expire (``<prefix>presence``),
+  both written by one script that also refreshes the TTL; a read drops the members whose time passed
+  and sums the channel's record of the others, in one round trip (``ssesup.hub.presence``).
 * The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
   before are refused with a gap. Deleting one channel's key by hand is not noticed.
 * Every call has a deadline of ssesup's own (``anyio.fail_after``), not redis-py's ``socket_timeout``:
@@ -35,6 +39,7 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -101,6 +106,41 @@ local t = redis.call('TIME')
 return string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1)
 """
 
+# Presence. KEYS[1]: the sorted set of members by the time (ms, Redis's clock) their records expire;
+# KEYS[2]: the member's hash (channel -> JSON of user -> open streams). ARGV: the member, the TTL in ms,
+# then pairs of channel and JSON ('' removes the channel). Members whose time passed are dropped.
+_PRESENCE_WRITE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2])) end
+return 1
+"""
+
+# KEYS[1]: the sorted set of members. ARGV: the prefix of members' hashes, the channel. The channel's
+# record of every member whose time has not passed (members' hashes are named from the set: the hub
+# runs on one Redis, not a cluster).
+_PRESENCE_READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local found = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local record = redis.call('HGET', ARGV[1] .. member, ARGV[2])
+  if record then found[#found + 1] = record end
+end
+return found
+"""
+
 _FIELDS = ((b"d", "data"), (b"e", "event"), (b"c", "comment"))
 
 
@@ -165,6 +205,8 @@ class _LoopClients:
             client.connection_pool.connection_kwargs.update(socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT)
         self.append = self.pool.register_script(_APPEND)
         self.last = self.pool.register_script(_LAST)
+        self.presence_write = self.pool.register_script(_PRESENCE_WRITE)
+        self.presence_read = self.pool.register_script(_PRESENCE_READ)
         self.wake_key = ""
         self.wake_cursor = "0-0"
         # The reader's place in the log of changes (None: not read yet, or lost: read every channel).
@@ -198,6 +240,8 @@ class RedisBackend(Backend):
         self._stream_prefix = f"{prefix}ch:"
         self._epoch_key = f"{prefix}epoch"
         self._changes_key = f"{prefix}changes"
+        self._members_key = f"{prefix}presence"
+        self._member_prefix = f"{prefix}presence:"
         self._where = _where(url)
         self._clients: RunVar[_LoopClients | None] = RunVar(f"ssesup.hub.redis.{id(self)}", default=None)
 
@@ -348,6 +392,32 @@ class RedisBackend(Backend):
                 await pipe.execute()
 
         await self._run(poke)
+
+    async def presence_write(self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+        clients = self._loop()
+        args: list[Any] = [member, max(1, int(ttl * 1000))]
+        for channel, users in changed.items():
+            args += [channel, json.dumps(users, separators=(",", ":")) if users else ""]
+        keys = [self._members_key, self._member_prefix + member]
+        await self._run(lambda: clients.presence_write(keys=keys, args=args))
+
+    async def presence_leave(self, member: str) -> None:
+        clients = self._loop()
+
+        async def leave() -> None:
+            async with clients.pool.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._members_key, member)
+                pipe.delete(self._member_prefix + member)
+                await pipe.execute()
+
+        await self._run(leave)
+
+    async def presence(self, channel: str) -> list[dict[str, int]]:
+        clients = self._loop()
+        found = await self._run(
+            lambda: clients.presence_read(keys=[self._members_key], args=[self._member_prefix, channel])
+        )
+        return [json.loads(record) for record in found]
 
     async def close(self) -> None:
         clients = self._clients.get()

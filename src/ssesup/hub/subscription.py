@@ -24,7 +24,7 @@ from ssesup.current import running_stream
 from ssesup.errors import StreamEnding
 from ssesup.events import Event
 from ssesup.hub.backend import Entry, History, Missed
-from ssesup.hub.channels import check_channels
+from ssesup.hub.channels import INTERNAL_PREFIX, check_channels
 from ssesup.hub.ids import (
     MAX_ID_BYTES,
     GapReason,
@@ -65,6 +65,7 @@ class Subscription:
         "_items",
         "_loop_hub",
         "_positions",
+        "_present",
         "channels",
         "hub",
         "last_event_id",
@@ -102,6 +103,7 @@ class Subscription:
         self._closed = False
         self._loop_hub: LoopHub | None = None
         self._items: AsyncGenerator[Any, None] | None = None
+        self._present: str | None = None  # the user this subscription counts for in presence, while it does
 
     @property
     def overflow(self) -> Overflow:
@@ -163,6 +165,10 @@ class Subscription:
             self.stream = running_stream()
         loop_hub = self._loop_hub = hub.loop_hub()
         hub.counters.subscribers(1)
+        user = self.stream.user if self.stream is not None else None
+        if user is not None and not self.channels[0].startswith(INTERNAL_PREFIX):
+            self._present = user
+            hub.loop_presence().join(self.channels, user)
         try:
             # The start in methods of their own: what it needs is not kept, with the generator's frame,
             # for as long as the subscription lives.
@@ -348,3 +354,6 @@ class Subscription:
         if self._loop_hub is not None:
             self._loop_hub.leave(self.mailbox)
             self.hub.counters.subscribers(-1)
+        if self._present is not None:
+            self.hub.loop_presence().leave(self.channels, self._present)
+            self._present = None

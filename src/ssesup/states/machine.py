@@ -52,6 +52,10 @@ class Trigger(enum.Enum):
     """The drain grace ran out before the stream ended."""
     FORCE_CLOSE = "force_close"
     """The supervisor closes the stream now (its event loop is shutting down)."""
+    EXPIRED = "expired"
+    """The credential that opened the stream expired (its ``expires_at`` passed)."""
+    REVOKED = "revoked"
+    """The stream's user was disconnected (``supervisor.disconnect(user)``, ``hub.disconnect(user)``)."""
 
 
 class CloseReason(enum.Enum):
@@ -63,6 +67,8 @@ class CloseReason(enum.Enum):
     ERROR = "error"
     DRAINED = "drained"
     SHUTDOWN = "shutdown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
 
 
 class Ending(enum.Enum):
@@ -105,6 +111,8 @@ TRANSITIONS: dict[tuple[State, Trigger], Row] = {
     (OPEN, T.SEND_FAILED): Row(CLOSED, R.ERROR, E.ABANDON),
     (OPEN, T.DRAIN): Row(DRAINING),
     (OPEN, T.FORCE_CLOSE): Row(CLOSED, R.SHUTDOWN, E.FAREWELL),
+    (OPEN, T.EXPIRED): Row(CLOSED, R.EXPIRED, E.FAREWELL),
+    (OPEN, T.REVOKED): Row(CLOSED, R.REVOKED, E.FAREWELL),
     #
     (STREAMING, T.EXHAUSTED): Row(CLOSED, R.COMPLETED, E.FLUSH),
     (STREAMING, T.CLIENT_DISCONNECT): Row(CLOSED, R.CLIENT_DISCONNECT, E.GONE),
@@ -115,6 +123,8 @@ TRANSITIONS: dict[tuple[State, Trigger], Row] = {
     (STREAMING, T.SEND_FAILED): Row(CLOSED, R.ERROR, E.ABANDON),
     (STREAMING, T.DRAIN): Row(DRAINING),
     (STREAMING, T.FORCE_CLOSE): Row(CLOSED, R.SHUTDOWN, E.FAREWELL),
+    (STREAMING, T.EXPIRED): Row(CLOSED, R.EXPIRED, E.FAREWELL),
+    (STREAMING, T.REVOKED): Row(CLOSED, R.REVOKED, E.FAREWELL),
     #
     # A draining stream whose generator finishes by itself, or whose turn in the drain comes,
     # has been drained in order; one still open when the grace runs out is cut by the shutdown.
@@ -129,6 +139,10 @@ TRANSITIONS: dict[tuple[State, Trigger], Row] = {
     (DRAINING, T.ERROR): Row(CLOSED, R.ERROR, E.FLUSH),
     (DRAINING, T.SEND_FAILED): Row(CLOSED, R.ERROR, E.ABANDON),
     (DRAINING, T.FORCE_CLOSE): Row(CLOSED, R.SHUTDOWN, E.FAREWELL),
+    # The credential's end and a revocation end a stream in any state, draining too, with a farewell
+    # that names them (the supervisor's words for the reason): the client learns why it was closed.
+    (DRAINING, T.EXPIRED): Row(CLOSED, R.EXPIRED, E.FAREWELL),
+    (DRAINING, T.REVOKED): Row(CLOSED, R.REVOKED, E.FAREWELL),
 }
 
 
