@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from procs import free_port, serve, uvicorn_argv
 from servers import wait_until
-from ssesup import CloseReason, Event, SupervisedStream, Supervisor
+from ssesup import CloseReason, Event, SupervisedStream, Supervisor, current_stream
 from ssesup.deadlines import next_check
 from ssesup.testing import AsyncSSEClient, EventStreamParser, SSEClient
 
@@ -314,3 +314,31 @@ def test_over_the_per_user_cap_a_stream_is_refused_with_429_and_retry_after(tmp_
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize(("identity", "expected"), [(42, "42"), ("", None), ("u" * 300, None), ("alice", "alice")])
+def test_a_user_inferred_from_the_scope_never_fails_the_request(identity, expected):
+    """An app's identity may be a primary key (an int, a UUID), empty or long: the stream gets the user as
+    text where it can be one, else none, and the request is answered either way."""
+    class Identified(SimpleUser):
+        @property
+        def identity(self):
+            return identity
+
+    users = []
+
+    async def route(request):
+        async def gen():
+            users.append(current_stream().user)
+            yield Event("hello", id="1")
+
+        return SupervisedStream(gen())
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            scope["user"] = Identified("someone")
+        await Starlette(routes=[Route("/s", route)])(scope, receive, send)
+
+    response = SSEClient(app).stream("/s")
+    assert response.status == 200 and response.data() == ["hello"]
+    assert users == [expected]

@@ -174,7 +174,7 @@ def _check(scope: Mapping[str, Any], send: Callable[..., Any]) -> None:
 
 
 # Clients that call an app in-process, without a server or a connection.
-_IN_PROCESS = ("ssesup.testing", "starlette.testclient", "httpx._transports.asgi")
+_IN_PROCESS = ("ssesup.inprocess", "ssesup.testing", "starlette.testclient", "httpx._transports.asgi")
 
 
 def _in_process(node: Any) -> bool:

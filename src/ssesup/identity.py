@@ -45,7 +45,11 @@ def user_of_scope(scope: Scope) -> str | None:
         identity = user.identity
     except NotImplementedError:  # starlette's BaseUser: a user class without an identity
         return None
-    return check_user(identity, "the authenticated user's identity")
+    # Inferred, never refused: an app's identity may be a number or a UUID (a primary key), or empty, or
+    # longer than a user id may be; the request must not fail for it. Such a stream has no user unless
+    # the app passes ``user=`` itself (which is checked).
+    text = identity if isinstance(identity, str) else str(identity) if identity is not None else ""
+    return text if 0 < len(text) <= MAX_USER_LENGTH else None
 
 
 def check_expires_at(expires_at: object) -> float | None:
