@@ -13,9 +13,12 @@ import time
 
 import pytest
 import redis
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from ssesup import Event, Hub
+from ssesup import Event, Hub, SupervisedStream, Supervisor
 from ssesup.hub.memory import HORIZON_BUCKETS, MemoryBackend
+from ssesup.testing import AsyncSSEClient
 
 CHANNELS = 100_000
 AT_ONCE = 50  # publishes and subscriptions in flight at once (within redis-py's pool)
@@ -148,3 +151,34 @@ def test_on_redis_100k_channels_published_and_subscribed_expire_with_their_age_b
     assert client.dbsize() <= keys_before
     assert used() - memory_before < 2**20
     client.close()
+
+
+def test_loops_that_ended_leave_no_reader_and_no_identified_supervision_behind():
+    """Each event loop that subscribed had a reader the in-memory engine tells of every publish, and each
+    loop with a user's stream is where a revocation goes: loops that ended (asyncio.run after
+    asyncio.run, as scripts and tests do) must not be walked, or kept, for the process's life."""
+    hub = Hub(metrics=False)
+    supervisor = Supervisor(metrics=False, drain_on_signals=False)
+
+    async def route(request):
+        subscription = hub.subscribe("c", last_event_id=request.headers.get("last-event-id"))
+        return SupervisedStream(subscription, user="alice", supervisor=supervisor)
+
+    app = Starlette(routes=[Route("/s", route)])
+
+    async def one_loop() -> None:
+        first = await hub.publish("c", Event("x"))
+        await hub.publish("c", Event("y"))
+        async with AsyncSSEClient(app) as client, client.connect("/s", last_event_id=first) as connection:
+            assert (await connection.next_event()).data == "y"  # joined (its loop's reader runs), then replayed
+            assert hub.backend._readers
+
+    for _ in range(3):
+        asyncio.run(one_loop())
+
+    async def publish() -> None:
+        await hub.publish("c", Event("y"))
+
+    asyncio.run(publish())
+    assert len(hub.backend._readers) == 0
+    assert not supervisor._with_users

@@ -320,6 +320,7 @@ if __name__ == "__main__":  # pragma: no cover
 def test_a_user_inferred_from_the_scope_never_fails_the_request(identity, expected):
     """An app's identity may be a primary key (an int, a UUID), empty or long: the stream gets the user as
     text where it can be one, else none, and the request is answered either way."""
+
     class Identified(SimpleUser):
         @property
         def identity(self):

@@ -98,7 +98,7 @@ def test_supervisor_disconnect_ends_that_users_streams_on_every_event_loop_of_th
             for user in ("alice", "bob")
             for kind in ("", "&hub=1")
         }
-        wait_until(lambda: sum(len(live.streams) for live in supervisor._loops) == 8, timeout=10)
+        wait_until(lambda: sum(len(s) for live in supervisor._with_users for s in live.users.values()) == 8, timeout=10)
 
         async def disconnect():
             return await supervisor.disconnect("alice")
@@ -133,8 +133,9 @@ def test_a_revoked_stream_closes_with_reason_revoked_and_its_user_index_is_empti
     supervisor.install(app)
     with UvicornThread(app) as server:
         alice, bob = Held(f"{server.url}/e?user=alice").start(), Held(f"{server.url}/e?user=bob").start()
-        (live,) = supervisor._loops
-        assert set(live.users) == {"alice", "bob"} and live.identified == 2
+        wait_until(lambda: len(supervisor._with_users) == 1, timeout=5)
+        (live,) = supervisor._with_users
+        assert set(live.users) == {"alice", "bob"}
 
         async def disconnect():
             return await supervisor.disconnect("alice")
@@ -143,6 +144,8 @@ def test_a_revoked_stream_closes_with_reason_revoked_and_its_user_index_is_empti
         wait_until(lambda: alice.ended_at is not None, timeout=5)
         wait_until(lambda: set(live.users) == {"bob"}, timeout=5)
         assert closed == [("alice", CloseReason.REVOKED)] and bob.ended_at is None
+        assert anyio.run(supervisor.disconnect, "bob") == 1
+        wait_until(lambda: not supervisor._with_users, timeout=5)  # a loop with no user's stream is not kept
 
 
 # -- a real server: memory, one process ------------------------------------------------------------------

@@ -77,9 +77,8 @@ class LoopSupervision:
         # A ping factory that fails does so at every ping of every stream: one line per interval.
         self.ping_failures = logs.SummaryLog("stream.ping_factory_failed", clock=self.loop.clock, level=logging.ERROR)
         # Who the live streams serve: user -> their streams (users with none are absent), so that a
-        # revocation touches that user's streams only; and how many live streams have a user.
+        # revocation touches that user's streams only.
         self.users: dict[str, set[SupervisedStream]] = {}
-        self.identified = 0
         self.token = loop_token()  # which loop this is (revocations from other threads go through its loop)
 
     def close_user(self, user: str) -> int:
@@ -156,10 +155,8 @@ class Supervisor:
         self._handlers: dict[str, list[StreamObserver]] = {}
         self._index_handlers()
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
-        # Every loop's live part (while its loop lives): a revocation reaches them all.
-        self._loops: weakref.WeakSet[LoopSupervision] = weakref.WeakSet()
-        with _registry_lock:
-            _supervisors.add(self)
+        # This supervisor's loops that have streams with a user now (a revocation reaches these).
+        self._with_users: set[LoopSupervision] = set()
 
     @property
     def ping(self) -> float:
@@ -194,13 +191,7 @@ class Supervisor:
     @property
     def loop_supervision(self) -> LoopSupervision:
         """This event loop's registry, timers and drain flag (created on first use)."""
-        return loop_local(self._live, self._new_loop_supervision)
-
-    def _new_loop_supervision(self) -> LoopSupervision:
-        live = LoopSupervision(self.limits, self.sync_threads)
-        with _registry_lock:
-            self._loops.add(live)
-        return live
+        return loop_local(self._live, partial(LoopSupervision, self.limits, self.sync_threads))
 
     def streams(self) -> Iterator[SupervisedStream]:
         """The live streams of the current event loop."""
@@ -213,10 +204,12 @@ class Supervisor:
         live.streams.add(stream)
         user = stream.user
         if user is not None:
+            if not live.users:
+                with _registry_lock:
+                    _with_users.add(live)
+                    self._with_users.add(live)
             live.users.setdefault(user, set()).add(stream)
-            live.identified += 1
-            if live.identified == 1:
-                _identified_changed(live, True)
+            _identified_changed()
         self.notify("opened", stream)
 
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
@@ -229,9 +222,11 @@ class Supervisor:
             streams.discard(stream)
             if not streams:
                 del live.users[user]
-            live.identified -= 1
-            if live.identified == 0:
-                _identified_changed(live, False)
+                if not live.users:
+                    with _registry_lock:
+                        _with_users.discard(live)
+                        self._with_users.discard(live)
+            _identified_changed()
         if live.admission is not None:
             live.admission.leave(stream)
         self.report_sent(stream)
@@ -250,7 +245,7 @@ class Supervisor:
         ``hub.disconnect(user)``; see docs/auth.md for making the reconnect fail (401/403)."""
         check_user(user)
         with _registry_lock:
-            loops = list(self._loops)
+            loops = list(self._with_users)
         return await close_user_on(loops, user)
 
     # -- what streams sent ---------------------------------------------------------------------------
@@ -466,30 +461,40 @@ class Supervisor:
         return app
 
 
-# Every supervisor of the process (while it lives), for a revocation that reaches all of them.
-_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# The loops' supervisions (of every supervisor) that have streams with a user now: a revocation in this
+# process reaches these. A supervision is here only while it has such streams, so a loop that ended (its
+# streams with it) is not, however many loops the process has run.
+_with_users: set[LoopSupervision] = set()
 _registry_lock = threading.Lock()
-# Told, on the loop, when a loop's supervision gets its first stream with a user (True) and loses its
-# last (False): the hub follows revocations from other processes while there are such streams.
-_identity_watchers: list[weakref.WeakMethod[Callable[[LoopSupervision, bool], None]]] = []
+# Told, on the loop, each time a stream with a user registers or leaves there: the hub follows
+# revocations from other processes while the loop has such streams (identified_here()).
+_identity_watchers: list[weakref.WeakMethod[Callable[[], None]]] = []
 # How long a revocation waits for another loop (thread) of the process to answer.
 OTHER_LOOP_TIMEOUT = 1.0
 
 
-def watch_identified(callback: Callable[[LoopSupervision, bool], None]) -> None:
-    """Call ``callback(live, present)`` (a bound method, held weakly) on a loop when its supervision's
-    first stream with a user registers (``True``) and when its last one leaves (``False``)."""
+def watch_identified(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` (a bound method, held weakly) on a loop each time a stream with a user
+    registers or leaves there; the callback reads :func:`identified_here` (a state, not an edge: a
+    watcher that came late is right at the next stream)."""
     with _registry_lock:
         _identity_watchers[:] = [ref for ref in _identity_watchers if ref() is not None]
         _identity_watchers.append(weakref.WeakMethod(callback))
 
 
-def _identified_changed(live: LoopSupervision, present: bool) -> None:
+def identified_here() -> bool:
+    """Whether this event loop has supervised streams with a user now (any supervisor's)."""
+    here = loop_token()
+    with _registry_lock:
+        return any(live.token is here for live in _with_users)
+
+
+def _identified_changed() -> None:
     for ref in tuple(_identity_watchers):
         callback = ref()
         if callback is not None:
             try:
-                callback(live, present)
+                callback()
             except Exception:
                 logs.exception("observer.failed", observer=type(callback).__qualname__, method="identified")
 
@@ -499,7 +504,7 @@ async def disconnect_everywhere(user: str) -> int:
     ``revoked``; how many were open."""
     check_user(user)
     with _registry_lock:
-        loops = [live for supervisor in _supervisors for live in supervisor._loops]
+        loops = list(_with_users)
     return await close_user_on(loops, user)
 
 
@@ -507,7 +512,7 @@ def close_user_here(user: str) -> int:
     """End every supervised stream of ``user`` on this event loop (every supervisor's) with ``revoked``."""
     here = loop_token()
     with _registry_lock:
-        loops = [live for supervisor in _supervisors for live in supervisor._loops if live.token is here]
+        loops = [live for live in _with_users if live.token is here]
     return sum(live.close_user(user) for live in loops)
 
 
@@ -520,7 +525,7 @@ async def close_user_on(loops: list[LoopSupervision], user: str) -> int:
     for live in loops:
         if live.token is here:
             closed += live.close_user(user)
-        elif live.identified:  # read from another thread: at worst a loop asked for nothing
+        elif live.users:  # read from another thread: at worst a loop asked for nothing
             others.append(live)
     if not others:
         return closed

@@ -40,7 +40,7 @@ from ssesup.hub.presence import LoopPresence, summed
 from ssesup.hub.subscription import Subscription
 from ssesup.identity import check_user
 from ssesup.stream import SupervisedStream
-from ssesup.supervisor import LoopSupervision, Supervisor, disconnect_everywhere, supervisor_for, watch_identified
+from ssesup.supervisor import Supervisor, disconnect_everywhere, supervisor_for, watch_identified
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -257,8 +257,8 @@ class Hub:
         """This event loop's presence records (``ssesup.hub.presence``)."""
         return loop_local(self._presence, partial(LoopPresence, self))
 
-    def _identified(self, live: LoopSupervision, present: bool) -> None:
-        loop_local(self._control, partial(LoopControl, self)).identified(present)
+    def _identified(self) -> None:
+        loop_local(self._control, partial(LoopControl, self)).sync()
 
     async def healthy(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers within ``timeout`` seconds."""

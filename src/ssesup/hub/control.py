@@ -31,7 +31,7 @@ import structlog
 
 from ssesup._loop import spawn_owned
 from ssesup.events import Event
-from ssesup.supervisor import close_user_here
+from ssesup.supervisor import close_user_here, identified_here
 
 if TYPE_CHECKING:
     from ssesup.hub import Hub
@@ -66,19 +66,18 @@ class LoopControl:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.holders = 0  # the loop's supervisions that have streams with a user
         self.scope: anyio.CancelScope | None = None
         self.task: object = None
         self.last_id: str | None = None
-        self.received = 0  # control messages taken (for tests and debugging)
 
-    def identified(self, present: bool) -> None:
-        """A supervision of this loop got its first stream with a user (``present``) or lost its last."""
-        self.holders = max(0, self.holders + (1 if present else -1))
-        if self.holders and self.scope is None:
+    def sync(self) -> None:
+        """A stream with a user registered or left on this loop: follow ``!control`` while the loop has
+        any (whatever supervisor's), stop with the last."""
+        follow = identified_here()
+        if follow and self.scope is None:
             scope = self.scope = anyio.CancelScope()
             self.task = spawn_owned(lambda: self._follow(scope))
-        elif not self.holders and self.scope is not None:
+        elif not follow and self.scope is not None:
             self.scope.cancel()
             self.scope = None
             self.last_id = None  # a follower started later joins at the channel's end
@@ -107,6 +106,5 @@ class LoopControl:
             user, origin = message["user"], message["origin"]
         except (ValueError, KeyError, TypeError):
             return
-        self.received += 1
         if origin != process_token() and isinstance(user, str):
             close_user_here(user)

@@ -20,6 +20,7 @@ Thread-safe: loops in several threads may append, read and wait at once (one loc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import threading
@@ -32,7 +33,7 @@ from typing import Any
 import anyio
 from anyio.lowlevel import RunVar
 
-from ssesup._loop import LoopPrimitives, loop_local, spawn_owned
+from ssesup._loop import LoopPrimitives, loop_local, running_trio, spawn_owned
 from ssesup.events import Event
 from ssesup.hub.backend import Backend, Entry, History
 from ssesup.hub.ids import START, Position
@@ -61,10 +62,12 @@ class _LoopReader:
     """The reader of one event loop: waiting for an append, and the channels appended to since it last
     looked (``changed``; ``None`` until its first look, which reads every channel it follows)."""
 
-    __slots__ = ("__weakref__", "call_soon_threadsafe", "changed", "event", "thread")
+    __slots__ = ("__weakref__", "call_soon_threadsafe", "changed", "closed", "event", "thread")
 
     def __init__(self) -> None:
         self.call_soon_threadsafe: Callable[..., Any] = LoopPrimitives().call_soon_threadsafe
+        # Whether its loop has ended (asyncio's; a trio run's reader is dropped with its last reference).
+        self.closed: Callable[[], bool] = _never if running_trio() else asyncio.get_running_loop().is_closed
         self.thread = threading.get_ident()
         self.event = anyio.Event()
         self.changed: set[str] | None = None
@@ -132,8 +135,14 @@ class MemoryBackend(Backend):
             record.entries.append((now, Entry(position, event, record.last)))
             record.last = position
             self._trim(record, now)
+            ended = None
             for reader in self._readers:
-                reader.note(channel)
+                if reader.closed():
+                    ended = [*(ended or ()), reader]
+                else:
+                    reader.note(channel)
+            for reader in ended or ():  # a loop that ended (its reader kept by the loop's own variables)
+                self._readers.discard(reader)
             sweeper = not self._sweeping
             self._sweeping = True
             waiting, self._waiting = self._waiting, set()
@@ -298,3 +307,7 @@ class MemoryBackend(Backend):
         with self._lock:
             self._readers.add(reader)
         return reader
+
+
+def _never() -> bool:
+    return False
