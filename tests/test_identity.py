@@ -113,6 +113,23 @@ def test_expires_at_may_be_an_aware_datetime_and_a_past_one_ends_the_stream_at_o
     assert seen[0].close_reason is CloseReason.EXPIRED
 
 
+def test_a_stream_whose_credential_expired_already_never_starts_its_generator():
+    """Expired when admitted: the farewell and the end of the body, and nothing asked of the generator
+    (for a hub stream: no channel joined, no history read)."""
+    pulled: list[str] = []
+
+    async def route(request):
+        async def gen():
+            pulled.append("first")
+            yield Event("never", id="1")
+
+        return SupervisedStream(gen(), expires_at=time.time() - 5)
+
+    response = SSEClient(Starlette(routes=[Route("/e", route)])).stream("/e")
+    assert [event.event for event in response.events] == ["expired"] and response.ended
+    assert pulled == []
+
+
 def test_a_stream_without_expiry_or_timers_has_no_timer_entry():
     app, seen = app_of(lambda gen: SupervisedStream(gen, ping=0, send_timeout=0, dead_peer_timeout=0))
     SSEClient(app).stream("/e", count=1)

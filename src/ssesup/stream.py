@@ -348,9 +348,11 @@ class SupervisedStream(Response):
                 if await self._send_headers(send, start):
                     self._response_started = True
                     self._fire(Trigger.FIRST_SEND)
+                    if self._expires_at is not None and time.time() >= self._expires_at:
+                        self._fire(Trigger.EXPIRED)  # expired already: its farewell, and no generator started
                     if scope.get("method") == "HEAD":
                         self._fire(Trigger.EXHAUSTED)  # headers only: the generator is never started
-                    else:
+                    elif not self._machine.closed:  # ended while its headers went out (expired, revoked)
                         self._start_producing(task_group, live)
                     # The request's own task listens until the client leaves or the body has ended.
                     await self._listen(receive)
