@@ -229,6 +229,8 @@ def test_publish_takes_a_dict_of_event_fields_as_a_generator_may_yield():
         ({"channel_overflow": ["c"]}, "channel_overflow must map"),
         ({"url": "redis://"}, "names a host"),
         ({"url": "redis://:secret@/0"}, "names a host"),
+        ({"url": "redis:///0?password=secret"}, "names a host"),
+        ({"url": "http://u:secret@localhost/?password=secret"}, "memory://, redis://, rediss:// or unix://"),
         ({"url": "unix://"}, "names a socket's path"),
         ({"url": "http://localhost"}, "memory://, redis://, rediss:// or unix://"),
         ({"url": 6379}, "a hub URL is a str"),

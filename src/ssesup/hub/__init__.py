@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -39,6 +39,7 @@ from ssesup.hub.metrics import HubCounters, NoCounters, hub_metrics
 from ssesup.hub.presence import LoopPresence, summed
 from ssesup.hub.subscription import Subscription
 from ssesup.identity import check_user
+from ssesup.logs import redact_query
 from ssesup.stream import SupervisedStream
 from ssesup.supervisor import Supervisor, disconnect_everywhere, supervisor_for, watch_identified
 
@@ -341,11 +342,14 @@ def _backend_for(url: str | None, history_size: int, history_ttl: float, prefix:
 
 
 def _without_password(url: str) -> str:
+    """``url`` as an error may show it: a password in its user part, and every query value (redis-py
+    takes ``?password=``), as ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = f"?{parts.query}" if parts.query else ""
+    return redact_query(f"{parts.scheme}://{netloc}{parts.path}{query}")
 
 
 class _HubReadiness:
