@@ -129,12 +129,12 @@ def test_at_most_max_peers_are_remembered_the_longest_quiet_forgotten_first():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"free_failures": -1}, "free_failures must be an int >= 0"),
-        ({"global_free_failures": 1.5}, "global_free_failures must be an int >= 0"),
+        ({"free_failures": -1}, "free_failures must be a whole number >= 0"),
+        ({"global_free_failures": 1.5}, "global_free_failures must be a whole number >= 0"),
         ({"backoff": (0, 1)}, "backoff must be"),
         ({"backoff": (5, 1)}, "backoff must be"),
         ({"forget_after": 10}, "forget_after must be at least the longest back-off"),
-        ({"max_peers": 0}, "max_peers must be an int >= 1"),
+        ({"max_peers": 0}, "max_peers must be a whole number >= 1"),
     ],
 )
 def test_settings_are_checked_with_clear_errors(settings, message):

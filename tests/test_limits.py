@@ -182,10 +182,10 @@ def test_the_caps_hold_under_trio_too():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"max_streams": 0}, "max_streams must be an int >= 1 or None"),
-        ({"max_streams": True}, "max_streams must be an int >= 1 or None"),
-        ({"max_streams_per_client": 2.5}, "max_streams_per_client must be an int >= 1 or None"),
-        ({"retry_after": -1}, "retry_after must be an int of seconds >= 0"),
+        ({"max_streams": 0}, "max_streams must be a whole number >= 1, or None"),
+        ({"max_streams": True}, "max_streams must be a whole number >= 1, or None"),
+        ({"max_streams_per_client": 2.5}, "max_streams_per_client must be a whole number >= 1, or None"),
+        ({"retry_after": -1}, "retry_after must be a whole number >= 0"),
         ({"log_every": 0}, "log_every must be a number of seconds > 0"),
         ({"trusted_proxies": ["10.0.0.0/8", "proxy.local"]}, "'proxy.local' is not an IP address or network"),
     ],

@@ -38,6 +38,13 @@ def whole(name: str, value: object, *, minimum: int) -> int:
     return value
 
 
+def optional_whole(name: str, value: object, *, minimum: int, none: str) -> int | None:
+    """``None`` (what ``none`` says it means) or a whole number ``>= minimum``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, or None ({none}), not {value!r}")
+    return value
+
+
 def size(name: str, value: object) -> int | None:
     """A number of bytes ``> 0``, or ``None`` for no limit."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
+from ssesup import checks
 from ssesup.logs import SummaryLog, escape
 
 if TYPE_CHECKING:
@@ -98,18 +99,16 @@ class DrainEndpoint:
     ) -> None:
         if not isinstance(token, str) or len(token) < 16:
             raise ValueError("the drain endpoint needs a token of at least 16 characters")
-        for name, count in (("free_failures", free_failures), ("global_free_failures", global_free_failures)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise ValueError(f"{name} must be an int >= 0, not {count!r}")
-        first, longest = backoff
-        if not 0 < first <= longest:
+        checks.whole("free_failures", free_failures, minimum=0)
+        checks.whole("global_free_failures", global_free_failures, minimum=0)
+        first, longest = checks.seconds_range("backoff", backoff)
+        if not first > 0:
             raise ValueError(f"backoff must be (first wait, longest wait) with 0 < first <= longest, not {backoff!r}")
         if not forget_after >= longest:
             raise ValueError(
                 f"forget_after must be at least the longest back-off ({longest!r} s), not {forget_after!r}"
             )
-        if isinstance(max_peers, bool) or not isinstance(max_peers, int) or max_peers < 1:
-            raise ValueError(f"max_peers must be an int >= 1, not {max_peers!r}")
+        checks.whole("max_peers", max_peers, minimum=1)
         self.supervisor = supervisor
         self._token = token.encode()
         self._peers = _FailedAttempts(free_failures, backoff, forget_after)

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import anyio
@@ -34,9 +34,6 @@ from ssesup.current import running_stream
 from ssesup.parser import EventStreamParser, ServerSentEvent
 from ssesup.states import CloseReason
 from ssesup.stream import SupervisedStream
-
-if TYPE_CHECKING:
-    pass
 
 # -- what a client read ---------------------------------------------------------------------------------
 

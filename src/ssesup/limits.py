@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import Scope, Send
 
+from ssesup import checks
 from ssesup._loop import LoopPrimitives
 from ssesup.logs import SummaryLog, escape
 
@@ -99,13 +100,9 @@ class StreamLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_streams", "max_streams_per_client", "max_streams_per_user"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None (no cap), not {value!r}")
-        if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
-            raise ValueError(f"retry_after must be an int of seconds >= 0, not {self.retry_after!r}")
-        if isinstance(self.log_every, bool) or not isinstance(self.log_every, (int, float)) or not self.log_every > 0:
-            raise ValueError(f"log_every must be a number of seconds > 0, not {self.log_every!r}")
+            checks.optional_whole(name, getattr(self, name), minimum=1, none="no cap")
+        checks.whole("retry_after", self.retry_after, minimum=0)
+        checks.seconds("log_every", self.log_every, positive=True)
         if isinstance(self.trusted_proxies, (str, bytes)):
             raise TypeError(
                 f"trusted_proxies is a list of addresses or networks, not one string: [{self.trusted_proxies!r}]"

@@ -20,12 +20,9 @@ import signal
 import threading
 from collections.abc import Callable, Coroutine
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ssesup._loop import running_trio
-
-if TYPE_CHECKING:
-    pass
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -74,6 +74,7 @@ FAREWELL_BUDGET = 0.5
 # Added unless the response sets them; one pair shared by every stream (thousands may be open).
 _DEFAULT_HEADERS = ((b"cache-control", b"no-store"), (b"x-accel-buffering", b"no"))
 _ids = itertools.count(1)
+_NO_OVERRIDES: dict[str, Any] = {}  # shared, never written: override() makes a stream its own
 
 
 async def _not_started_yet() -> AsyncIterator[Item]:
@@ -190,17 +191,28 @@ class SupervisedStream(Response):
         for header in _DEFAULT_HEADERS:
             if header[0] not in present:
                 self.raw_headers.append(header)
-        self._overrides = stream_overrides(
-            {
-                "ping": ping,
-                "send_timeout": send_timeout,
-                "sep": sep,
-                "ping_factory": ping_factory,
-                "dead_peer_timeout": dead_peer_timeout,
-                "close_grace": close_grace,
-                "max_event_size": max_event_size,
-            }
-        )
+        if (
+            ping is None
+            and send_timeout is None
+            and sep is None
+            and ping_factory is None
+            and dead_peer_timeout is None
+            and close_grace is None
+            and max_event_size is None
+        ):
+            self._overrides: dict[str, Any] = _NO_OVERRIDES  # the common case: the supervisor's settings
+        else:
+            self._overrides = stream_overrides(
+                {
+                    "ping": ping,
+                    "send_timeout": send_timeout,
+                    "sep": sep,
+                    "ping_factory": ping_factory,
+                    "dead_peer_timeout": dead_peer_timeout,
+                    "close_grace": close_grace,
+                    "max_event_size": max_event_size,
+                }
+            )
         self._settings: StreamSettings | None = None  # the supervisor's, with the overrides, once started
         self._hooks = StreamHooks.of(on_close, companion, drain_event, drain_grace, raise_errors)
         if supervisor is not None and not isinstance(supervisor, Supervisor):

@@ -1,8 +1,10 @@
 """The supervisor: the registry of live streams, the central timers, and every transition's observers.
 
-Owns: which streams are alive on this event loop, the loop's :class:`~ssesup.timers.TimerService`,
-the drain flag, and the one place where transitions are observed (logs, then metrics and user
-observers). Does not own: per-connection I/O (that is the actor's) or state rules (``ssesup.states``).
+Owns: which streams are alive on this event loop and whom they serve (the user index a revocation
+reads), the loop's :class:`~ssesup.timers.TimerService`, the drain flag, the farewell of each ending,
+and the one place where transitions are observed (logs, then metrics and user observers). Does not own:
+per-connection I/O (that is the actor's), state rules (``ssesup.states``), or reaching the other loops
+of the process (``ssesup.revocation``).
 
 A ``Supervisor`` is configuration plus an API; its live part is one :class:`LoopSupervision` per event
 loop (an anyio ``RunVar``), so several loops in several threads share nothing. With zero configuration
@@ -11,13 +13,9 @@ the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` mak
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import random
 import signal
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +26,7 @@ from anyio.lowlevel import RunVar
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ssesup import checks, logs
+from ssesup import checks, logs, revocation
 from ssesup._loop import LoopPrimitives, loop_local, loop_token
 from ssesup.drain import DrainSettings, reconnect_ms, wave_offsets
 from ssesup.endpoints import DrainEndpoint, LivenessEndpoint, ReadinessEndpoint
@@ -205,11 +203,11 @@ class Supervisor:
         user = stream.user
         if user is not None:
             if not live.users:
-                with _registry_lock:
-                    _with_users.add(live)
+                with revocation.registry_lock:
+                    revocation.with_users.add(live)
                     self._with_users.add(live)
             live.users.setdefault(user, set()).add(stream)
-            _identified_changed()
+            revocation.identified_changed()
         self.notify("opened", stream)
 
     def unregister(self, stream: SupervisedStream, live: LoopSupervision) -> None:
@@ -223,10 +221,10 @@ class Supervisor:
             if not streams:
                 del live.users[user]
                 if not live.users:
-                    with _registry_lock:
-                        _with_users.discard(live)
+                    with revocation.registry_lock:
+                        revocation.with_users.discard(live)
                         self._with_users.discard(live)
-            _identified_changed()
+            revocation.identified_changed()
         if live.admission is not None:
             live.admission.leave(stream)
         self.report_sent(stream)
@@ -244,9 +242,9 @@ class Supervisor:
         body. Returns how many streams were open. For every process of a hub's engine, use
         ``hub.disconnect(user)``; see docs/auth.md for making the reconnect fail (401/403)."""
         check_user(user)
-        with _registry_lock:
+        with revocation.registry_lock:
             loops = list(self._with_users)
-        return await close_user_on(loops, user)
+        return await revocation.close_user_on(loops, user)
 
     # -- what streams sent ---------------------------------------------------------------------------
 
@@ -337,11 +335,11 @@ class Supervisor:
         it (docs/auth.md)."""
         reason = stream.close_reason
         if reason is CloseReason.REVOKED:
-            return Event(_json({"reason": reason.value}), event="revoked").encode(sep)
+            return Event.json({"reason": reason.value}, event="revoked").encode(sep)
         hint = Event(retry=reconnect_ms(self.drain_settings.reconnect, self._rng)).encode(sep)
         if reason is CloseReason.EXPIRED:
-            data = _json({"reason": reason.value, "expires_at": stream.expires_at})
-            return Event(data, event="expired").encode(sep) + hint
+            data = {"reason": reason.value, "expires_at": stream.expires_at}
+            return Event.json(data, event="expired").encode(sep) + hint
         if self.farewell is None:
             return hint
         try:
@@ -459,106 +457,6 @@ class Supervisor:
             )
         add_middleware(SupervisorMiddleware, supervisor=self)
         return app
-
-
-# The loops' supervisions (of every supervisor) that have streams with a user now: a revocation in this
-# process reaches these. A supervision is here only while it has such streams, so a loop that ended (its
-# streams with it) is not, however many loops the process has run.
-_with_users: set[LoopSupervision] = set()
-_registry_lock = threading.Lock()
-# Told, on the loop, each time a stream with a user registers or leaves there: the hub follows
-# revocations from other processes while the loop has such streams (identified_here()).
-_identity_watchers: list[weakref.WeakMethod[Callable[[], None]]] = []
-# How long a revocation waits for another loop (thread) of the process to answer.
-OTHER_LOOP_TIMEOUT = 1.0
-
-
-def watch_identified(callback: Callable[[], None]) -> None:
-    """Call ``callback()`` (a bound method, held weakly) on a loop each time a stream with a user
-    registers or leaves there; the callback reads :func:`identified_here` (a state, not an edge: a
-    watcher that came late is right at the next stream)."""
-    with _registry_lock:
-        _identity_watchers[:] = [ref for ref in _identity_watchers if ref() is not None]
-        _identity_watchers.append(weakref.WeakMethod(callback))
-
-
-def identified_here() -> bool:
-    """Whether this event loop has supervised streams with a user now (any supervisor's)."""
-    here = loop_token()
-    with _registry_lock:
-        return any(live.token is here for live in _with_users)
-
-
-def _identified_changed() -> None:
-    for ref in tuple(_identity_watchers):
-        callback = ref()
-        if callback is not None:
-            try:
-                callback()
-            except Exception:
-                logs.exception("observer.failed", observer=type(callback).__qualname__, method="identified")
-
-
-async def disconnect_everywhere(user: str) -> int:
-    """End every supervised stream of ``user`` in this process, of every supervisor and event loop, with
-    ``revoked``; how many were open."""
-    check_user(user)
-    with _registry_lock:
-        loops = list(_with_users)
-    return await close_user_on(loops, user)
-
-
-def close_user_here(user: str) -> int:
-    """End every supervised stream of ``user`` on this event loop (every supervisor's) with ``revoked``."""
-    here = loop_token()
-    with _registry_lock:
-        loops = [live for live in _with_users if live.token is here]
-    return sum(live.close_user(user) for live in loops)
-
-
-async def close_user_on(loops: list[LoopSupervision], user: str) -> int:
-    """``close_user(user)`` on each of ``loops``: this loop's at once, the others' through their own
-    loop's thread-safe call (answered within OTHER_LOOP_TIMEOUT, or not counted)."""
-    here = loop_token()
-    closed = 0
-    others = []
-    for live in loops:
-        if live.token is here:
-            closed += live.close_user(user)
-        elif live.users:  # read from another thread: at worst a loop asked for nothing
-            others.append(live)
-    if not others:
-        return closed
-    answers: list[int] = []
-    answered = anyio.Event()
-    back = LoopPrimitives().call_soon_threadsafe
-    asked = 0
-
-    def answer(count: int) -> None:
-        answers.append(count)
-        if len(answers) == asked:
-            answered.set()
-
-    for live in others:
-
-        def there(live: LoopSupervision = live) -> None:
-            count = live.close_user(user)
-            with contextlib.suppress(RuntimeError):  # the asking loop has closed meanwhile
-                back(answer, count)
-
-        try:
-            live.loop.call_soon_threadsafe(there)
-        except RuntimeError:  # that loop has closed
-            continue
-        asked += 1
-    if asked:
-        with anyio.move_on_after(OTHER_LOOP_TIMEOUT):
-            await answered.wait()
-    return closed + sum(answers)
-
-
-def _json(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
 
 
 def _closer(streams: list[SupervisedStream], trigger: Trigger) -> Callable[[float], None]:

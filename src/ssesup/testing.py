@@ -20,10 +20,6 @@ from typing import TYPE_CHECKING, Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from starlette.types import ASGIApp
 
-from ssesup.parser import EventStreamParser, ServerSentEvent
-
-if TYPE_CHECKING:
-    import pytest
 from ssesup.inprocess import (
     AsyncSSEClient,
     AsyncSSEConnection,
@@ -32,6 +28,10 @@ from ssesup.inprocess import (
     SSEResponse,
     StreamIncomplete,
 )
+from ssesup.parser import EventStreamParser, ServerSentEvent
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = [
     "AsyncSSEClient",

@@ -209,6 +209,7 @@ class EventSourceResponse(SupervisedStream):
             drain_grace=shutdown_grace_period,
             raise_errors=True,
         )
+        self._made = True  # from now on, a new ping interval is this stream's own setting at once
 
     @property
     def ping_interval(self) -> int | float:
@@ -220,7 +221,9 @@ class EventSourceResponse(SupervisedStream):
             raise TypeError("ping interval must be int or float")
         if value < 0:
             raise ValueError("ping interval must be >= 0 (0 disables ping)")
-        self._ping_interval = value  # the native setting is made from it when the stream starts
+        self._ping_interval = value
+        if getattr(self, "_made", False):  # set after the stream was made: its native setting follows
+            self.override(ping=float(value))
 
     def enable_compression(self, force: bool = False) -> None:
         raise NotImplementedError("Compression is not supported for SSE streams.")
@@ -235,7 +238,6 @@ class EventSourceResponse(SupervisedStream):
         self._head = scope["type"] == "http" and scope["method"].upper() == "HEAD"
         if self._head and scope["method"] != "HEAD":
             scope = {**scope, "method": "HEAD"}  # sse-starlette takes a method in any case for HEAD
-        self.override(ping=float(self._ping_interval))  # set after it was made, perhaps
         try:
             if exiting:
                 supervisor.begin_drain()  # the app is exiting: refused, as every stream after a drain

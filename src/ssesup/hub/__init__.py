@@ -40,8 +40,9 @@ from ssesup.hub.presence import LoopPresence, summed
 from ssesup.hub.subscription import Subscription
 from ssesup.identity import check_user
 from ssesup.logs import redact_query
+from ssesup.revocation import disconnect_everywhere, watch_identified
 from ssesup.stream import SupervisedStream
-from ssesup.supervisor import Supervisor, disconnect_everywhere, supervisor_for, watch_identified
+from ssesup.supervisor import Supervisor, supervisor_for
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

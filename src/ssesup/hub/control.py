@@ -31,7 +31,7 @@ import structlog
 
 from ssesup._loop import spawn_owned
 from ssesup.events import Event
-from ssesup.supervisor import close_user_here, identified_here
+from ssesup.revocation import close_user_here, identified_here
 
 if TYPE_CHECKING:
     from ssesup.hub import Hub
