@@ -7,6 +7,9 @@ observers). Does not own: per-connection I/O (that is the actor's) or state rule
 A ``Supervisor`` is configuration plus an API; its live part is one :class:`LoopSupervision` per event
 loop (an anyio ``RunVar``), so several loops in several threads share nothing. With zero configuration
 the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` makes an app use another.
+
+It also owns work that no request owns: the hub's runs (``ssesup.hub.runs``) are adopted by the
+supervisor of the request that started them (or the default one).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import logging
 import random
 import signal
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import structlog
@@ -51,6 +55,13 @@ SCOPE_KEY = "ssesup.supervisor"
 REPORT_EVERY = 1.0
 
 
+class OwnedRun(Protocol):
+    """Work a supervisor owns that no request does (a hub's run): what its drain asks of it."""
+
+    def interrupt(self) -> None:
+        """End now, as interrupted by the drain."""
+
+
 class LoopSupervision:
     """The live part of a supervisor on one event loop."""
 
@@ -71,6 +82,8 @@ class LoopSupervision:
         self.report_timer: Timer | None = None
         # A ping factory that fails does so at every ping of every stream: one line per interval.
         self.ping_failures = logs.SummaryLog("stream.ping_factory_failed", clock=self.loop.clock, level=logging.ERROR)
+        # Runs (``ssesup.hub.runs``) this loop owns.
+        self.runs: set[OwnedRun] = set()
 
 
 class Supervisor:
@@ -192,6 +205,18 @@ class Supervisor:
         self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
         if live.draining and not live.drained.is_set():
             self._finish_drain(live)
+
+    # -- runs: work no request owns -------------------------------------------------------------------
+
+    def adopt(self, run: OwnedRun, live: LoopSupervision) -> None:
+        """Own ``run`` on this loop (``live``: its :attr:`loop_supervision`)."""
+        if not live.listening_for_signals:
+            self._listen_for_signals(live)
+        live.runs.add(run)
+
+    def release(self, run: OwnedRun, live: LoopSupervision) -> None:
+        """``run`` has ended."""
+        live.runs.discard(run)
 
     # -- what streams sent ---------------------------------------------------------------------------
 
@@ -412,9 +437,15 @@ class SupervisorMiddleware:
         self.supervisor = supervisor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            scope[SCOPE_KEY] = self.supervisor
-        await self.app(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_KEY] = self.supervisor
+        token = _serving.set(self.supervisor)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _serving.reset(token)
 
 
 default_supervisor = Supervisor()
@@ -424,3 +455,11 @@ default_supervisor = Supervisor()
 def supervisor_for(scope: Scope) -> Supervisor:
     supervisor: Supervisor = scope.get(SCOPE_KEY, default_supervisor)
     return supervisor
+
+
+_serving: ContextVar[Supervisor | None] = ContextVar("ssesup.serving_supervisor", default=None)
+
+
+def serving_supervisor() -> Supervisor:
+    """The supervisor installed on the app whose request is being served here, else the default one."""
+    return _serving.get() or default_supervisor
