@@ -1,4 +1,4 @@
-"""Runs (``Hub.start_run``) under real uvicorn: a viewer that leaves mid-run and
+"""Runs (``Hub.start_run``) under real uvicorn, in memory and on Redis: a viewer that leaves mid-run and
 comes back with ``Last-Event-ID`` gets every token once, then ``end``, then a proper end of body; a
 viewer that comes after the end gets the whole run; a run nobody watches completes; a failing source
 ends ``failed`` with no error text on the wire; a cancel ends a run within a second, its ``finally``
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 import pytest
+import redis
 
 from apps.runs_app import SECRET, make_app
 from servers import UvicornThread, wait_until
@@ -56,9 +57,14 @@ def watch(url: str, last_event_id: str = "", tokens: int | None = None, timeout:
     return watched
 
 
+@pytest.fixture(params=["memory", "redis"])
+def hub_url(request):
+    return None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
 @pytest.fixture
-def server():
-    hub = Hub(metrics=False)
+def server(hub_url):
+    hub = Hub(hub_url, metrics=False)
     supervisor = Supervisor(ping=0.5, drain_on_signals=False, metrics=False)
     with UvicornThread(make_app(hub, supervisor)) as running:
         running.hub = hub
@@ -200,3 +206,41 @@ def test_starting_on_an_active_run_raises_and_closes_the_source():
         assert await run.wait() is RunStatus.CANCELLED
 
     anyio.run(main)
+
+
+def test_on_redis_a_runs_record_lives_while_its_process_renews_it_and_lapses_when_it_stops(redis_url):
+    """An active run's record expires unless its process renews it (RUN_LEASE, 15 s; here 0.6 s): a
+    process that died without a drain leaves no active run behind for longer. The run's end is then not
+    written over another run's channel."""
+    from structlog.testing import capture_logs
+
+    client = redis.Redis.from_url(redis_url)
+
+    async def forever():
+        while True:
+            yield "x"
+            await anyio.sleep(0.05)
+
+    async def main() -> None:
+        hub = Hub(redis_url, metrics=False)
+        hub.backend.run_lease = 0.6
+        first = await hub.start_run("leased", forever())
+        await anyio.sleep(1.5)  # 2.5 leases: renewed every 0.2 s
+        assert await hub.run_status("leased") == "active"
+        assert 0 < client.pttl("ssesup:run:leased") <= 600
+        with capture_logs() as logs:
+            client.delete("ssesup:run:leased")  # lost (a Redis that lost the key, or a renewal too late)
+            await anyio.sleep(0.5)
+        assert [entry["channel"] for entry in logs if entry["event"] == "run.lease_lost"] == ["leased"]
+        second = await Hub(redis_url, metrics=False).start_run("leased", forever())  # the channel is free
+        with capture_logs() as logs:
+            first.cancel()
+            assert await first.wait() is RunStatus.CANCELLED
+        assert [entry["status"] for entry in logs if entry["event"] == "run.end_lost"] == ["cancelled"]
+        assert await hub.run_status("leased") == "active"  # the second's, untouched by the first's end
+        second.cancel()
+        assert await second.wait() is RunStatus.CANCELLED
+        assert await hub.run_status("leased") == "cancelled"
+
+    anyio.run(main)
+    client.close()
