@@ -1,6 +1,7 @@
 """Runs across processes on one Redis (two uvicorn subprocesses of ``apps.runs_app``): a run of process A
 cancelled through process B ends within a second, its ``finally`` run in A, and a viewer on B gets
-``end`` ``cancelled``."""
+``end`` ``cancelled``; SIGTERM to A lets the run go on for A's drain grace, then a viewer on B gets
+``end`` ``interrupted``, and A exits within the grace and a second."""
 
 from __future__ import annotations
 
@@ -48,3 +49,30 @@ def test_a_cancel_through_another_process_ends_the_run_within_a_second_and_its_f
         assert httpx.get(f"{a.url}/runs/job/status").json() == {"status": "cancelled", "cleaned": True}
         assert httpx.get(f"{b.url}/runs/job/status").json() == {"status": "cancelled", "cleaned": False}
         assert httpx.post(f"{b.url}/runs/job/cancel", timeout=10).json() == {"cancelled": False}
+
+
+def test_sigterm_to_the_process_of_a_run_gives_viewers_elsewhere_interrupted_and_it_exits_within_grace(
+    redis_url, tmp_path
+):
+    """A's drain (grace 2 s) lets the run go on for the grace, then interrupts it; its lifespan's shutdown
+    waits for that, so the end is published before A exits, within the grace and a second."""
+    grace = 2.0
+    with runs_server(redis_url, tmp_path, grace) as a, runs_server(redis_url, tmp_path) as b:
+        assert httpx.post(f"{a.url}/runs/long", params={"tokens": 100_000, "every": 0.01}).status_code == 201
+        thread, result = watch_in_thread(f"{b.url}/runs/long")  # a viewer on B, from the run's start
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        a.signal()
+        a.process.wait(grace + 5)
+        exited = time.monotonic() - signalled
+        thread.join(10)
+        (viewer,) = result
+        assert exited <= grace + 1.0, f"A exited {exited:.2f} s after SIGTERM"
+        assert viewer.ends() == [{"status": "interrupted"}] and viewer.completed
+        tokens = viewer.tokens()
+        assert tokens == [str(i) for i in range(len(tokens))]
+        token_times = [at for event, at in viewer.events if event.event == "token"]
+        assert token_times[-1] - signalled >= grace - 0.3  # the run went on through the drain's grace
+        ended = viewer.events[-1][1] - signalled
+        assert grace - 0.1 <= ended <= grace + 1.0, ended
+        assert httpx.get(f"{b.url}/runs/long/status").json()["status"] == "interrupted"

@@ -9,7 +9,10 @@ loop (an anyio ``RunVar``), so several loops in several threads share nothing. W
 the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` makes an app use another.
 
 It also owns work that no request owns: the hub's runs (``ssesup.hub.runs``) are adopted by the
-supervisor of the request that started them (or the default one).
+supervisor of the request that started them (or the default one). A drain lets them go on for its
+grace, then interrupts them, and is finished when the last stream and the last run have ended; an app
+the supervisor is installed on holds its lifespan's shutdown until then, so that the server, which
+exits after it, gives its runs the drain's grace.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import anyio
 import structlog
 from anyio.lowlevel import RunVar
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssesup import checks, logs
 from ssesup._loop import LoopPrimitives, loop_local
@@ -53,6 +56,10 @@ SCOPE_KEY = "ssesup.supervisor"
 # Observers hear what streams sent (``sent``) at most this many seconds late, and at each stream's end:
 # once per stream per period, not once per send, so a send costs no observer call.
 REPORT_EVERY = 1.0
+
+# How long past its drain's grace a lifespan's shutdown waits for the loop's runs to have ended (an
+# interrupted run closes its source and publishes its end within this).
+RUNS_END_BUDGET = 1.0
 
 
 class OwnedRun(Protocol):
@@ -82,8 +89,9 @@ class LoopSupervision:
         self.report_timer: Timer | None = None
         # A ping factory that fails does so at every ping of every stream: one line per interval.
         self.ping_failures = logs.SummaryLog("stream.ping_factory_failed", clock=self.loop.clock, level=logging.ERROR)
-        # Runs (``ssesup.hub.runs``) this loop owns.
+        # Runs (``ssesup.hub.runs``) this loop owns: a drain interrupts them after its grace.
         self.runs: set[OwnedRun] = set()
+        self.drain_grace: float | None = None  # the grace of the drain, once one began
 
 
 class Supervisor:
@@ -147,6 +155,9 @@ class Supervisor:
         self._handlers: dict[str, list[StreamObserver]] = {}
         self._index_handlers()
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
+        self.lifespan_seen = False
+        """Whether an app this supervisor is installed on has had its lifespan started (the shutdown
+        then waits for the runs to end)."""
 
     @property
     def ping(self) -> float:
@@ -203,20 +214,39 @@ class Supervisor:
         if live.streams:
             return
         self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
-        if live.draining and not live.drained.is_set():
+        if live.draining and not live.drained.is_set() and not live.runs:
             self._finish_drain(live)
 
     # -- runs: work no request owns -------------------------------------------------------------------
 
     def adopt(self, run: OwnedRun, live: LoopSupervision) -> None:
-        """Own ``run`` on this loop (``live``: its :attr:`loop_supervision`)."""
+        """Own ``run`` on this loop (``live``: its :attr:`loop_supervision`): a drain lets it go on for
+        its grace, then interrupts it."""
         if not live.listening_for_signals:
             self._listen_for_signals(live)
         live.runs.add(run)
 
     def release(self, run: OwnedRun, live: LoopSupervision) -> None:
-        """``run`` has ended."""
+        """``run`` has ended: a drain that waited only for it is finished."""
         live.runs.discard(run)
+        if live.draining and not live.drained.is_set() and not live.streams and not live.runs:
+            self._finish_drain(live)
+
+    async def wait_runs(self) -> None:
+        """Return once this loop's runs have ended: a drain (begun here if none was) lets them go on for
+        its grace, then interrupts them. What an installed app's lifespan shutdown awaits."""
+        live = self.loop_supervision
+        if not live.runs:
+            return
+        self.begin_drain()
+        started = live.drain_started_at if live.drain_started_at is not None else anyio.current_time()
+        grace = live.drain_grace if live.drain_grace is not None else self.drain_settings.grace
+        with anyio.move_on_after(max(0.0, started + grace + RUNS_END_BUDGET - anyio.current_time())):
+            await live.drained.wait()
+
+    def _interrupt_runs(self, live: LoopSupervision, now: float) -> None:
+        for run in tuple(live.runs):
+            run.interrupt()
 
     # -- what streams sent ---------------------------------------------------------------------------
 
@@ -274,8 +304,9 @@ class Supervisor:
         now = anyio.current_time()
         live.draining = True
         live.drain_started_at = now
+        live.drain_grace = grace
         self.notify("drain_started", grace)
-        log.info("drain.started", grace_s=grace, streams=len(live.streams))
+        log.info("drain.started", grace_s=grace, streams=len(live.streams), runs=len(live.runs))
         streams = sorted(live.streams, key=lambda stream: stream.started_at)
         for stream in streams:
             stream.trigger(Trigger.DRAIN)
@@ -286,7 +317,8 @@ class Supervisor:
         for offset, wave in waves.items():
             live.drain_timers.append(live.timers.schedule(now + offset, _closer(wave, Trigger.DRAIN_CLOSE)))
         live.drain_timers.append(live.timers.schedule(now + grace, _closer(streams, Trigger.GRACE_EXPIRED)))
-        if not live.streams:
+        live.drain_timers.append(live.timers.schedule(now + grace, partial(self._interrupt_runs, live)))
+        if not live.streams and not live.runs:
             self._finish_drain(live)
 
     def force_close(self) -> None:
@@ -438,7 +470,8 @@ class SupervisorMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, send)
+            self.supervisor.lifespan_seen = True
+            await self.app(scope, self._lifespan_receive(receive), send)
             return
         scope[SCOPE_KEY] = self.supervisor
         token = _serving.set(self.supervisor)
@@ -446,6 +479,18 @@ class SupervisorMiddleware:
             await self.app(scope, receive, send)
         finally:
             _serving.reset(token)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        """The lifespan's ``receive``, whose shutdown waits for the supervisor's runs to end (the
+        server exits once the app's shutdown is complete)."""
+
+        async def shutdown_after_runs() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.supervisor.wait_runs()
+            return message
+
+        return shutdown_after_runs
 
 
 default_supervisor = Supervisor()

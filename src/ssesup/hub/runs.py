@@ -34,6 +34,7 @@ import json
 import random
 import secrets
 import sys
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -309,6 +310,7 @@ class Run:
 
 
 _rng = random.Random()
+_warned: weakref.WeakSet[Supervisor] = weakref.WeakSet()  # supervisors whose runs are not drained (logged once)
 
 
 def _without_id(event: Event) -> Event:
@@ -427,6 +429,15 @@ async def start_run(
         await _close_unstarted(iterator)
         raise RunActive(f"a run is active on channel {channel!r}")
     run = Run(hub, loop_runs, channel, iterator, token, supervisor, live)
+    if not supervisor.lifespan_seen and supervisor not in _warned:
+        _warned.add(supervisor)
+        log.warning(
+            "run.not_drained",
+            hint="the run's supervisor is installed on no app whose lifespan has started, so a deploy's "
+            "SIGTERM may end the process before the drain's grace, the run interrupted as its loop closes: "
+            "supervisor.install(app) (ssesup.default_supervisor when the app installs none), with the "
+            "server's lifespan on; see docs/runs.md",
+        )
     supervisor.adopt(run, live)
     await loop_runs.add(run)
     if live.draining:  # it began while the run was being started: the run ends before it began
