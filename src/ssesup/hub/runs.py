@@ -122,6 +122,7 @@ class Run:
         self._stopped = live.loop.wakeup()
         self._done = anyio.Event()
         self._parser: EventStreamParser | None = None  # for sources that yield encoded bytes
+        self._loop_hub = hub.loop_hub()  # looked up once: it costs a backend lookup per call
 
     def __repr__(self) -> str:
         return f"<Run {self.channel!r} {self.status.value if self.status else 'active'}>"
@@ -250,7 +251,7 @@ class Run:
                 attempt += 1
         self.events += 1
         hub.counters.published(channel)
-        hub.loop_hub().published(channel)
+        self._loop_hub.published(channel)
 
     async def _end(self, status: RunStatus) -> None:
         """Publish the run's ``end`` (within INTERRUPT_END for an interrupted run; else trying again
