@@ -182,7 +182,9 @@ def serve(command: Callable[[int], list[str]], log_path: Path, env: dict[str, st
     A free port can be taken by another program before the server binds it: then the server fails, or
     something else answers there. Either way the server is started again on another port.
     """
-    environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    # The tests' own PYTHONPATH after theirs (as tests/procs.py): a server runs the ssesup under test.
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    environment = {**os.environ, "PYTHONPATH": path, **(env or {})}
     for _ in range(3):
         port = free_port()
         with open(log_path, "wb") as log:
