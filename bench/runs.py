@@ -12,7 +12,8 @@ over the runs, publishing and sending, divided by viewers x tokens), its memory 
 time. Memory is measured first, as RSS growth: ``runs`` runs of ``tokens`` tokens that nobody watches
 live, each read once after its end (what an ended run keeps for ``run_ttl``: ``kib_per_run_kept``),
 then, over that, the peak with the watched runs and all their viewers connected
-(``kib_per_run_peak``). (RSS once viewers leave says little: the allocator keeps what it freed.)
+(``kib_per_run_peak``). (RSS once viewers leave says little: the allocator keeps what it freed.) On
+Redis, also Redis's own memory per ended run (``redis_kib_per_run_kept``: ``used_memory`` growth).
 ssesup only. Runs only when named in ``--scenarios``.
 
 ``python -m bench.runs [--runs 100] [--tokens 1000] [--viewers 10] [--every 0.05] [--redis] [--src DIR]``
@@ -61,18 +62,31 @@ def scenario(plan: Plan, log: Path, src: Path, redis: bool = False) -> dict:
             env["BENCH_REDIS_URL"] = stack.enter_context(RedisServer(log)).url
         system = System("ssesup", APP, "ssesup runs")
         server = stack.enter_context(Server(system, plan, False, log, src, (), env))
-        out = run_client(_runs(server.port, server.pid, plan))
+        out = run_client(_runs(server.port, server.pid, plan, env.get("BENCH_REDIS_URL")))
         out["engine"] = "redis" if redis else "memory"
         return out
 
 
-async def _runs(port: int, pid: int, plan: Plan) -> dict:
+def _redis_used_kib(url: str | None) -> float:
+    if url is None:
+        return 0.0
+    import redis
+
+    client_ = redis.Redis.from_url(url)
+    try:
+        return int(client_.info("memory")["used_memory"]) / 1024
+    finally:
+        client_.close()
+
+
+async def _runs(port: int, pid: int, plan: Plan, redis_url: str | None = None) -> dict:
     runs, tokens, viewers, every = plan.runs_count, plan.runs_tokens, plan.runs_viewers, plan.runs_every
     await _start(port, "warm-up", 10, 0.0)  # import paths, the first run's costs
     warm = Viewer()
     await _view(port, "warm-up", None, warm)
     await asyncio.sleep(plan.settle)
     idle_kib = rss_kib(pid)
+    redis_before = _redis_used_kib(redis_url)
     for n in range(runs):  # what ended runs keep: started at once, each read once after its end
         await _start(port, f"kept:{n}", tokens, 0.0)
     for n in range(runs):
@@ -82,6 +96,7 @@ async def _runs(port: int, pid: int, plan: Plan) -> dict:
             raise RuntimeError(f"kept:{n} read {len(kept.tokens)} tokens")
     await asyncio.sleep(plan.settle)
     kept_kib = rss_kib(pid)
+    redis_kept = _redis_used_kib(redis_url)
     cpu_before = cpu_seconds(pid)
     started = time.monotonic()
     for n in range(runs):
@@ -125,6 +140,7 @@ async def _runs(port: int, pid: int, plan: Plan) -> dict:
         "server_cpu_pct": 100 * cpu / wall,
         "kib_per_run_peak": (peak_kib - kept_kib) / runs,
         "kib_per_run_kept": (kept_kib - idle_kib) / runs,
+        "redis_kib_per_run_kept": (redis_kept - redis_before) / runs,
         "wall_s": wall,
     }
 
@@ -194,8 +210,10 @@ def brief(r: dict) -> str:
         f"{r['missing']} missing, {r['out_of_order']} out of order, {r['clean_ends']} of {r['viewers_all']} "
         f"viewers ended completed with a proper end of body, {r['reconnects']:,} reconnects; server "
         f"{r['cpu_us_per_token']:.2f} us CPU per delivered token ({r['server_cpu_pct']:.0f}% of a core), "
-        f"{r['kib_per_run_kept']:.0f} KiB per ended run kept, {r['kib_per_run_peak']:.0f} KiB per run at the "
-        f"peak (its {r['viewers']} viewers connected); {r['wall_s']:.1f} s"
+        f"{r['kib_per_run_kept']:.0f} KiB per ended run kept"
+        + (f" (and {r['redis_kib_per_run_kept']:.0f} KiB of Redis's)" if r["engine"] == "redis" else "")
+        + f", {r['kib_per_run_peak']:.0f} KiB per run at the peak (its {r['viewers']} viewers connected); "
+        f"{r['wall_s']:.1f} s"
     )
 
 
