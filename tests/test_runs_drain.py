@@ -81,3 +81,24 @@ def test_a_run_whose_event_loop_closes_under_it_publishes_end_interrupted():
     got = anyio.run(read)
     assert ends(got) == ["interrupted"]
     assert [event.data for event in got[1:-1]] == [str(i) for i in range(len(got) - 2)]
+
+
+def test_on_trio_a_run_completes_is_cancelled_and_a_drain_interrupts_it():
+    async def main() -> None:
+        hub = Hub(metrics=False)
+        supervisor = Supervisor(drain_on_signals=False, metrics=False)
+        done = await hub.start_run("done", ticks(count=20), supervisor=supervisor)
+        assert await done.wait() is RunStatus.COMPLETED and done.events == 20
+        cleaned: list[float] = []
+        cancelled = await hub.start_run("cancelled", ticks(cleaned), supervisor=supervisor)
+        await anyio.sleep(0.1)
+        assert await hub.cancel_run("cancelled")
+        assert await cancelled.wait() is RunStatus.CANCELLED and cleaned
+        async with hub.subscribe("cancelled") as viewer:
+            assert ends([event async for event in viewer]) == ["cancelled"]
+        drained = await hub.start_run("drained", ticks(), supervisor=supervisor)
+        supervisor.begin_drain(grace=0.3)
+        assert await drained.wait() is RunStatus.INTERRUPTED
+        await supervisor.loop_supervision.drained.wait()
+
+    anyio.run(main, backend="trio")
