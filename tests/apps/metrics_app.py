@@ -11,6 +11,8 @@
 * ``/channel?channel=C&send_timeout=S``: ``hub.stream`` of one channel of an in-memory hub (history
   of 100 events, mailboxes of 20; channel ``drops`` drops the oldest, the others close a slow consumer);
 * ``POST /publish?channel=C&count=N&size=B``: publishes ``N`` events of ``B`` bytes of padding to ``C``;
+* ``POST /runs?tokens=N&every=S&fail=0``: starts a run of the hub (``N`` tokens, one every ``S`` seconds;
+  with ``fail=1`` its source raises after them);
 * ``/admin/drain?grace=S``: drains this worker's streams (501 while the supervisor cannot drain);
 * ``/pid?hold=S``: the pid of the worker and of its parent, after holding the worker's event loop ``S``
   seconds (meanwhile new connections go to another worker);
@@ -118,6 +120,26 @@ async def publish(request: Request) -> Response:
     return JSONResponse({"ids": ids})
 
 
+_runs = itertools.count()
+
+
+async def start_run(request: Request) -> Response:
+    tokens = int(request.query_params.get("tokens", "10"))
+    every = float(request.query_params.get("every", "0.1"))
+    fail = request.query_params.get("fail") == "1"
+
+    async def source():
+        for i in range(tokens):
+            yield Event(str(i), event="token")
+            await anyio.sleep(every)
+        if fail:
+            raise RuntimeError("the run's source failed")
+
+    channel = f"run:{next(_runs)}"
+    await hub().start_run(channel, source())
+    return JSONResponse({"channel": channel}, status_code=201)
+
+
 async def drain(request: Request) -> Response:
     drain = getattr(supervisor, "drain", None)
     if drain is None:
@@ -142,6 +164,7 @@ app = supervisor.install(
             Route("/stuck-sync", stuck_sync),
             Route("/channel", channel),
             Route("/publish", publish, methods=["POST"]),
+            Route("/runs", start_run, methods=["POST"]),
             Route("/admin/drain", drain, methods=["POST"]),
             Route("/pid", pid),
             Route("/metrics", metrics_app()),
