@@ -244,3 +244,43 @@ def test_on_redis_a_runs_record_lives_while_its_process_renews_it_and_lapses_whe
 
     anyio.run(main)
     client.close()
+
+
+def test_viewers_of_a_channel_followed_before_its_run_started_get_the_whole_run(hub_url):
+    """A loop that follows a channel remembers that it has no run at its cursor (no lookup per viewer);
+    a run that starts afterwards starts after that cursor, so a viewer that joins then gets all of it,
+    and one that joins after its first tokens reads its record again and starts at its first token."""
+
+    async def main() -> None:
+        hub = Hub(hub_url, metrics=False)
+        release = anyio.Event()
+
+        async def gated():
+            await release.wait()
+            for i in range(30):
+                yield Event(str(i), event="token")
+                await anyio.sleep(0.005)
+
+        async def read(viewer) -> list[str]:
+            return [event.data async for event in viewer if event.event == "token"]
+
+        async with hub.subscribe("later") as before:  # follows the channel: no run yet
+            assert (await anext(before)).data is None
+            run = await hub.start_run("later", gated())
+            async with hub.subscribe("later") as joined_at_start, anyio.create_task_group() as group:
+                first: list[list[str]] = []
+
+                async def first_viewer() -> None:
+                    first.append(await read(joined_at_start))
+
+                group.start_soon(first_viewer)
+                await anyio.sleep(0.05)
+                release.set()
+                while run.events < 10:
+                    await anyio.sleep(0.005)
+                async with hub.subscribe("later") as joined_mid_run:
+                    assert await read(joined_mid_run) == [str(i) for i in range(30)]
+            assert first == [[str(i) for i in range(30)]]
+            assert await run.wait() is RunStatus.COMPLETED
+
+    anyio.run(main)

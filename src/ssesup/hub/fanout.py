@@ -95,6 +95,10 @@ class LoopHub:
         self._task: object = None
         # The engine calls in flight that joins and replays share: (operation, channel, ...) -> _Flight.
         self._flights: dict[tuple[object, ...], _Flight] = {}
+        # Per followed channel, the cursor at which the engine said it has no run: while the cursor is
+        # still there, a subscription that joins needs not ask again (a run that started since starts
+        # after that cursor, so every event of it reaches the subscription live).
+        self.no_run: dict[str, Position] = {}
         hub.counters.watch_depth(self)
 
     def mailbox_depth(self) -> int:
@@ -155,6 +159,8 @@ class LoopHub:
         if mailbox not in self.subscribers.get(channel, ()):
             return last, run  # left while waiting
         self.cursors[channel] = last
+        if run is None:
+            self.no_run[channel] = last
         backend.followed(channel)
         if not self._ensure_reader():
             with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has
@@ -171,6 +177,7 @@ class LoopHub:
             if not followers:
                 del self.subscribers[channel]
                 self.cursors.pop(channel, None)
+                self.no_run.pop(channel, None)
         if not self.cursors and self._reader is not None:
             self._reader.cancel()  # nothing left to read: the reader ends now, not at its next wake-up
             self._reader = None

@@ -273,9 +273,18 @@ class Subscription:
         if self.last_event_id is not None:
             runs = []  # a resume goes on after its id, a run's or not
         elif False in runs:  # the channels followed already: their runs' records, read after the join
+            no_run = loop_hub.no_run
+            for index, channel in enumerate(self.channels):
+                if runs[index] is False and no_run.get(channel) == cursors[index]:
+                    runs[index] = None  # no run at this cursor, read before (see LoopHub.no_run)
             unread = [channel for channel, run in zip(self.channels, runs, strict=True) if run is False]
-            records = iter(await loop_hub.shared(("runs", *unread), "runs", partial(backend.runs, unread)))
-            runs = [next(records) if run is False else run for run in runs]
+            if unread:
+                records = iter(await loop_hub.shared(("runs", *unread), "runs", partial(backend.runs, unread)))
+                for index, channel in enumerate(self.channels):
+                    if runs[index] is False:
+                        runs[index] = record = next(records)
+                        if record is None and loop_hub.cursors.get(channel) is not None:
+                            no_run[channel] = cursors[index]
         positions = self._positions
         lost: list[str] = []
         pages = {}
