@@ -17,7 +17,7 @@ import redis
 
 from apps.runs_app import SECRET, make_app
 from servers import UvicornThread, wait_until
-from ssesup import Event, Hub, Supervisor
+from ssesup import CloseReason, Event, Hub, Supervisor
 from ssesup.hub import RunActive, RunStatus
 from ssesup.testing import EventStreamParser, ServerSentEvent
 
@@ -66,8 +66,16 @@ def hub_url(request):
 def server(hub_url):
     hub = Hub(hub_url, metrics=False)
     supervisor = Supervisor(ping=0.5, drain_on_signals=False, metrics=False)
+    closes: list[CloseReason] = []  # the close reason of each viewer's stream
+
+    def closed(stream, transition) -> None:
+        if transition.close_reason is not None:
+            closes.append(transition.close_reason)
+
+    supervisor.subscribe(closed)
     with UvicornThread(make_app(hub, supervisor)) as running:
         running.hub = hub
+        running.closes = closes
         yield running
 
 
@@ -92,6 +100,9 @@ def test_a_viewer_that_leaves_mid_run_and_comes_back_gets_every_token_once_then_
     assert rest.ends() == [{"status": "completed"}]
     assert rest.events[-1][0].event == "end"
     assert rest.completed  # after end, the body ended properly
+    wait_until(lambda: len(server.closes) == 2)
+    # The viewer that left, then the one that read the end: its stream completed.
+    assert server.closes == [CloseReason.CLIENT_DISCONNECT, CloseReason.COMPLETED]
 
 
 def test_a_viewer_that_comes_after_the_end_gets_the_whole_run_and_one_that_comes_back_gets_the_end(server):
