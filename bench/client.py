@@ -677,6 +677,11 @@ class Plan:
     hub_storm_rate: float = 20.0  # publishes/s (2,000 clients: 40,000 deliveries a second)
     hub_storm_grace: float = 5.0
     hub_storm_timeout: float = 180.0
+    runs_count: int = 100  # runs at once (bench/runs.py)
+    runs_tokens: int = 1000
+    runs_viewers: int = 10  # per run, one of which reconnects every second
+    runs_every: float = 0.05  # seconds between two tokens of a run (100 runs: 2,000 tokens/s, 20,000 deliveries/s)
+    runs_timeout: float = 300.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -719,6 +724,11 @@ class Plan:
             hub_storm_events=100,
             hub_storm_grace=1.0,
             hub_storm_timeout=60.0,
+            runs_count=5,
+            runs_tokens=200,
+            runs_viewers=3,
+            runs_every=0.01,
+            runs_timeout=60.0,
             hub_redis_warm=0.5,
             hub_redis_window=2.0,
             scale_max=2000,

@@ -14,7 +14,8 @@ need root and run only when named in ``--scenarios``, as does the hub's fan-out 
 in-process, each size in a fresh process: the floor system runs a bare queue per subscriber, ssesup
 ``Hub()``; the other systems have no hub and skip it), and the scenarios across processes on Redis
 (``hub_resume``, ``hub_redis``: bench/redis_hub.py, a redis-server of their own; ssesup, and sse-starlette
-with broadcaster in ``hub_redis``). The many-cores scenario (``cores``: bench/cores.py)
+with broadcaster in ``hub_redis``), and the hub's runs under load (``runs``: bench/runs.py, ssesup
+only). The many-cores scenario (``cores``: bench/cores.py)
 runs the floor and ssesup with one uvicorn worker and then two, unpinned, against client processes.
 """
 
@@ -43,6 +44,7 @@ from typing import Any
 import uvloop
 
 from bench import client, hub, probe, redis_hub, scale, storm
+from bench import runs as run_load
 from bench.client import Plan
 from bench.procstat import stop
 
@@ -54,12 +56,12 @@ BURSTS = ("burst", "burst_fields", "burst_dict")  # one server for these and the
 CORES_SYSTEMS = ("floor", "ssesup")
 NETWORK_SCENARIOS = ("deploy", "churn")
 # Run only when named in --scenarios.
-NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "hub_storm", "scale")
+NAMED_ONLY = (*NETWORK_SCENARIOS, "hub", "hub_resume", "hub_redis", "hub_storm", "runs", "scale")
 # The order of a run: every system measures one group before any system measures the next (in the
 # burst group, the systems take turns burst by burst: measure_bursts).
 BURST_GROUP = ("latency", *BURSTS)
 GROUPS = (BURST_GROUP, ("fanout",), ("idle",), ("drain",), ("cores",), ("hub",), ("hub_resume",),
-          ("hub_redis",), ("hub_storm",), ("scale",), ("deploy",), ("churn",))  # fmt: skip
+          ("hub_redis",), ("hub_storm",), ("runs",), ("scale",), ("deploy",), ("churn",))  # fmt: skip
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
@@ -270,6 +272,8 @@ def measure(system: System, plan: Plan, scenarios: tuple[str, ...], pin: bool, t
         attempt("hub_redis", lambda: redis_hub.hub_redis(system.key, plan, log, src))
     if "hub_storm" in scenarios and system.key in storm.SYSTEMS:
         attempt("hub_storm", lambda: storm.hub_storm(plan, log, src))
+    if "runs" in scenarios and system.key in run_load.SYSTEMS:
+        attempt("runs", lambda: run_load.scenario(plan, log, src))
     if "scale" in scenarios and system.key == "ssesup":
         attempt("scale", lambda: scale.scenario(plan, log, src))
     if "deploy" in scenarios or "churn" in scenarios:
@@ -470,6 +474,8 @@ def brief(name: str, r: dict) -> str:
         return text
     if name == "scale":
         return scale.brief(r)
+    if name == "runs":
+        return run_load.brief(r)
     if name == "deploy":
         return (
             f"exit {r['exit_s']:.2f} s{' (killed)' if r['killed'] else ''}, healthy farewell "

@@ -97,3 +97,22 @@ def test_bench_instructions_counts_the_hub_s_instructions_per_delivery_and_they_
     floor, first, second = (int(count.replace(",", "")) for _, count in counts)
     assert all(1_000 < count < 1_000_000 for count in (floor, first, second)), run.stdout
     assert second == pytest.approx(first, rel=0.01), run.stdout
+
+
+def test_bench_smoke_runs_every_viewer_gets_every_token_once_through_reconnects():
+    """The runs scenario (bench/runs.py) in smoke mode: 5 runs of 200 tokens, 3 viewers each, one of which
+    reconnects every second: every viewer reads every token once, in order, then end and its body's end."""
+    out = smoke("runs")
+    line = re.search(
+        r"^\s*ssesup\s+runs\s+(\d+) runs of ([\d,]+) tokens \(memory\), (\d+) viewers each, one reconnecting every "
+        r"1 s: delivered ([\d.]+)%, (\d+) duplicates, (\d+) missing, (\d+) out of order, (\d+) of (\d+) viewers "
+        r"ended completed with a proper end of body, ([\d,]+) reconnects; server [\d.]+ us CPU per delivered token",
+        out,
+        re.M,
+    )
+    assert line is not None, out
+    runs, tokens, viewers, delivered, duplicates, missing, disorder, clean, everyone, reconnects = line.groups()
+    assert (runs, tokens, viewers, delivered) == ("5", "200", "3", "100.00")
+    assert (duplicates, missing, disorder) == ("0", "0", "0")
+    assert clean == everyone == "15" and int(reconnects) >= 5  # each run's reconnecting viewer came back
+    assert not re.search(r"^\s*floor\s+runs", out, re.M)  # ssesup's scenario alone

@@ -26,7 +26,7 @@ import pytest
 
 from procs import ServerProcess, free_port, serve
 from servers import wait_until
-from ssesup.demo import KINDS, PUBLISH_EVERY
+from ssesup.demo import FAKE_ANSWER, KINDS, PUBLISH_EVERY, fake_tokens
 from test_demo import channel_numbers
 from test_hub_redis import RedisServer
 
@@ -272,3 +272,25 @@ def test_a_deploy_hands_a_hub_channel_to_the_next_process_and_the_page_misses_no
     seen_before = {json.loads(data)["publisher"] for _, _, data in events[:before]}
     seen_after = {json.loads(data)["publisher"] for _, _, data in events[before:]}
     assert other.process.pid in seen_before & seen_after
+
+
+def test_a_page_reloaded_mid_answer_shows_the_whole_answer_once(context, tmp_path):
+    """The fake model's answer is a run: a reload mid-answer opens a new EventSource (no id), which starts
+    at the run's first token, so the page shows the whole answer, each token once; on end it closes."""
+    with demo(tmp_path) as server:
+        page = context.new_page()
+        page.goto(f"{server.url}/")
+        page.click("#ask")
+        page.wait_for_url("**/?src=%2Fanswers%2F*")
+        wait_for(page, "demo.tokens >= 10")
+        before = page.evaluate("() => window.demo.tokens")
+        assert before < len(fake_tokens())  # mid-answer
+        page.reload()
+        wait_for(page, "demo.ended !== ''")
+        answer = page.evaluate("() => ({...window.demo, events: window.demo.events.map(e => e.type)})")
+        panel = page.evaluate("() => ({...document.getElementById('answer').dataset})")
+        assert answer["ended"] == "completed" and panel == {"tokens": str(len(fake_tokens())), "ended": "completed"}
+        assert answer["answer"] == FAKE_ANSWER == page.text_content("#answer-text")
+        assert answer["events"] == ["token"] * len(fake_tokens()) + ["end"]
+        assert answer["opens"] == 1 and page.evaluate("() => window.demo.source.readyState") == 2  # closed
+        assert state(page)["state"] == "closed"

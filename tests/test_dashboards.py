@@ -5,6 +5,7 @@ expression is evaluated through Prometheus's HTTP API."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -178,7 +179,8 @@ def prometheus(app_server, tmp_path):
 
 def run_load(port: int, seconds: float) -> bool:
     """Streams that complete, are broken by their client, fail, stall, idle and ping; hub channels that
-    are published to, resumed, resumed with a bad id, overflowed and stalled; then a drain.
+    are published to, resumed, resumed with a bad id, overflowed and stalled; runs that complete and
+    fail; then a drain (which interrupts the runs still going).
 
     Returns whether the app could drain (its supervisor has ``drain``).
     """
@@ -248,15 +250,22 @@ def run_load(port: int, seconds: float) -> bool:
             publish("slow", 100, size=65536)
             stop.wait()
 
+    def runs() -> None:
+        for n in itertools.count():
+            started = httpx.post(f"http://127.0.0.1:{port}/runs?tokens=15&every=0.1&fail={n % 2}", timeout=10)
+            assert started.status_code == 201, started.text
+            if stop.wait(0.3):
+                return
+
     held = [hold(f"/users/held{i}/events?every=0.2&ping=0") for i in range(4)]
     held += [hold(f"/users/idle{i}/events?every=30") for i in range(2)]  # idle: pinged every 0.5 s
     held.append(hold("/channel?channel=ticks", b"id:"))
     held.append(hold("/channel?channel=ticks&user=viewer", b"id:"))  # counted in presence
     hold("/stuck-sync").close()  # its blocked thread is abandoned
     try:
-        with ThreadPoolExecutor(8) as pool:
+        with ThreadPoolExecutor(9) as pool:
             futures = [pool.submit(churn, kind) for kind in range(5)] + [pool.submit(stall)]
-            futures += [pool.submit(resume), pool.submit(stall_channels)]
+            futures += [pool.submit(resume), pool.submit(stall_channels), pool.submit(runs)]
             time.sleep(seconds)
             stop.set()
             for future in futures:

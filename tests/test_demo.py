@@ -204,3 +204,30 @@ def test_docs_demo_lists_every_endpoint():
     doc = (ROOT / "docs" / "demo.md").read_text()
     for path, _ in ENDPOINTS:
         assert f"| `{path}` |" in doc, path
+
+
+def test_answers_are_runs_that_a_late_viewer_reads_whole_and_a_cancel_ends(demo_server):
+    import httpx
+
+    from ssesup.demo import fake_tokens
+    from ssesup.testing import EventStreamParser
+
+    def read(stream: str) -> list:
+        parser = EventStreamParser()
+        with raw_request(demo_server.port, stream) as sock:
+            head, body = read_response(sock, timeout=20)  # raises unless the chunked body ended properly
+        assert head.startswith(b"HTTP/1.1 200")
+        return parser.feed(body)
+
+    quick = httpx.post(f"{demo_server.url}/answers", params={"every": 0}, timeout=10)
+    assert quick.status_code == 201
+    time.sleep(0.5)  # it ends before anyone watches
+    events = read(quick.json()["stream"])
+    assert [event.data for event in events if event.event == "token"] == fake_tokens()
+    assert [(event.event, event.data) for event in events[-1:]] == [("end", '{"status":"completed"}')]
+
+    slow = httpx.post(f"{demo_server.url}/answers", params={"every": 5}, timeout=10).json()
+    assert httpx.post(f"{demo_server.url}/answers/{slow['id']}/cancel", timeout=10).json() == {"cancelled": True}
+    assert [(event.event, event.data) for event in read(slow["stream"])] == [("end", '{"status":"cancelled"}')]
+    assert get(f"{demo_server.url}/answers/not-an-id")[0] == 404
+    assert httpx.post(f"{demo_server.url}/answers", params={"every": "soon"}, timeout=10).status_code == 400

@@ -11,6 +11,8 @@ Every stream numbers its events (``id: 0``, ``1``, ...) and resumes after the ``
 reconnecting client sends, so a browser that reconnects to a restarted demo goes on where it was.
 ``/channel`` is the hub's: its ids are the hub's, and its history is this process's memory, or Redis
 when ``$SSESUP_HUB_URL`` names one, so that a client drained from one demo resumes on another.
+``/answers`` are runs of the hub (``Hub.start_run``): a fake model's answer, token by token, that goes
+on whoever watches, and that a page reloaded mid-answer shows whole, once.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ import itertools
 import json
 import logging
 import os
+import re
+import secrets
 from collections.abc import AsyncIterator
 from importlib.resources import files
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ssesup import Event, Hub, SupervisedStream, Supervisor, metrics_app
-from ssesup.hub import HubUnavailable
+from ssesup.hub import HubUnavailable, RunRefused
 
 DRAIN_TOKEN_ENV = "SSESUP_DRAIN_TOKEN"
 """Where ``ssesup demo`` (and ``ssesup drain``) take the drain token from."""
@@ -49,6 +53,27 @@ PUBLISH_EVERY = 0.5
 
 LARGE_EVENT_LINES = 4096
 """The large event: this many data lines of 64 characters, 256 KiB."""
+
+FAKE_ANSWER = (
+    "Server-Sent Events stream text from a server to a browser over plain HTTP. "
+    "With ssesup, a long answer like this one is a run: it goes on when the page reloads, the phone "
+    "changes networks or a proxy cuts the connection, and the page that comes back gets what it missed "
+    "from the hub's history, once, in order, until the event named end."
+)
+"""What the demo's fake model answers, whatever it is asked (``/answers``)."""
+
+TOKEN_EVERY = 0.08
+"""Seconds between two tokens of the fake model (``/answers?every=`` sets another)."""
+
+MAX_ANSWERS = 100
+"""Answers the demo's fake model writes at once (more: 429)."""
+
+_ANSWER_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def fake_tokens(text: str = FAKE_ANSWER) -> list[str]:
+    """The tokens of the fake model's answer: each word with the space before the next one."""
+    return re.findall(r"\S+\s*", text)
 
 
 def _large_data() -> str:
@@ -71,6 +96,8 @@ EVENT_NAMES: tuple[str, ...] = (
     "tick",
     "number",
     "gap",
+    "token",
+    "end",
     *sorted({kind.event for kind in KINDS if kind.event is not None}),
 )
 """Every event name the demo sends: the page listens for each (``EventSource`` dispatches named events
@@ -82,6 +109,9 @@ ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("/ticks?every=1&count=0&retry=MS", "a tick every `every` s; `count` per connection (0: no end); `retry:` hint"),
     ("/users/{user_id}/ticks", "a tick a second for one user (metrics label it by the route template)"),
     ("/channel", "hub channel `numbers`: a number every 0.5 s; resumes from history ($SSESUP_HUB_URL: Redis)"),
+    ("/answers", "POST: a fake model starts an answer, a run of the hub (?every=0.08 s a token); its id"),
+    ("/answers/{id}", "the answer's tokens from the first, then `end` (a run: it goes on whoever watches)"),
+    ("/answers/{id}/cancel", "POST: cancel the answer (its viewers get `end` with the status cancelled)"),
     ("/metrics", "Prometheus metrics"),
     ("/ready", "readiness: 200, or 503 from the first moment of a drain"),
     ("/live", "liveness: 200 while the process runs"),
@@ -200,6 +230,47 @@ def build_app(drain_token: str | None = None, hub_url: str | None = None) -> Sta
         """``/channel``: :data:`CHANNEL` from the hub, resumed after the client's ``Last-Event-ID``."""
         return hub.stream(request, CHANNEL)
 
+    answering: set[str] = set()
+
+    async def ask(request: Request) -> Response:
+        """``POST /answers?every=0.08``: start the fake model's answer as a run; its id and stream."""
+        try:
+            every = _number(request, "every", TOKEN_EVERY)
+        except BadQuery as error:
+            return _bad_query(error)
+        if len(answering) >= MAX_ANSWERS:
+            return PlainTextResponse("the fake model is busy: ask again later\n", status_code=429)
+        answer_id = secrets.token_hex(8)
+
+        async def model() -> AsyncIterator[Event]:
+            answering.add(answer_id)
+            try:
+                for token in fake_tokens():
+                    await anyio.sleep(every)  # thinking
+                    yield Event(token, event="token")
+            finally:
+                answering.discard(answer_id)
+
+        try:
+            await hub.start_run(f"answer:{answer_id}", model())
+        except RunRefused as refused:
+            return PlainTextResponse(f"{refused}\n", status_code=503)
+        return JSONResponse({"id": answer_id, "stream": f"/answers/{answer_id}"}, status_code=201)
+
+    async def answer(request: Request) -> Response:
+        """``/answers/{id}``: the answer's run, from its first token (or after ``Last-Event-ID``)."""
+        answer_id = request.path_params["answer_id"]
+        if not _ANSWER_ID.fullmatch(answer_id):
+            return PlainTextResponse("no such answer\n", status_code=404)
+        return hub.stream(request, f"answer:{answer_id}")
+
+    async def cancel(request: Request) -> Response:
+        """``POST /answers/{id}/cancel``: cancel the answer, wherever it runs."""
+        answer_id = request.path_params["answer_id"]
+        if not _ANSWER_ID.fullmatch(answer_id):
+            return PlainTextResponse("no such answer\n", status_code=404)
+        return JSONResponse({"cancelled": await hub.cancel_run(f"answer:{answer_id}")})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
@@ -216,6 +287,9 @@ def build_app(drain_token: str | None = None, hub_url: str | None = None) -> Sta
         Route("/ticks", ticks),
         Route("/users/{user_id}/ticks", user_ticks),
         Route("/channel", channel),
+        Route("/answers", ask, methods=["POST"]),
+        Route("/answers/{answer_id}", answer),
+        Route("/answers/{answer_id}/cancel", cancel, methods=["POST"]),
         Route("/metrics", metrics_app()),
         Route("/ready", supervisor.readiness()),
         Route("/live", supervisor.liveness()),

@@ -9,6 +9,12 @@ of the process (``ssesup.revocation``).
 A ``Supervisor`` is configuration plus an API; its live part is one :class:`LoopSupervision` per event
 loop (an anyio ``RunVar``), so several loops in several threads share nothing. With zero configuration
 the module's :data:`default_supervisor` is used; ``supervisor.install(app)`` makes an app use another.
+
+It also owns work that no request owns: the hub's runs (``ssesup.hub.runs``) are adopted by the
+supervisor of the request that started them (or the default one). A drain lets them go on for its
+grace, then interrupts them, and is finished when the last stream and the last run have ended; an app
+the supervisor is installed on holds its lifespan's shutdown until then, so that the server, which
+exits after it, gives its runs the drain's grace.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import logging
 import random
 import signal
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import structlog
 from anyio.lowlevel import RunVar
 from prometheus_client import CollectorRegistry
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ssesup import checks, logs, revocation
 from ssesup._loop import LoopPrimitives, loop_local, loop_token
@@ -53,6 +60,17 @@ SCOPE_KEY = "ssesup.supervisor"
 # once per stream per period, not once per send, so a send costs no observer call.
 REPORT_EVERY = 1.0
 
+# How long past its drain's grace a lifespan's shutdown waits for the loop's runs to have ended (an
+# interrupted run closes its source and publishes its end within this).
+RUNS_END_BUDGET = 1.0
+
+
+class OwnedRun(Protocol):
+    """Work a supervisor owns that no request does (a hub's run): what its drain asks of it."""
+
+    def interrupt(self) -> None:
+        """End now, as interrupted by the drain."""
+
 
 class LoopSupervision:
     """The live part of a supervisor on one event loop."""
@@ -78,6 +96,9 @@ class LoopSupervision:
         # revocation touches that user's streams only.
         self.users: dict[str, set[SupervisedStream]] = {}
         self.token = loop_token()  # which loop this is (revocations from other threads go through its loop)
+        # Runs (``ssesup.hub.runs``) this loop owns: a drain interrupts them after its grace.
+        self.runs: set[OwnedRun] = set()
+        self.drain_grace: float | None = None  # the grace of the drain, once one began
 
     def close_user(self, user: str) -> int:
         """End every live stream of ``user`` on this loop with ``revoked``; how many were open."""
@@ -155,6 +176,9 @@ class Supervisor:
         self._live: RunVar[LoopSupervision] = RunVar(f"ssesup.supervision.{id(self)}")
         # This supervisor's loops that have streams with a user now (a revocation reaches these).
         self._with_users: set[LoopSupervision] = set()
+        self.lifespan_seen = False
+        """Whether an app this supervisor is installed on has had its lifespan started (the shutdown
+        then waits for the runs to end)."""
 
     @property
     def ping(self) -> float:
@@ -231,7 +255,7 @@ class Supervisor:
         if live.streams:
             return
         self._report_sent(live)  # nothing left to wait for: no timer outlives the last stream
-        if live.draining and not live.drained.is_set():
+        if live.draining and not live.drained.is_set() and not live.runs:
             self._finish_drain(live)
 
     # -- identity ------------------------------------------------------------------------------------
@@ -245,6 +269,37 @@ class Supervisor:
         with revocation.registry_lock:
             loops = list(self._with_users)
         return await revocation.close_user_on(loops, user)
+
+    # -- runs: work no request owns -------------------------------------------------------------------
+
+    def adopt(self, run: OwnedRun, live: LoopSupervision) -> None:
+        """Own ``run`` on this loop (``live``: its :attr:`loop_supervision`): a drain lets it go on for
+        its grace, then interrupts it."""
+        if not live.listening_for_signals:
+            self._listen_for_signals(live)
+        live.runs.add(run)
+
+    def release(self, run: OwnedRun, live: LoopSupervision) -> None:
+        """``run`` has ended: a drain that waited only for it is finished."""
+        live.runs.discard(run)
+        if live.draining and not live.drained.is_set() and not live.streams and not live.runs:
+            self._finish_drain(live)
+
+    async def wait_runs(self) -> None:
+        """Return once this loop's runs have ended: a drain (begun here if none was) lets them go on for
+        its grace, then interrupts them. What an installed app's lifespan shutdown awaits."""
+        live = self.loop_supervision
+        if not live.runs:
+            return
+        self.begin_drain()
+        started = live.drain_started_at if live.drain_started_at is not None else anyio.current_time()
+        grace = live.drain_grace if live.drain_grace is not None else self.drain_settings.grace
+        with anyio.move_on_after(max(0.0, started + grace + RUNS_END_BUDGET - anyio.current_time())):
+            await live.drained.wait()
+
+    def _interrupt_runs(self, live: LoopSupervision, now: float) -> None:
+        for run in tuple(live.runs):
+            run.interrupt()
 
     # -- what streams sent ---------------------------------------------------------------------------
 
@@ -302,8 +357,9 @@ class Supervisor:
         now = anyio.current_time()
         live.draining = True
         live.drain_started_at = now
+        live.drain_grace = grace
         self.notify("drain_started", grace)
-        log.info("drain.started", grace_s=grace, streams=len(live.streams))
+        log.info("drain.started", grace_s=grace, streams=len(live.streams), runs=len(live.runs))
         streams = sorted(live.streams, key=lambda stream: stream.started_at)
         for stream in streams:
             stream.trigger(Trigger.DRAIN)
@@ -314,7 +370,8 @@ class Supervisor:
         for offset, wave in waves.items():
             live.drain_timers.append(live.timers.schedule(now + offset, _closer(wave, Trigger.DRAIN_CLOSE)))
         live.drain_timers.append(live.timers.schedule(now + grace, _closer(streams, Trigger.GRACE_EXPIRED)))
-        if not live.streams:
+        live.drain_timers.append(live.timers.schedule(now + grace, partial(self._interrupt_runs, live)))
+        if not live.streams and not live.runs:
             self._finish_drain(live)
 
     def force_close(self) -> None:
@@ -478,9 +535,28 @@ class SupervisorMiddleware:
         self.supervisor = supervisor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            scope[SCOPE_KEY] = self.supervisor
-        await self.app(scope, receive, send)
+        if scope["type"] == "lifespan":
+            self.supervisor.lifespan_seen = True
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
+        scope[SCOPE_KEY] = self.supervisor
+        token = _serving.set(self.supervisor)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _serving.reset(token)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        """The lifespan's ``receive``, whose shutdown waits for the supervisor's runs to end (the
+        server exits once the app's shutdown is complete)."""
+
+        async def shutdown_after_runs() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.supervisor.wait_runs()
+            return message
+
+        return shutdown_after_runs
 
 
 default_supervisor = Supervisor()
@@ -490,3 +566,11 @@ default_supervisor = Supervisor()
 def supervisor_for(scope: Scope) -> Supervisor:
     supervisor: Supervisor = scope.get(SCOPE_KEY, default_supervisor)
     return supervisor
+
+
+_serving: ContextVar[Supervisor | None] = ContextVar("ssesup.serving_supervisor", default=None)
+
+
+def serving_supervisor() -> Supervisor:
+    """The supervisor installed on the app whose request is being served here, else the default one."""
+    return _serving.get() or default_supervisor

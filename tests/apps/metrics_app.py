@@ -13,6 +13,8 @@
   presence) of an in-memory hub (history
   of 100 events, mailboxes of 20; channel ``drops`` drops the oldest, the others close a slow consumer);
 * ``POST /publish?channel=C&count=N&size=B``: publishes ``N`` events of ``B`` bytes of padding to ``C``;
+* ``POST /runs?tokens=N&every=S&fail=0``: starts a run of the hub (``N`` tokens, one every ``S`` seconds;
+  with ``fail=1`` its source raises after them);
 * ``/admin/drain?grace=S``: drains this worker's streams (501 while the supervisor cannot drain);
 * ``POST /admin/revoke?user=U``: ``supervisor.disconnect(U)`` (this worker's streams of ``U``);
 * ``/pid?hold=S``: the pid of the worker and of its parent, after holding the worker's event loop ``S``
@@ -128,6 +130,26 @@ async def revoke(request: Request) -> Response:
     return JSONResponse({"closed": await supervisor.disconnect(request.query_params["user"])})
 
 
+_runs = itertools.count()
+
+
+async def start_run(request: Request) -> Response:
+    tokens = int(request.query_params.get("tokens", "10"))
+    every = float(request.query_params.get("every", "0.1"))
+    fail = request.query_params.get("fail") == "1"
+
+    async def source():
+        for i in range(tokens):
+            yield Event(str(i), event="token")
+            await anyio.sleep(every)
+        if fail:
+            raise RuntimeError("the run's source failed")
+
+    channel = f"run:{next(_runs)}"
+    await hub().start_run(channel, source())
+    return JSONResponse({"channel": channel}, status_code=201)
+
+
 async def drain(request: Request) -> Response:
     drain = getattr(supervisor, "drain", None)
     if drain is None:
@@ -152,6 +174,7 @@ app = supervisor.install(
             Route("/stuck-sync", stuck_sync),
             Route("/channel", channel),
             Route("/publish", publish, methods=["POST"]),
+            Route("/runs", start_run, methods=["POST"]),
             Route("/admin/drain", drain, methods=["POST"]),
             Route("/admin/revoke", revoke, methods=["POST"]),
             Route("/pid", pid),
@@ -193,7 +216,8 @@ def serve(command: Callable[[int], list[str]], log_path: Path, env: dict[str, st
     A free port can be taken by another program before the server binds it: then the server fails, or
     something else answers there. Either way the server is started again on another port.
     """
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
+    # The tests' own PYTHONPATH after theirs (as tests/procs.py): a server runs the ssesup under test.
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     environment = {**os.environ, "PYTHONPATH": path, **(env or {})}
     for _ in range(3):
         port = free_port()

@@ -1,9 +1,10 @@
 """Channels with lossless resume: :class:`Hub`.
 
-Owns: the hub's API (``publish``, ``stream``, ``subscribe``, ``readiness``, ``aclose``), its settings,
-choosing the engine from a URL, timing and counting engine calls. Does not own storage (the engines:
-``ssesup.hub.memory``, ``ssesup.hub.redis``, behind ``ssesup.hub.backend``), the per-loop reader
-(``ssesup.hub.fanout``) or a subscriber's mailbox and ids (``ssesup.hub.subscription``).
+Owns: the hub's API (``publish``, ``stream``, ``subscribe``, ``readiness``, ``aclose``; runs:
+``start_run``, ``cancel_run``, ``run_status``), its settings, choosing the engine from a URL, timing and
+counting engine calls. Does not own storage (the engines: ``ssesup.hub.memory``, ``ssesup.hub.redis``,
+behind ``ssesup.hub.backend``), the per-loop reader (``ssesup.hub.fanout``), a subscriber's mailbox and
+ids (``ssesup.hub.subscription``) or a run's life (``ssesup.hub.runs``).
 
 ``Hub()`` keeps history in this process's memory; ``Hub("redis://...")`` in Redis Streams, shared by
 every process and host that uses the same server (install ``ssesup[redis]``). Nothing needs a lifespan:
@@ -14,7 +15,7 @@ subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) releases this
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
-from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
+from ssesup.hub.backend import ACTIVE, Backend, Entry, History, HubUnavailable, RunBounds
 from ssesup.hub.channels import MAX_CHANNEL_LENGTH, InvalidChannel, check_channel, check_channels, internal_channel
 from ssesup.hub.control import CHANNEL as CONTROL_CHANNEL
 from ssesup.hub.control import LoopControl, revoke_message
@@ -37,6 +38,7 @@ from ssesup.hub.ids import GapReason, channels_digest, format_id
 from ssesup.hub.mailbox import Overflow
 from ssesup.hub.metrics import HubCounters, NoCounters, hub_metrics
 from ssesup.hub.presence import LoopPresence, summed
+from ssesup.hub.runs import CONTROL, LoopRuns, Run, RunActive, RunRefused, RunStatus, start_run
 from ssesup.hub.subscription import Subscription
 from ssesup.identity import check_user
 from ssesup.logs import redact_query
@@ -58,6 +60,10 @@ __all__ = [
     "HubUnavailable",
     "InvalidChannel",
     "Overflow",
+    "Run",
+    "RunActive",
+    "RunRefused",
+    "RunStatus",
     "Subscription",
     "check_channel",
     "check_channels",
@@ -78,6 +84,13 @@ RATE_COVERED = 333
 REDIS_CONNECTIONS = 16
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
+# A run's history is kept whole while it goes on and RUN_TTL seconds after its end (a viewer that comes
+# back, or comes late, within that gets the whole run), within RUN_EVENTS events and RUN_BYTES bytes
+# per run (past either, its oldest events are dropped): an LLM's answer of 2,000 tokens, or a job's
+# thousands of progress events, fit many times over.
+RUN_TTL = 600.0
+RUN_EVENTS = 10_000
+RUN_BYTES = 4 * 1024 * 1024
 
 
 class Hub:
@@ -93,7 +106,8 @@ class Hub:
     (``True``), in this registry, or not at all; ``metrics_channels`` labels them by channel (only
     when channels are few). ``redis_prefix``: the prefix of the hub's Redis keys. ``redis_connections``:
     the Redis connections each event loop uses for publishes, joins and history reads (a call waits for
-    a free one, within its deadline; the loop's reader has one more of its own).
+    a free one, within its deadline; the loop's reader has one more of its own). ``run_ttl``,
+    ``run_events``, ``run_bytes``: what a run's channel keeps (:meth:`start_run`).
     """
 
     def __init__(
@@ -112,6 +126,9 @@ class Hub:
         redis_prefix: str = "ssesup:",
         redis_connections: int = REDIS_CONNECTIONS,
         backend: Backend | None = None,
+        run_ttl: float = RUN_TTL,
+        run_events: int = RUN_EVENTS,
+        run_bytes: int = RUN_BYTES,
     ) -> None:
         for name, value in (
             ("history_size", history_size),
@@ -161,6 +178,8 @@ class Hub:
         self._presence: RunVar[LoopPresence] = RunVar(f"ssesup.hub.presence.{id(self)}")
         if self.backend.shared:
             watch_identified(self._identified)
+        self.run_bounds = _run_bounds(run_events, run_bytes, run_ttl)
+        self._runs: RunVar[LoopRuns] = RunVar(f"ssesup.hub.runs.{id(self)}")
 
     # -- the API -------------------------------------------------------------------------------------
 
@@ -218,6 +237,73 @@ class Hub:
         generators that merge, filter or add events of their own. Inside a SupervisedStream's generator,
         an overflow (policy ``disconnect``) ends that stream with ``slow_consumer``."""
         return Subscription(self, channels, last_event_id)
+
+    # -- runs: work that outlives its viewers (ssesup.hub.runs) ----------------------------------------
+
+    async def start_run(
+        self,
+        channel: str,
+        source: AsyncIterable[Any],
+        *,
+        supervisor: Supervisor | None = None,
+        ttl: float | None = None,
+        max_events: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Run:
+        """Run ``source`` (an async iterable or generator of what a stream's generator may yield) in
+        this process, detached from any request, publishing each item to ``channel`` with the hub's ids
+        (an id an item carries is left out). Its end is an event ``end`` with JSON data ``{"status":
+        ...}``: ``completed``, ``failed`` (the source raised: logged, no error text reaches clients),
+        ``cancelled`` (:meth:`cancel_run`) or ``interrupted`` (this process drained first). A viewer,
+        ``hub.stream(request, channel)``, starts at the run's first event unless it resumes after an id,
+        and completes after ``end``; viewers never stop the run.
+
+        Owned by ``supervisor`` (by default the one installed on the app whose request calls this, else
+        the default supervisor): its drain lets the run go on for the drain's grace, then interrupts it.
+        The channel's history is kept whole while the run goes on and ``ttl`` seconds after it ended
+        (the hub's ``run_ttl``), within ``max_events`` events and ``max_bytes`` bytes (``run_events``,
+        ``run_bytes``; past either the oldest are dropped and a viewer from the start gets an
+        ``expired`` gap first). Raises :class:`RunActive` when a run is active on ``channel`` (in any
+        process of the engine), :class:`RunRefused` while this process drains,
+        :class:`HubUnavailable` when the engine cannot be reached (nothing started); the source is then
+        closed. Returns the :class:`Run`."""
+        check_channel(channel)
+        if not isinstance(source, AsyncIterable):
+            raise TypeError(f"a run's source is an async iterable or generator, not {type(source).__name__}")
+        if supervisor is not None and not isinstance(supervisor, Supervisor):
+            raise TypeError(f"supervisor must be a Supervisor or None, not {supervisor!r}")
+        defaults = self.run_bounds
+        bounds = _run_bounds(
+            defaults.max_events if max_events is None else max_events,
+            defaults.max_bytes if max_bytes is None else max_bytes,
+            defaults.ttl if ttl is None else ttl,
+            "",
+        )
+        return await start_run(self, self.loop_runs(), channel, source, supervisor, bounds)
+
+    async def cancel_run(self, channel: str) -> bool:
+        """Cancel the run of ``channel``, wherever it runs (any process of the engine): its source is
+        closed (its ``finally`` runs, within ``close_grace``) and its viewers get ``end`` with the status
+        ``cancelled``. Returns whether a run was active on it (``False``: none, or it has ended)."""
+        check_channel(channel)
+        if self.loop_runs().cancel(channel):
+            return True
+        if await self.run_status(channel) != ACTIVE:
+            return False
+        await self.publish_internal(CONTROL, Event(channel, event="cancel"))
+        return True
+
+    async def run_status(self, channel: str) -> str | None:
+        """The status of the run of ``channel``: ``"active"``, how it ended (``"completed"``, ...) while its
+        history is kept, or ``None`` (no run, or forgotten)."""
+        check_channel(channel)
+        backend = self.backend
+        (record,) = await self.call("runs", lambda: backend.runs((channel,)))
+        return None if record is None else record.status
+
+    def loop_runs(self) -> LoopRuns:
+        """This event loop's runs of this hub and their keeper."""
+        return loop_local(self._runs, partial(LoopRuns, self))
 
     # -- ssesup's own channels (control messages between the processes of one engine) ------------------
 
@@ -305,6 +391,18 @@ class Hub:
             raise
         self.counters.timed(operation, time.perf_counter() - started)
         return result
+
+
+def _run_bounds(max_events: object, max_bytes: object, ttl: object, prefix: str = "run_") -> RunBounds:
+    """The bounds of a run's channel, checked (``prefix``: the hub's settings', or start_run's own)."""
+    names = (f"{prefix}events", f"{prefix}bytes", f"{prefix}ttl") if prefix else ("max_events", "max_bytes", "ttl")
+    for name, value in zip(names[:2], (max_events, max_bytes), strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < 1e9:
+        raise ValueError(f"{names[2]} must be a number of seconds > 0, not {ttl!r}")
+    assert isinstance(max_events, int) and isinstance(max_bytes, int)
+    return RunBounds(max_events, max_bytes, float(ttl))
 
 
 def _overflow(value: object, name: str) -> Overflow:

@@ -28,6 +28,25 @@ The contract, for every engine:
   set). An engine whose ``wait`` reads only the channels that changed since its last call reads this
   one at its next call too, so that what was appended while the cursor was being read is not missed.
 
+Runs (optional: an engine without them raises ``NotImplementedError`` from ``start_run``; see
+``ssesup.hub.runs``). A run's channel has a record in the engine, which keeps its history whole (by
+its own bounds, :class:`RunBounds`, not the hub's age and count) while the run is active and for its
+``ttl`` after it ended:
+
+* ``start_run(channel, token, bounds)`` marks ``channel`` as a run's, atomically (one winner across
+  processes), and returns the position every event of the run follows; ``None`` when a run is active
+  on it. From then on ``append`` to the channel keeps the run's bounds: past ``max_events`` or
+  ``max_bytes`` the oldest events are dropped (the newest is always kept).
+* ``end_run(channel, token, status, event)`` appends the run's last event as a :class:`RunEnd` and
+  records the end: the channel's history is kept for ``ttl`` more, then forgotten whole.
+* ``runs(channels)`` reads each channel's :class:`RunRecord` (``None``: no run, or forgotten).
+* ``last_run(channel)``: ``last`` and ``runs`` of one channel read in one step (a join reads the
+  channel's run with its cursor: no run it missed started in between).
+* ``renew_runs(tokens)`` (engines whose records outlive a process): the runs of this process are
+  alive; returns the channels whose record was lost. ``run_lease`` is how long a record lives unless
+  renewed (``None``: as long as the engine, memory).
+* ``read`` returns the channel's newest entry as ``History.ended`` when it is a run's end.
+
 ``wait`` costs per event found, not per channel followed: a loop may follow tens of thousands of
 channels (1,000 streams of 16 channels each), and its reader calls ``wait`` after every delivery.
 
@@ -92,12 +111,44 @@ class Entry:
 class History:
     """What :meth:`Backend.read` found: the entries, whether some after ``after`` are gone, the
     channel's last position, and the last position history no longer holds (``floor``: a resume that
-    lost events lost those up to it)."""
+    lost events lost those up to it). ``ended``: the channel's newest entry when it is a run's end
+    (:class:`RunEnd`), so that a viewer that resumes after the end hears it again."""
 
     entries: Sequence[Entry]
     lost: bool
     last: Position
     floor: Position = START
+    ended: Entry | None = None
+
+
+class RunEnd(Entry):
+    """The last event of a run (``Hub.start_run``): a subscription of its channel alone ends after it."""
+
+    __slots__ = ()
+
+
+ACTIVE = "active"
+"""The status of a run's record while the run goes on (else its end's: ``completed``, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunBounds:
+    """What a run's channel keeps: at most ``max_events`` events and ``max_bytes`` bytes of them (the
+    oldest dropped past either), for ``ttl`` seconds after the run ended."""
+
+    max_events: int
+    max_bytes: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run's record in the engine: its ``status`` (:data:`ACTIVE` or how it ended), the position
+    every event of the run follows (``start``), and its end's position once it ended."""
+
+    status: str
+    start: Position
+    end: Position | None = None
 
 
 class Backend(abc.ABC):
@@ -146,6 +197,29 @@ class Backend(abc.ABC):
 
     async def presence(self, channel: str) -> list[dict[str, int]]:
         """The records of ``channel`` of every member whose TTL has not run out (one per member)."""
+        return []
+
+    # -- runs (optional: see the module's docstring) ----------------------------------------------------
+
+    run_lease: float | None = None
+
+    async def start_run(self, channel: str, token: str, bounds: RunBounds) -> Position | None:
+        raise NotImplementedError(f"the hub's engine {self.name!r} keeps no runs")
+
+    async def end_run(self, channel: str, token: str, status: str, event: Event) -> Position:
+        raise NotImplementedError(f"the hub's engine {self.name!r} keeps no runs")
+
+    async def runs(self, channels: Sequence[str]) -> list[RunRecord | None]:
+        return [None] * len(channels)
+
+    async def last_run(self, channel: str) -> tuple[Position, RunRecord | None]:
+        """``last(channel)`` and its run's record, read in one step where the engine can (else the
+        record after the position: a run that started in between starts after the position too)."""
+        last = await self.last(channel)
+        (record,) = await self.runs((channel,))
+        return last, record
+
+    async def renew_runs(self, tokens: Mapping[str, str]) -> list[str]:
         return []
 
     def appended(self, channel: str, after: Position) -> Sequence[Entry]:

@@ -23,14 +23,14 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 import structlog
 
 from ssesup import logs
 from ssesup._loop import LoopPrimitives, running_trio, spawn_owned, wake
-from ssesup.hub.backend import Entry, HubUnavailable, Missed
+from ssesup.hub.backend import Entry, HubUnavailable, Missed, RunRecord
 from ssesup.hub.ids import Position
 from ssesup.hub.mailbox import Mailbox
 from ssesup.hub.waiter import Waiter, ring_soon
@@ -96,6 +96,10 @@ class LoopHub:
         self._task: object = None
         # The engine calls in flight that joins and replays share: (operation, channel, ...) -> _Flight.
         self._flights: dict[tuple[object, ...], _Flight] = {}
+        # Per followed channel, the cursor at which the engine said it has no run: while the cursor is
+        # still there, a subscription that joins needs not ask again (a run that started since starts
+        # after that cursor, so every event of it reaches the subscription live).
+        self.no_run: dict[str, Position] = {}
         hub.counters.watch_depth(self)
 
     def mailbox_depth(self) -> int:
@@ -138,28 +142,31 @@ class LoopHub:
             if flight.ok:
                 return flight.result  # type: ignore[return-value]
 
-    async def join(self, mailbox: Mailbox, channel: str) -> Position:
+    async def join(self, mailbox: Mailbox, channel: str) -> tuple[Position, RunRecord | Literal[False] | None]:
         """Follow ``channel`` for the subscriber of ``mailbox``; return the cursor after which every entry
-        will reach the mailbox."""
+        will reach the mailbox, and the channel's run record when the engine was asked for the cursor
+        now (read with it, in one step), else ``False`` (the caller reads it after, if it needs it)."""
         self.mailboxes.add(mailbox)
         self.subscribers.setdefault(channel, {})[mailbox] = None
         cursor = self.cursors.get(channel)
         if cursor is not None:
             self._ensure_reader()
-            return cursor
+            return cursor, False
         backend = self.hub.backend
-        last = await self.shared(("last", channel), "last", lambda: backend.last(channel))
+        last, run = await self.shared(("last", channel), "last", lambda: backend.last_run(channel))
         cursor = self.cursors.get(channel)
         if cursor is not None:  # another subscription set it meanwhile: from there on, all reach us
-            return cursor
+            return cursor, False
         if mailbox not in self.subscribers.get(channel, ()):
-            return last  # left while waiting
+            return last, run  # left while waiting
         self.cursors[channel] = last
+        if run is None:
+            self.no_run[channel] = last
         backend.followed(channel)
         if not self._ensure_reader():
             with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has
                 await backend.wake()
-        return last
+        return last, run
 
     def leave(self, mailbox: Mailbox) -> None:
         self.mailboxes.discard(mailbox)
@@ -171,6 +178,7 @@ class LoopHub:
             if not followers:
                 del self.subscribers[channel]
                 self.cursors.pop(channel, None)
+                self.no_run.pop(channel, None)
         if not self.cursors and self._reader is not None:
             self._reader.cancel()  # nothing left to read: the reader ends now, not at its next wake-up
             self._reader = None

@@ -78,6 +78,12 @@ def parse_token(token: str) -> Position:
     return position
 
 
+def position_before(position: Position) -> Position:
+    """The last position before ``position`` (a resume after it gets the event at ``position``)."""
+    major, minor = position
+    return (major, minor - 1) if minor else (major - 1, MAX_PART)
+
+
 def channels_digest(channels: Sequence[str]) -> str:
     """Eight hex digits naming the channels in their order. Not interned: on Python 3.12 an interned
     str is never freed, and channel names may be made per user or per request."""

@@ -15,6 +15,11 @@ that id (it may have had events), never ``unknown``; an id older than the age bo
 ``expired`` for a channel that had nothing. The epoch is random per engine: another process's ids
 (another worker, a restart) are from another epoch, so they are refused with a gap, never misread.
 
+A run's channel (``start_run``) is kept apart from that sweep: its record holds the run's status and
+history by the run's own bounds (events and bytes, the oldest dropped past them; no age bound) while
+the run is active, and is forgotten whole its ``ttl`` after its newest event once the run ended (a heap
+of those times, looked at by the same sweep).
+
 Thread-safe: loops in several threads may append, read and wait at once (one lock, held briefly).
 """
 
@@ -22,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import math
 import secrets
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -35,7 +43,7 @@ from anyio.lowlevel import RunVar
 
 from ssesup._loop import LoopPrimitives, loop_local, running_trio, spawn_owned
 from ssesup.events import Event
-from ssesup.hub.backend import Backend, Entry, History
+from ssesup.hub.backend import ACTIVE, Backend, Entry, History, RunBounds, RunEnd, RunRecord
 from ssesup.hub.ids import START, Position
 
 # Buckets of channel names, each keeping the highest last position of a channel forgotten in it: a
@@ -47,15 +55,36 @@ HORIZON_BUCKETS = 4096
 SWEEP_SLACK = 0.5
 # Channels a loop's reader notes as changed before it looks; past that its next look reads every channel.
 CHANGED_KEPT = 10_000
+# The separator a run's events are measured with (its bound in bytes).
+SIZE_SEP = "\r\n"
+
+
+class _Run:
+    """A run's record: who runs it (``token``), its bounds, where it starts, how it ended and when its
+    channel is forgotten (``expires``: never while it is active), and the bytes its channel holds."""
+
+    __slots__ = ("bounds", "bytes", "end", "expires", "start", "status", "token")
+
+    def __init__(self, token: str, bounds: RunBounds, start: Position, size: int) -> None:
+        self.token = token
+        self.bounds = bounds
+        self.start = start
+        self.status = ACTIVE
+        self.end: Position | None = None
+        self.expires = math.inf
+        self.bytes = size
 
 
 class _Channel:
-    __slots__ = ("entries", "floor", "last")
+    __slots__ = ("entries", "floor", "last", "run")
 
     def __init__(self, floor: Position) -> None:
         self.entries: deque[tuple[float, Entry]] = deque()
         self.floor = floor  # every position up to this one is not (or no longer) in history
-        self.last = START  # set by the append that makes the record (a record holds one entry at least)
+        # Set by the append that makes the record (a record holds one entry at least, but a run's, which
+        # exists from the run's start).
+        self.last = START
+        self.run: _Run | None = None
 
 
 class _LoopReader:
@@ -106,6 +135,11 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         # Channels with history, the one appended to least recently first (the sweep's order).
         self._channels: OrderedDict[str, _Channel] = OrderedDict()
+        # The channels of runs, active or ended (not in the sweep's order: see the module's docstring), and
+        # when ended ones are forgotten: (time, sequence, channel), stale entries skipped.
+        self._runs: dict[str, _Channel] = {}
+        self._expiring: list[tuple[float, int, str]] = []
+        self._expiring_order = itertools.count()
         # Per bucket of channel names, the highest last position of a channel forgotten in it.
         self._horizons = [START] * HORIZON_BUCKETS
         self._counter = 0
@@ -121,6 +155,10 @@ class MemoryBackend(Backend):
         return self._epoch
 
     async def append(self, channel: str, event: Event) -> Position:
+        return self._append(channel, event, None)
+
+    def _append(self, channel: str, event: Event, end: tuple[str, str] | None) -> Position:
+        """Append ``event`` (a run's end, ``end``: its token and status)."""
         now = self._clock()
         with self._lock:
             self._sweep(now)
@@ -128,13 +166,20 @@ class MemoryBackend(Backend):
             position = (self._counter, 0)
             channels = self._channels
             record = channels.get(channel)
-            if record is None:
-                record = channels[channel] = _Channel(self._horizons[hash(channel) % HORIZON_BUCKETS])
-            else:
+            if record is not None:
                 channels.move_to_end(channel)
-            record.entries.append((now, Entry(position, event, record.last)))
+            else:
+                record = self._runs.get(channel)
+                if record is None:
+                    record = channels[channel] = _Channel(self._horizons[hash(channel) % HORIZON_BUCKETS])
+            entry = Entry(position, event, record.last) if end is None else RunEnd(position, event, record.last)
+            record.entries.append((now, entry))
             record.last = position
-            self._trim(record, now)
+            run = record.run
+            if run is None:
+                self._trim(record, now)
+            else:
+                self._append_to_run(channel, record, run, entry, end, now)
             ended = None
             for reader in self._readers:
                 if reader.closed():
@@ -156,21 +201,26 @@ class MemoryBackend(Backend):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            record = self._channels.get(channel)
+            record = self._channels.get(channel) or self._runs.get(channel)
             if record is None:  # nothing in history: what it had is gone, if it had anything after ``after``
                 floor = self._horizons[hash(channel) % HORIZON_BUCKETS]
                 return History((), after < floor, (self._counter, 0), floor)
-            self._trim(record, now)
-            entries = self._after(record, after)
+            if record.run is None:
+                self._trim(record, now)
             held = record.entries
-            kept_after = held[0][1].previous if held else record.last
-            return History(entries[:limit], after < record.floor, record.last, kept_after or START)
+            if not held:  # a run's channel before its first event
+                return History((), after < record.floor, (self._counter, 0), record.floor)
+            entries = self._after(record, after)
+            newest = held[-1][1]
+            ended = newest if type(newest) is RunEnd else None
+            kept_after = held[0][1].previous
+            return History(entries[:limit], after < record.floor, record.last, kept_after or START, ended)
 
     async def last(self, channel: str) -> Position:
         with self._lock:
-            record = self._channels.get(channel)
+            record = self._channels.get(channel) or self._runs.get(channel)
             # A channel with no history: every position it will give follows the counter's.
-            return (self._counter, 0) if record is None else record.last
+            return (self._counter, 0) if record is None or not record.entries else record.last
 
     async def wait(self, cursors: Mapping[str, Position], timeout: float) -> list[tuple[str, Entry]]:
         reader = self._loop_reader()
@@ -196,7 +246,7 @@ class MemoryBackend(Backend):
 
     def appended(self, channel: str, after: Position) -> list[Entry]:
         with self._lock:
-            record = self._channels.get(channel)
+            record = self._channels.get(channel) or self._runs.get(channel)
             return [] if record is None else self._after(record, after)
 
     async def wake(self) -> None:
@@ -227,9 +277,50 @@ class MemoryBackend(Backend):
         """Nothing to release: history stays for as long as the engine (and so its hub) lives."""
 
     def channels(self) -> int:
-        """The channels that have history now (each costs a record until its history ages out)."""
+        """The channels that have history now (each costs a record until its history ages out), runs'
+        channels among them."""
         with self._lock:
-            return len(self._channels)
+            return len(self._channels) + len(self._runs)
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    async def start_run(self, channel: str, token: str, bounds: RunBounds) -> Position | None:
+        with self._lock:
+            self._sweep(self._clock())
+            record = self._runs.get(channel)
+            if record is None:
+                record = self._channels.pop(channel, None)
+                if record is None:
+                    record = _Channel(self._horizons[hash(channel) % HORIZON_BUCKETS])
+                self._runs[channel] = record
+            elif record.run is not None and record.run.status == ACTIVE:
+                return None
+            start = record.last if record.entries else (self._counter, 0)
+            size = sum(len(entry.body(SIZE_SEP)) for _, entry in record.entries)
+            record.run = _Run(token, bounds, start, size)
+            self._trim_run(record, record.run)
+            return start
+
+    async def last_run(self, channel: str) -> tuple[Position, RunRecord | None]:
+        with self._lock:
+            self._sweep(self._clock())
+            record = self._channels.get(channel) or self._runs.get(channel)
+            last = (self._counter, 0) if record is None or not record.entries else record.last
+            run = None if record is None else record.run
+            return last, None if run is None else RunRecord(run.status, run.start, run.end)
+
+    async def end_run(self, channel: str, token: str, status: str, event: Event) -> Position:
+        return self._append(channel, event, (token, status))
+
+    async def runs(self, channels: Sequence[str]) -> list[RunRecord | None]:
+        with self._lock:
+            self._sweep(self._clock())
+            records: list[RunRecord | None] = []
+            for channel in channels:
+                record = self._runs.get(channel)
+                run = None if record is None else record.run
+                records.append(None if run is None else RunRecord(run.status, run.start, run.end))
+            return records
 
     async def _sweeper(self) -> None:
         """Forget the channels whose history aged out, for as long as some channel has history (one
@@ -251,20 +342,58 @@ class MemoryBackend(Backend):
 
     def _sweep(self, now: float) -> float | None:
         """Forget every channel whose newest event is older than ``history_ttl`` (least recently
-        appended first: this stops at the first one still within it). Seconds until the next one
-        ages out, or ``None`` when no channel is left."""
+        appended first: this stops at the first one still within it), and every ended run's channel
+        past its time. Seconds until the next one ages out, or ``None`` when none is left to age."""
         channels = self._channels
         oldest = now - self.history_ttl
+        delay = None
         while channels:
             channel, record = next(iter(channels.items()))
             newest = record.entries[-1][0]
             if newest >= oldest:
-                return newest - oldest + SWEEP_SLACK
+                delay = newest - oldest + SWEEP_SLACK
+                break
             del channels[channel]
-            bucket = hash(channel) % HORIZON_BUCKETS
-            if record.last > self._horizons[bucket]:
-                self._horizons[bucket] = record.last
-        return None
+            self._forget(channel, record)
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            expires, _, channel = heapq.heappop(expiring)
+            ended = self._runs.get(channel)
+            if ended is not None and ended.run is not None and ended.run.expires == expires:
+                del self._runs[channel]
+                self._forget(channel, ended)
+        if expiring:
+            later = expiring[0][0] - now + SWEEP_SLACK
+            delay = later if delay is None else min(delay, later)
+        return delay
+
+    def _forget(self, channel: str, record: _Channel) -> None:
+        """``channel``'s record is gone: its bucket keeps its last position."""
+        bucket = hash(channel) % HORIZON_BUCKETS
+        if record.last > self._horizons[bucket]:
+            self._horizons[bucket] = record.last
+
+    def _append_to_run(
+        self, channel: str, record: _Channel, run: _Run, entry: Entry, end: tuple[str, str] | None, now: float
+    ) -> None:
+        """``entry`` was appended to a run's channel: the run's bounds, its end, when it is forgotten."""
+        run.bytes += len(entry.body(SIZE_SEP))
+        if end is not None and end[0] == run.token and run.status == ACTIVE:
+            run.status, run.end = end[1], entry.position
+        if run.status != ACTIVE:  # ended: forgotten ``ttl`` after its newest event
+            run.expires = now + run.bounds.ttl
+            heapq.heappush(self._expiring, (run.expires, next(self._expiring_order), channel))
+        self._trim_run(record, run)
+
+    @staticmethod
+    def _trim_run(record: _Channel, run: _Run) -> None:
+        """A run's bounds: past its events or bytes, the oldest are dropped (the newest stays)."""
+        entries = record.entries
+        bounds = run.bounds
+        while len(entries) > 1 and (len(entries) > bounds.max_events or run.bytes > bounds.max_bytes):
+            dropped = entries.popleft()[1]
+            run.bytes -= len(dropped.body(SIZE_SEP))
+            record.floor = dropped.position
 
     def _trim(self, record: _Channel, now: float) -> None:
         entries = record.entries
@@ -294,7 +423,7 @@ class MemoryBackend(Backend):
         found: list[tuple[str, Entry]] = []
         for channel in cursors if changed is None else changed:
             cursor = cursors.get(channel)
-            record = self._channels.get(channel)
+            record = self._channels.get(channel) or self._runs.get(channel)
             if cursor is not None and record is not None and record.last > cursor:
                 found.extend((channel, entry) for entry in self._after(record, cursor))
         return found

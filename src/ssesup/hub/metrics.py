@@ -91,6 +91,22 @@ class HubMetrics:
             ("backend", "operation"),
             registry=registry,
         )
+        self.runs_started = Counter(
+            "ssesup_hub_runs_started", "Runs started in this process (Hub.start_run).", ("backend",), registry=registry
+        )
+        self.runs_active = Gauge(
+            "ssesup_hub_runs_active",
+            "Runs going on in this process now.",
+            ("backend",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.runs_ended = Counter(
+            "ssesup_hub_runs_ended",
+            "Runs of this process ended, by status (completed, failed, cancelled, interrupted).",
+            ("backend", "status"),
+            registry=registry,
+        )
         self._depths: weakref.WeakSet[Any] = weakref.WeakSet()
         self.mailbox_events.set_function(self._mailbox_depth)
 
@@ -122,7 +138,21 @@ def hub_metrics(registry: CollectorRegistry | None = None) -> HubMetrics:
 
 
 # The engine calls whose time and failures are counted (``operation`` label of the backend metrics).
-ENGINE_OPERATIONS = ("append", "epoch", "last", "read", "wait", "presence", "presence_write")
+ENGINE_OPERATIONS = (
+    "append",
+    "epoch",
+    "last",
+    "read",
+    "wait",
+    "presence",
+    "presence_write",
+    "runs",
+    "start_run",
+    "end_run",
+    "renew_runs",
+)
+# How a run ends (``status`` label of ``ssesup_hub_runs_ended_total``: ssesup.hub.runs.RunStatus).
+RUN_STATUSES = ("completed", "failed", "cancelled", "interrupted")
 
 
 class NoCounters:
@@ -148,6 +178,10 @@ class NoCounters:
 
     def watch_depth(self, source: object) -> None: ...
 
+    def run_started(self) -> None: ...
+
+    def run_ended(self, status: str) -> None: ...
+
 
 class HubCounters(NoCounters):
     """One hub's metrics: its engine's name as the ``backend`` label, and channel names as the
@@ -164,6 +198,10 @@ class HubCounters(NoCounters):
         metrics.presence_streams.labels(backend)
         for operation in ENGINE_OPERATIONS:
             metrics.backend_errors.labels(backend, operation)
+        metrics.runs_started.labels(backend)
+        metrics.runs_active.labels(backend)
+        for status in RUN_STATUSES:
+            metrics.runs_ended.labels(backend, status)
 
     def _channel(self, channel: str) -> str:
         return channel if self.by_channel else ""
@@ -205,3 +243,11 @@ class HubCounters(NoCounters):
 
     def watch_depth(self, source: object) -> None:
         self.metrics.watch_depth(source)
+
+    def run_started(self) -> None:
+        self.metrics.runs_started.labels(self.backend).inc()
+        self.metrics.runs_active.labels(self.backend).inc()
+
+    def run_ended(self, status: str) -> None:
+        self.metrics.runs_active.labels(self.backend).dec()
+        self.metrics.runs_ended.labels(self.backend, status).inc()

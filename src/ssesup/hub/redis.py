@@ -29,6 +29,14 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
   and sums the channel's record of the others, in one round trip (``ssesup.hub.presence``).
 * The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
   before are refused with a gap. Deleting one channel's key by hand is not noticed.
+* A run's record is a hash, ``<prefix>run:<channel>`` (status, the running process's token, where the run
+  starts, its bounds, the bytes its stream holds, its end), made with the run's start only where no
+  active one is (one script: one winner across processes). ``append`` reads it: a run's stream is
+  trimmed by the run's bounds (exactly, oldest first, by count and by the bytes of its events' fields),
+  never by age, and expires ``ttl`` after its newest event once the run ended. While it is active the
+  record expires after RUN_LEASE unless the running process renews it (``renew_runs``, every few
+  seconds), so a process that died without a drain leaves no active run behind for longer; the stream
+  then expires ``ttl`` after that. A run's end is an entry with the field ``x`` (its status).
 * Every call has a deadline of ssesup's own (``anyio.fail_after``), not redis-py's ``socket_timeout``:
   with a socket timeout, redis-py writes each command through ``asyncio.wait_for``, which before Python
   3.12 swallows a cancellation that arrives as the write completes. A publish or a join then returned
@@ -41,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -50,7 +58,7 @@ import anyio
 from anyio.lowlevel import RunVar
 
 from ssesup.events import Event
-from ssesup.hub.backend import Backend, Entry, History, HubUnavailable
+from ssesup.hub.backend import Backend, Entry, History, HubUnavailable, RunBounds, RunEnd, RunRecord
 from ssesup.hub.ids import MAX_PART, Position
 
 _T = TypeVar("_T")
@@ -68,25 +76,77 @@ CONNECTIONS = 16
 # Entries the log of changes keeps (about: MAXLEN ~). A reader behind it by more reads every channel.
 CHANGES_KEPT = 10_000
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
+# Seconds an active run's record lives unless the running process renews it (it does every third of it).
+RUN_LEASE = 15.0
 
-# KEYS[1]: the channel's stream, KEYS[2]: the log of changes; ARGV: history_size, history_ttl in ms,
-# the channel's name, the event's fields. The entry keeps the id of the one before it (p); the first
-# entry of a stream that did not exist also keeps the horizon (h): every position before it may have
-# been in an earlier stream of the channel, expired. The log gets the channel's name (c) and the id of
-# the log's entry before (p: a reader that finds another one than its cursor missed some).
+
+class RunLost(RuntimeError):
+    """A run's record is another run's now (this one's lapsed: its process could not renew it)."""
+
+
+# KEYS[1]: the channel's stream, KEYS[2]: the log of changes, KEYS[3]: the channel's run record; ARGV:
+# history_size, history_ttl in ms, the channel's name, a run's token and status (the run's end; else
+# empty), the event's fields. The entry keeps the id of the one before it (p); the first entry of a
+# stream that did not exist also keeps the horizon (h): every position before it may have been in an
+# earlier stream of the channel, expired. A run's end also has its status (x). On a run's channel the
+# run's bounds apply (see the module's docstring); a run's end on a channel another run has now is not
+# written (nil). The log gets the channel's name (c) and the id of the log's entry before (p: a reader
+# that finds another one than its cursor missed some).
 _APPEND_SOURCE = """
+local function size(flat)
+  local n = 0
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    if k == 'd' or k == 'e' or k == 'c' or k == 'r' then n = n + #flat[i + 1] end
+  end
+  return n
+end
+local run = redis.call('HMGET', KEYS[3], 'status', 'token', 'max_events', 'max_bytes', 'ttl', 'lease')
+local ending = ARGV[4] ~= ''
+if ending and run[1] and run[2] ~= ARGV[4] then return false end
 local previous = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local id
+local fields
 if previous[1] then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', previous[1][1], unpack(ARGV, 4))
+  fields = {'p', previous[1][1]}
 else
   local t = redis.call('TIME')
   local horizon = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[2])
-  id = redis.call('XADD', KEYS[1], '*', 'p', '0-0', 'h', string.format('%d-0', horizon), unpack(ARGV, 4))
+  fields = {'p', '0-0', 'h', string.format('%d-0', horizon)}
 end
-local ms = tonumber(string.match(id, '^(%d+)'))
-redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ending then
+  table.insert(fields, 'x')
+  table.insert(fields, ARGV[5])
+end
+for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+local id
+if run[1] then
+  id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+  local bytes = redis.call('HINCRBY', KEYS[3], 'bytes', size(fields))
+  local length = redis.call('XLEN', KEYS[1])
+  local max_events, max_bytes = tonumber(run[3]), tonumber(run[4])
+  while length > 1 and (length > max_events or bytes > max_bytes) do
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 2)
+    redis.call('XTRIM', KEYS[1], 'MINID', oldest[2][1])
+    bytes = redis.call('HINCRBY', KEYS[3], 'bytes', -size(oldest[1][2]))
+    length = length - 1
+  end
+  local status = run[1]
+  if ending and status == 'active' then
+    redis.call('HSET', KEYS[3], 'status', ARGV[5], 'end', id)
+    status = ARGV[5]
+  end
+  if status == 'active' then
+    redis.call('PEXPIRE', KEYS[1], tonumber(run[5]) + tonumber(run[6]))
+  else
+    redis.call('PEXPIRE', KEYS[1], run[5])
+    redis.call('PEXPIRE', KEYS[3], run[5])
+  end
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', ms - tonumber(ARGV[2])))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 local logged = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local before = '0-0'
 if logged[1] then before = logged[1][1] end
@@ -141,6 +201,64 @@ end
 return found
 """
 
+# KEYS[1]: the run's record, KEYS[2]: the channel's stream; ARGV: the run's token, max_events,
+# max_bytes, ttl in ms, lease in ms. Nil when a run is active on the channel; else the record of the
+# new one, and the position every event of the run follows (the stream's last id, or Redis's time
+# less a millisecond). What the stream holds already is kept within the run's count, and its bytes
+# count against the run's bound.
+_START_RUN = """
+if redis.call('HGET', KEYS[1], 'status') == 'active' then return false end
+local bytes = 0
+redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[2])
+local held = redis.call('XRANGE', KEYS[2], '-', '+')
+for _, entry in ipairs(held) do
+  local flat = entry[2]
+  for i = 1, #flat, 2 do
+    local k = flat[i]
+    if k == 'd' or k == 'e' or k == 'c' or k == 'r' then bytes = bytes + #flat[i + 1] end
+  end
+end
+local start
+if held[#held] then
+  start = held[#held][1]
+else
+  local t = redis.call('TIME')
+  start = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1)
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'status', 'active', 'token', ARGV[1], 'start', start, 'max_events', ARGV[2],
+  'max_bytes', ARGV[3], 'ttl', ARGV[4], 'lease', ARGV[5], 'bytes', bytes)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if held[1] then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[5])) end
+return start
+"""
+
+# KEYS: each run's record and stream, in pairs; ARGV: each run's token. Renews the records (and keeps
+# the streams) of the runs still active under these tokens; returns the indexes (from 1) of the others.
+_RENEW_RUNS = """
+local lost = {}
+for i = 1, #ARGV do
+  local record, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  local run = redis.call('HMGET', record, 'status', 'token', 'ttl', 'lease')
+  if run[1] == 'active' and run[2] == ARGV[i] then
+    redis.call('PEXPIRE', record, run[4])
+    redis.call('PEXPIRE', stream, tonumber(run[3]) + tonumber(run[4]))
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+# KEYS[1]: the channel's stream, KEYS[2]: its run record. _LAST's answer and the record's status, start
+# and end, read in one step.
+_LAST_RUN = (
+    "local last = (function()"
+    + _LAST
+    + "end)()\nlocal run = redis.call('HMGET', KEYS[2], 'status', 'start', 'end')\n"
+    + "return {last, run[1], run[2], run[3]}\n"
+)
+
 _FIELDS = ((b"d", "data"), (b"e", "event"), (b"c", "comment"))
 
 
@@ -172,6 +290,19 @@ def _fields(event: Event) -> list[str]:
     if event.retry is not None:
         flat += ["r", str(event.retry)]
     return flat
+
+
+def _entry(raw_id: bytes, fields: Mapping[bytes, bytes], previous: Position | None = None) -> Entry:
+    """The entry of a stream's entry: a run's end (field ``x``) or an event."""
+    kind = RunEnd if b"x" in fields else Entry
+    return kind(parse_redis_id(raw_id), _event(fields), previous)
+
+
+def _record(status: bytes | None, start: bytes | None, end: bytes | None) -> RunRecord | None:
+    """A run's record from its hash's fields (``None``: no record)."""
+    if not status or not start:
+        return None
+    return RunRecord(status.decode(), parse_redis_id(start), None if not end else parse_redis_id(end))
 
 
 def _event(fields: Mapping[bytes, bytes]) -> Event:
@@ -207,6 +338,9 @@ class _LoopClients:
         self.last = self.pool.register_script(_LAST)
         self.presence_write = self.pool.register_script(_PRESENCE_WRITE)
         self.presence_read = self.pool.register_script(_PRESENCE_READ)
+        self.start_run = self.pool.register_script(_START_RUN)
+        self.last_run = self.pool.register_script(_LAST_RUN)
+        self.renew_runs = self.pool.register_script(_RENEW_RUNS)
         self.wake_key = ""
         self.wake_cursor = "0-0"
         # The reader's place in the log of changes (None: not read yet, or lost: read every channel).
@@ -242,6 +376,8 @@ class RedisBackend(Backend):
         self._changes_key = f"{prefix}changes"
         self._members_key = f"{prefix}presence"
         self._member_prefix = f"{prefix}presence:"
+        self._run_prefix = f"{prefix}run:"
+        self.run_lease: float = RUN_LEASE
         self._where = _where(url)
         self._clients: RunVar[_LoopClients | None] = RunVar(f"ssesup.hub.redis.{id(self)}", default=None)
 
@@ -281,9 +417,58 @@ class RedisBackend(Backend):
 
     async def append(self, channel: str, event: Event) -> Position:
         clients = self._loop()
-        args = [self.history_size, self.history_ttl_ms, channel, *_fields(event)]
-        keys = [self._key(channel), self._changes_key]
+        args = [self.history_size, self.history_ttl_ms, channel, "", "", *_fields(event)]
+        keys = [self._key(channel), self._changes_key, self._run_key(channel)]
         return parse_redis_id(await self._run(lambda: clients.append(keys=keys, args=args)))
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    def _run_key(self, channel: str) -> str:
+        return self._run_prefix + channel
+
+    async def start_run(self, channel: str, token: str, bounds: RunBounds) -> Position | None:
+        clients = self._loop()
+        keys = [self._run_key(channel), self._key(channel)]
+        args = [token, bounds.max_events, bounds.max_bytes, int(bounds.ttl * 1000), int(self.run_lease * 1000)]
+        start = await self._run(lambda: clients.start_run(keys=keys, args=args))
+        return None if start is None else parse_redis_id(start)
+
+    async def end_run(self, channel: str, token: str, status: str, event: Event) -> Position:
+        clients = self._loop()
+        args = [self.history_size, self.history_ttl_ms, channel, token, status, *_fields(event)]
+        keys = [self._key(channel), self._changes_key, self._run_key(channel)]
+        written = await self._run(lambda: clients.append(keys=keys, args=args))
+        if written is None:
+            raise RunLost(f"the channel {channel!r} has another run now: this run's end was not written")
+        return parse_redis_id(written)
+
+    async def runs(self, channels: Sequence[str]) -> list[RunRecord | None]:
+        clients = self._loop()
+
+        async def fetch() -> list[list[bytes | None]]:
+            async with clients.pool.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.hmget(self._run_key(channel), "status", "start", "end")
+                results: list[list[bytes | None]] = await pipe.execute()
+                return results
+
+        return [_record(status, start, end) for status, start, end in await self._run(fetch)]
+
+    async def last_run(self, channel: str) -> tuple[Position, RunRecord | None]:
+        clients = self._loop()
+        keys = [self._key(channel), self._run_key(channel)]
+        last, status, start, end = await self._run(lambda: clients.last_run(keys=keys))
+        return parse_redis_id(last), _record(status, start, end)
+
+    async def renew_runs(self, tokens: Mapping[str, str]) -> list[str]:
+        if not tokens:
+            return []
+        clients = self._loop()
+        channels = list(tokens)
+        keys = [key for channel in channels for key in (self._run_key(channel), self._key(channel))]
+        args = [tokens[channel] for channel in channels]
+        lost = await self._run(lambda: clients.renew_runs(keys=keys, args=args))
+        return [channels[int(index) - 1] for index in lost]
 
     async def read(self, channel: str, after: Position, limit: int) -> History:
         clients = self._loop()
@@ -307,8 +492,10 @@ class RedisBackend(Backend):
             return History([], after < horizon, (now_ms, MAX_PART), horizon)
         fields = oldest[0][1]
         floor = parse_redis_id(fields[b"h"] if b"h" in fields else fields[b"p"])
-        entries = [Entry(parse_redis_id(raw_id), _event(fields)) for raw_id, fields in (found[0] if found else [])]
-        return History(entries, floor > after, parse_redis_id(newest[0][0]), floor)
+        entries = [_entry(raw_id, fields) for raw_id, fields in (found[0] if found else [])]
+        newest_id, newest_fields = newest[0]
+        ended = _entry(newest_id, newest_fields) if b"x" in newest_fields else None
+        return History(entries, floor > after, parse_redis_id(newest_id), floor, ended)
 
     async def last(self, channel: str) -> Position:
         clients = self._loop()
@@ -369,8 +556,7 @@ class RedisBackend(Backend):
             for raw_key, items in found.items() if isinstance(found, dict) else found:
                 channel = raw_key.decode()[skip:]
                 entries.extend(
-                    (channel, Entry(parse_redis_id(raw_id), _event(fields), parse_redis_id(fields[b"p"])))
-                    for raw_id, fields in items
+                    (channel, _entry(raw_id, fields, parse_redis_id(fields[b"p"]))) for raw_id, fields in items
                 )
         return entries
 

@@ -10,6 +10,11 @@ after the returned cursor reaches its mailbox), then replays history after the i
 takes from the mailbox, skipping what it already sent (a position per channel). Its first event is an
 id with no data (``id: ...`` and a blank line): clients dispatch nothing, but an ``EventSource`` takes
 the id, so even a client that got no event yet resumes from where it subscribed.
+
+A run's channel (``Hub.start_run``): a subscription that asks for no id starts from the run's first
+event (a viewer that comes late, or after the end, gets the whole run); a subscription of that channel
+alone ends after it relays the run's end (a ``hub.stream`` then completes), and one that resumes after
+the end gets the end again, then ends.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import json
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from types import AsyncGeneratorType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ssesup.current import running_stream
 from ssesup.errors import StreamEnding
 from ssesup.events import Event
-from ssesup.hub.backend import Entry, History, Missed
+from ssesup.hub.backend import Entry, History, Missed, RunEnd, RunRecord
 from ssesup.hub.channels import INTERNAL_PREFIX, check_channels
 from ssesup.hub.ids import (
     MAX_ID_BYTES,
@@ -33,6 +38,7 @@ from ssesup.hub.ids import (
     channels_digest,
     format_id,
     parse_id,
+    position_before,
 )
 from ssesup.hub.mailbox import Mailbox, Overflow
 from ssesup.hub.waiter import Waiter
@@ -60,6 +66,7 @@ class Subscription:
     __slots__ = (
         "_closed",
         "_digest",
+        "_ended",
         "_epoch",
         "_frame",
         "_items",
@@ -101,6 +108,7 @@ class Subscription:
         self._epoch = ""
         self._frame = (sep, "", self._digest)  # Entry.framed's key: kept, not made per delivery
         self._closed = False
+        self._ended = False  # it relayed its run's end (a subscription of one channel ends there)
         self._loop_hub: LoopHub | None = None
         self._items: AsyncGenerator[Any, None] | None = None
         self._present: str | None = None  # the user this subscription counts for in presence, while it does
@@ -180,7 +188,9 @@ class Subscription:
             if pages:
                 async for item in self._replay(loop_hub, pages, encode):
                     yield item
-                if self._closed:  # by another task, while it read history (the replay ended there)
+                # Closed by another task while it read history, or its run's end relayed: the replay
+                # ended there.
+                if self._closed or self._ended:
                     return
             del first, pages
             positions = self._positions
@@ -227,8 +237,15 @@ class Subscription:
                 if position <= positions[channel]:
                     continue
                 positions[channel] = position
-                if type(entry) is Missed:
-                    yield self._gap(encode, GapReason.EXPIRED, [channel])
+                if type(entry) is not Entry:
+                    if type(entry) is Missed:
+                        yield self._gap(encode, GapReason.EXPIRED, [channel])
+                        continue
+                    # A run's end (RunEnd): relayed; a subscription of its channel alone ends after it.
+                    yield self._framed(entry) if encode else self._event(entry)
+                    if len(self.channels) == 1:
+                        self._ended = True
+                        return
                     continue
                 if one_channel:
                     frame = self._frame
@@ -252,14 +269,35 @@ class Subscription:
             except Unhonoured as unhonoured:
                 reason = unhonoured.reason
         cursors = []
+        runs: list[RunRecord | Literal[False] | None] = []
         for channel in self.channels:
-            cursors.append(await loop_hub.join(self.mailbox, channel))
-        read = self.hub.backend.read
+            cursor, run = await loop_hub.join(self.mailbox, channel)
+            cursors.append(cursor)
+            runs.append(run)
+        backend = self.hub.backend
+        read = backend.read
+        if self.last_event_id is not None:
+            runs = []  # a resume goes on after its id, a run's or not
+        elif False in runs:  # the channels followed already: their runs' records, read after the join
+            no_run = loop_hub.no_run
+            for index, channel in enumerate(self.channels):
+                if runs[index] is False and no_run.get(channel) == cursors[index]:
+                    runs[index] = None  # no run at this cursor, read before (see LoopHub.no_run)
+            unread = [channel for channel, run in zip(self.channels, runs, strict=True) if run is False]
+            if unread:
+                records = iter(await loop_hub.shared(("runs", *unread), "runs", partial(backend.runs, unread)))
+                for index, channel in enumerate(self.channels):
+                    if runs[index] is False:
+                        runs[index] = record = next(records)
+                        if record is None and loop_hub.cursors.get(channel) is not None:
+                            no_run[channel] = cursors[index]
         positions = self._positions
         lost: list[str] = []
         pages = {}
         for index, channel in enumerate(self.channels):
             after = requested[index] if requested is not None else None
+            if runs and (run := runs[index]):  # the channel of a run: from the run's first event
+                after = run.start
             if after is None:
                 positions[channel] = cursors[index]
                 continue
@@ -275,10 +313,15 @@ class Subscription:
                 lost.append(channel)
                 # The events up to the floor are gone: the stream resumes after it (the gap says so).
                 positions[channel] = max(after, history.floor)
+            ended = history.ended
+            if ended is not None and not history.entries and len(self.channels) == 1:
+                # After its run's end (a client that reconnected after it): the end again, then no more.
+                positions[channel] = position_before(ended.position)
+                history = History([ended], False, history.last, history.floor, ended)
             pages[channel] = history
         if reason is not None:
-            asked = self.last_event_id or ""  # a gap answers an id that was asked for: never None here
-            return self._gap(encode, reason, lost or list(self.channels), asked[:MAX_ID_BYTES]), pages
+            asked = self.last_event_id[:MAX_ID_BYTES] if self.last_event_id is not None else None
+            return self._gap(encode, reason, lost or list(self.channels), asked), pages
         return self._start(encode), pages
 
     async def _replay(
@@ -294,6 +337,9 @@ class Subscription:
                         positions[channel] = entry.position
                         self.hub.counters.replayed(channel)
                         yield self._framed(entry) if encode else self._event(entry)
+                        if type(entry) is RunEnd and len(self.channels) == 1:
+                            self._ended = True  # its run's end: the subscription ends here
+                            return
                 if len(history.entries) < PAGE:
                     break
                 after = positions[channel]
