@@ -35,8 +35,8 @@ def test_presence_counts_each_users_open_streams_per_channel_and_forgets_them_in
     app = Starlette(routes=[Route("/e", events)])
     supervisor.install(app)
 
-    def gauge(name: str) -> float:
-        return registry.get_sample_value(name, {"backend": "memory"}) or 0.0
+    def gauge(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"backend": "memory", **labels}) or 0.0
 
     async def main():
         async with AsyncSSEClient(app) as client:
@@ -55,6 +55,9 @@ def test_presence_counts_each_users_open_streams_per_channel_and_forgets_them_in
             assert await hub.presence("lobby") == {}
             assert hub.loop_presence().counts == {} and hub.backend._members == {}  # nothing kept
             assert (gauge("ssesup_hub_presence_users"), gauge("ssesup_hub_presence_streams")) == (0, 0)
+            # Removing the member is timed as an operation of its own, not as one more write.
+            assert gauge("ssesup_hub_backend_seconds_count", operation="presence_leave") == 1
+            assert gauge("ssesup_hub_backend_seconds_count", operation="presence_write") >= 1
 
     anyio.run(main)
 

@@ -146,6 +146,7 @@ ENGINE_OPERATIONS = (
     "wait",
     "presence",
     "presence_write",
+    "presence_leave",
     "runs",
     "start_run",
     "end_run",

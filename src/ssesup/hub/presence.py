@@ -133,7 +133,7 @@ class LoopPresence:
                 if not self.counts and not self.dirty:
                     if self.written:
                         async with self._writing:
-                            await self.hub.call("presence_write", lambda: self.hub.backend.presence_leave(self.member))
+                            await self.hub.call("presence_leave", lambda: self.hub.backend.presence_leave(self.member))
                         self.written = False
                     if not self.counts:  # no stream joined meanwhile
                         return
