@@ -58,7 +58,7 @@ def process_token() -> str:
 
 
 def revoke_message(user: str) -> Event:
-    return Event(json.dumps({"user": user, "origin": process_token()}, separators=(",", ":")), event=REVOKE)
+    return Event.json({"user": user, "origin": process_token()}, event=REVOKE)
 
 
 class LoopControl:

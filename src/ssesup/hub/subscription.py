@@ -19,7 +19,6 @@ the end gets the end again, then ends.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from types import AsyncGeneratorType
@@ -379,7 +378,7 @@ class Subscription:
         self.hub.counters.gap(reason)
         resumed = self._id()
         data = {"reason": reason.value, "requested": requested, "resumed": resumed, "channels": channels, **extra}
-        event = Event(json.dumps(data, separators=(",", ":"), ensure_ascii=False), event=self.hub.gap_event, id=resumed)
+        event = Event.json(data, event=self.hub.gap_event, id=resumed)
         return event.encode(self.sep) if encode else event
 
     def _slow_consumer(self) -> None:
