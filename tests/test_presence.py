@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from procs import free_port, serve, uvicorn_argv
 from servers import wait_until
-from ssesup import Hub, Supervisor
+from ssesup import Hub, SupervisedStream, Supervisor
+from ssesup.hub import Subscription
 from ssesup.hub import presence as presence_module
 from ssesup.testing import AsyncSSEClient
 from test_revocation import hold, on_both_workers
@@ -58,6 +59,29 @@ def test_presence_counts_each_users_open_streams_per_channel_and_forgets_them_in
             # Removing the member is timed as an operation of its own, not as one more write.
             assert gauge("ssesup_hub_backend_seconds_count", operation="presence_leave") == 1
             assert gauge("ssesup_hub_backend_seconds_count", operation="presence_write") >= 1
+
+    anyio.run(main)
+
+
+def test_an_internal_subscription_of_a_stream_with_a_user_is_never_counted():
+    """The hub's own subscriptions (``internal``: control messages) are not the user's presence, whatever
+    names they follow: an internal subscription may name client channels too."""
+    hub = Hub(metrics=False)
+
+    async def generator():
+        yield "x"
+
+    async def main():
+        stream = SupervisedStream(generator(), user="alice")
+        own = Subscription(hub, ["lobby", "!control"], None, internal=True)
+        theirs = hub.subscribe("lobby")
+        own.stream = theirs.stream = stream
+        async with own, theirs:
+            await anext(own)
+            await anext(theirs)
+            assert own.internal and not theirs.internal
+            assert await hub.presence("lobby") == {"alice": 1}
+            assert hub.loop_presence().counts == {"lobby": {"alice": 1}}
 
     anyio.run(main)
 

@@ -28,7 +28,7 @@ from ssesup.current import running_stream
 from ssesup.errors import StreamEnding
 from ssesup.events import Event
 from ssesup.hub.backend import Entry, History, Missed, RunEnd, RunRecord
-from ssesup.hub.channels import INTERNAL_PREFIX, check_channels
+from ssesup.hub.channels import check_channels
 from ssesup.hub.ids import (
     MAX_ID_BYTES,
     GapReason,
@@ -74,6 +74,7 @@ class Subscription:
         "_present",
         "channels",
         "hub",
+        "internal",
         "last_event_id",
         "mailbox",
         "sep",
@@ -90,6 +91,7 @@ class Subscription:
         internal: bool = False,
     ) -> None:
         self.hub = hub
+        self.internal = internal  # ssesup's own (control messages): never counted in presence
         self.channels = check_channels(channels, internal=internal)
         self.last_event_id = last_event_id or None
         self.sep = sep
@@ -173,7 +175,7 @@ class Subscription:
         loop_hub = self._loop_hub = hub.loop_hub()
         hub.counters.subscribers(1)
         user = self.stream.user if self.stream is not None else None
-        if user is not None and not self.channels[0].startswith(INTERNAL_PREFIX):
+        if user is not None and not self.internal:
             self._present = user
             hub.loop_presence().join(self.channels, user)
         try:
