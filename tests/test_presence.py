@@ -20,6 +20,7 @@ from procs import free_port, serve, uvicorn_argv
 from servers import wait_until
 from ssesup import Hub, SupervisedStream, Supervisor
 from ssesup.hub import HubUnavailable, Subscription
+from ssesup.hub import control as control_module
 from ssesup.hub import presence as presence_module
 from ssesup.hub import redis as redis_module
 from ssesup.testing import AsyncSSEClient
@@ -273,6 +274,39 @@ def test_while_the_engine_is_away_the_changes_kept_stay_bounded_and_the_whole_st
         assert backend._members[presence.member][1] == {"lobby": {"alice": 1}}
 
     anyio.run(main)
+
+
+def test_hub_aclose_stops_the_presence_task_and_the_control_follower(redis_url, monkeypatch):
+    """hub.aclose() ends the loop's tasks before it closes the engine's connections: presence removes
+    the member's records, the follower of !control leaves its subscription; a later change starts the
+    presence task again, with the whole state."""
+    monkeypatch.setattr(control_module, "identified_here", lambda: True)
+    hub = Hub(redis_url, metrics=False)
+    client = redis.Redis.from_url(redis_url)
+
+    async def main():
+        presence = hub.loop_presence()
+        presence.join(("lobby",), "alice")
+        assert await hub.presence("lobby") == {"alice": 1}
+        hub._identified()
+        control = hub._control.get()
+        with anyio.fail_after(5):
+            while not hub.loop_hub().subscribers.get("!control"):
+                await anyio.sleep(0.01)
+        await hub.aclose()
+        assert presence._task is None and control.scope is None and control._ended.is_set()
+        assert not hub.loop_hub().subscribers.get("!control")
+        assert not client.keys(f"ssesup:presence:{presence.member}*")
+        assert client.zscore("ssesup:presence:members", presence.member) is None
+        presence.join(("lobby",), "bob")
+        assert await hub.presence("lobby") == {"alice": 1, "bob": 1}
+        presence.leave(("lobby",), "alice")
+        presence.leave(("lobby",), "bob")
+        await hub.aclose()
+        assert not client.keys("ssesup:presence:*")
+
+    anyio.run(main)
+    client.close()
 
 
 @pytest.fixture

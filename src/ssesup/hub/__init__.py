@@ -9,7 +9,8 @@ ids (``ssesup.hub.subscription``) or a run's life (``ssesup.hub.runs``).
 ``Hub()`` keeps history in this process's memory; ``Hub("redis://...")`` in Redis Streams, shared by
 every process and host that uses the same server (install ``ssesup[redis]``). Nothing needs a lifespan:
 the engine is reached on first use on each event loop, and the loop's reader ends with its last
-subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) releases this loop's connections.
+subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) stops this loop's presence task and
+follower of ``!control`` and releases its connections.
 """
 
 from __future__ import annotations
@@ -356,7 +357,14 @@ class Hub:
         return _HubReadiness(self, supervisor)
 
     async def aclose(self) -> None:
-        """Release this event loop's connections to the engine (the next use connects again)."""
+        """Stop this event loop's presence task (removing its records from the engine) and its follower
+        of ``!control``, and release its connections to the engine (the next use connects again)."""
+        control = self._control.get(None)
+        if control is not None:
+            await control.aclose()
+        presence = self._presence.get(None)
+        if presence is not None:
+            await presence.aclose()
         live = self._live.get(None)
         if live is not None:
             await live.reader_stopped()  # a reader its last subscription cancelled ends on its connection

@@ -187,6 +187,22 @@ class LoopPresence:
         await self.hub.call("presence_leave", lambda: self.hub.backend.presence_leave(self.member))
         self.written = False
 
+    async def aclose(self) -> None:
+        """Stop the loop's task and remove the member's records from the engine (``hub.aclose``); an
+        engine away leaves them to expire with their TTL. A stream that joins or leaves later starts the
+        task again, writing the whole state."""
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
+            self._scope = None
+            self._task = None
+        if self.written:
+            try:
+                async with self._writing:  # a write the task had in flight ends first
+                    await self._leave()
+            except HubUnavailable:
+                pass
+
     async def _run(self, scope: anyio.CancelScope) -> None:
         """Write changes in batches, beat every BEAT_EVERY; with no record left, remove the member and end."""
         clock = anyio.current_time
