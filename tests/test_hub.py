@@ -325,3 +325,32 @@ def test_hub_metrics_count_published_delivered_replayed_gaps_and_slow_consumers(
     assert value("ssesup_hub_slow_consumer_closes_total") == 1
     assert value("ssesup_hub_subscribers") == 0
     assert value("ssesup_hub_backend_seconds_count", operation="append") == 23
+
+
+def test_a_subscriptions_start_and_end_move_the_gauges_children_kept_from_the_start(monkeypatch):
+    """Every join and leave moves ``ssesup_hub_subscribers`` and the presence gauges: the labelled
+    children are made once, with the hub's counters, not looked up (a lock and a key) on each change."""
+    from prometheus_client import CollectorRegistry
+
+    from ssesup.hub.metrics import HubCounters, hub_metrics
+
+    registry = CollectorRegistry()
+    metrics = hub_metrics(registry)
+    counters = HubCounters(metrics, "memory", by_channel=False)
+
+    def looked_up(*labels: str) -> None:
+        raise AssertionError(f"labels{labels} looked up on a join or leave")
+
+    for gauge in (metrics.subscribers, metrics.presence_users, metrics.presence_streams, metrics.slow_consumers):
+        monkeypatch.setattr(gauge, "labels", looked_up)
+    counters.subscribers(1)
+    counters.presence(2, 1)
+    counters.presence(-1, 1)
+    counters.slow_consumer()
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(name, {"backend": "memory"})
+
+    assert value("ssesup_hub_subscribers") == 1
+    assert (value("ssesup_hub_presence_users"), value("ssesup_hub_presence_streams")) == (1, 2)
+    assert value("ssesup_hub_slow_consumer_closes_total") == 1

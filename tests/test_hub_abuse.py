@@ -221,34 +221,44 @@ def test_publish_takes_a_dict_of_event_fields_as_a_generator_may_yield():
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "error", "message"),
     [
-        ({"overflow": "drop"}, "overflow must be one of 'disconnect', 'drop_oldest', not 'drop'"),
-        ({"channel_overflow": {"c": "drop"}}, r"channel_overflow\['c'\] must be one of 'disconnect', 'drop_oldest'"),
-        ({"channel_overflow": {"a b": "drop_oldest"}}, "made of A-Z"),
-        ({"channel_overflow": ["c"]}, "channel_overflow must map"),
-        ({"url": "redis://"}, "names a host"),
-        ({"url": "redis://:secret@/0"}, "names a host"),
-        ({"url": "redis:///0?password=secret"}, "names a host"),
-        ({"url": "http://u:secret@localhost/?password=secret"}, "memory://, redis://, rediss:// or unix://"),
-        ({"url": "unix://"}, "names a socket's path"),
-        ({"url": "http://localhost"}, "memory://, redis://, rediss:// or unix://"),
-        ({"url": 6379}, "a hub URL is a str"),
-        ({"history_size": 0}, "history_size must be a whole number >= 1"),
-        ({"history_size": 1.5}, "history_size must be a whole number >= 1"),
-        ({"history_ttl": 0}, "history_ttl must be a number of seconds > 0"),
-        ({"history_ttl": float("nan")}, "history_ttl must be a number of seconds > 0"),
-        ({"mailbox_events": True}, "mailbox_events must be a whole number >= 1"),
-        ({"mailbox_bytes": 0}, "mailbox_bytes must be a number of bytes >= 1"),
-        ({"gap_event": 3}, "gap_event must be a str"),
-        ({"gap_event": "a\nb"}, "event"),
-        ({"metrics_channels": "yes"}, "metrics_channels must be True or False"),
-        ({"redis_prefix": None}, "redis_prefix must be a str"),
-        ({"backend": object()}, "backend must be a ssesup.hub.Backend"),
+        ({"overflow": "drop"}, ValueError, "overflow must be one of 'disconnect', 'drop_oldest', not 'drop'"),
+        (
+            {"channel_overflow": {"c": "drop"}},
+            ValueError,
+            r"channel_overflow\['c'\] must be one of 'disconnect', 'drop_oldest'",
+        ),
+        ({"channel_overflow": {"a b": "drop_oldest"}}, ValueError, "made of A-Z"),
+        ({"channel_overflow": ["c"]}, TypeError, "channel_overflow must be a Mapping of channel names to policies"),
+        ({"url": "redis://"}, ValueError, "names a host"),
+        ({"url": "redis://:secret@/0"}, ValueError, "names a host"),
+        ({"url": "redis:///0?password=secret"}, ValueError, "names a host"),
+        (
+            {"url": "http://u:secret@localhost/?password=secret"},
+            ValueError,
+            "memory://, redis://, rediss:// or unix://",
+        ),
+        ({"url": "unix://"}, ValueError, "names a socket's path"),
+        ({"url": "http://localhost"}, ValueError, "memory://, redis://, rediss:// or unix://"),
+        ({"url": 6379}, ValueError, "a hub URL is a str"),
+        ({"history_size": 0}, ValueError, "history_size must be a whole number >= 1"),
+        ({"history_size": 1.5}, ValueError, "history_size must be a whole number >= 1"),
+        ({"history_ttl": 0}, ValueError, "history_ttl must be a number of seconds > 0 and < 1e"),
+        ({"history_ttl": float("nan")}, ValueError, "history_ttl must be a number of seconds > 0"),
+        ({"history_ttl": float("inf")}, ValueError, "history_ttl must be a number of seconds > 0 and < 1e"),
+        ({"mailbox_events": True}, ValueError, "mailbox_events must be a whole number >= 1"),
+        ({"mailbox_bytes": 0}, ValueError, "mailbox_bytes must be a whole number >= 1"),
+        ({"redis_connections": 0}, ValueError, "redis_connections must be a whole number >= 1"),
+        ({"gap_event": 3}, TypeError, r"gap_event must be a str \(an event name\)"),
+        ({"gap_event": "a\nb"}, ValueError, "event"),
+        ({"metrics_channels": "yes"}, TypeError, "metrics_channels must be True or False"),
+        ({"redis_prefix": None}, TypeError, "redis_prefix must be a str"),
+        ({"backend": object()}, TypeError, r"backend must be a Backend \(ssesup.hub.Backend\) or None"),
     ],
 )
-def test_every_hub_setting_is_checked_when_the_hub_is_made(options, message):
+def test_every_hub_setting_is_checked_when_the_hub_is_made(options, error, message):
     url = options.pop("url", None)
-    with pytest.raises(ValueError, match=message) as refused:
+    with pytest.raises(error, match=message) as refused:
         Hub(url, metrics=False, **options)
     assert "secret" not in str(refused.value)

@@ -17,12 +17,19 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def seconds(name: str, value: object, *, positive: bool = False) -> float:
-    """A number of seconds, ``>= 0`` (``0`` disables), or ``> 0`` when ``positive``; ``inf`` is "no
-    limit" where a setting allows it."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if positive else value >= 0):
+def seconds(name: str, value: object, *, positive: bool = False, below: float | None = None) -> float:
+    """A number of seconds, ``>= 0`` (``0`` disables), or ``> 0`` when ``positive``, and ``< below``
+    when given; ``inf`` is "no limit" where a setting allows it."""
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value > 0 if positive else value >= 0)
+        and (below is None or value < below)
+    ):
         return float(value)
     accepted = "> 0" if positive else ">= 0 (0 disables)"
+    if below is not None:
+        accepted += f" and < {below:g}"
     raise ValueError(f"{name} must be a number of seconds {accepted}, not {value!r}")
 
 
@@ -76,6 +83,13 @@ def optional_callable(name: str, value: T, signature: str) -> T:
     """``None`` or something to call; ``signature`` says how it is called (``"farewell(stream)"``)."""
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable, {signature}, or None, not {type(value).__name__}")
+    return value
+
+
+def instance(name: str, value: T, kind: type, hint: str = "") -> T:
+    """An instance of ``kind``."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}{hint}, not {value!r}")
     return value
 
 

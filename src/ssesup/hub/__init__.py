@@ -9,7 +9,8 @@ ids (``ssesup.hub.subscription``) or a run's life (``ssesup.hub.runs``).
 ``Hub()`` keeps history in this process's memory; ``Hub("redis://...")`` in Redis Streams, shared by
 every process and host that uses the same server (install ``ssesup[redis]``). Nothing needs a lifespan:
 the engine is reached on first use on each event loop, and the loop's reader ends with its last
-subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) releases this loop's connections.
+subscriber. ``await hub.aclose()`` (in a lifespan's shutdown, say) stops this loop's presence task and
+follower of ``!control`` and releases its connections.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ssesup import checks
 from ssesup._loop import loop_local
 from ssesup.events import Event, json_data
 from ssesup.hub.backend import ACTIVE, Backend, Entry, History, HubUnavailable, RunBounds
@@ -82,6 +84,8 @@ RATE_COVERED = 333
 # Redis connections per event loop for publishes, joins and history reads (a call waits for a free one);
 # the loop's reader has one more.
 REDIS_CONNECTIONS = 16
+# history_ttl is kept in milliseconds by an engine elsewhere (Redis: PEXPIRE): bounded well below its range.
+MAX_HISTORY_TTL = 1e9
 MAILBOX_EVENTS = 1000
 MAILBOX_BYTES = 1024 * 1024
 # A run's history is kept whole while it goes on and RUN_TTL seconds after its end (a viewer that comes
@@ -130,32 +134,21 @@ class Hub:
         run_events: int = RUN_EVENTS,
         run_bytes: int = RUN_BYTES,
     ) -> None:
-        for name, value in (
-            ("history_size", history_size),
-            ("mailbox_events", mailbox_events),
-            ("redis_connections", redis_connections),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
-        if isinstance(mailbox_bytes, bool) or not isinstance(mailbox_bytes, int) or mailbox_bytes < 1:
-            raise ValueError(f"mailbox_bytes must be a number of bytes >= 1, not {mailbox_bytes!r}")
-        if isinstance(history_ttl, bool) or not isinstance(history_ttl, (int, float)) or not 0 < history_ttl < 1e9:
-            raise ValueError(f"history_ttl must be a number of seconds > 0, not {history_ttl!r}")
-        if not isinstance(gap_event, str):
-            raise ValueError(f"gap_event must be a str (an event name), not {gap_event!r}")
+        history_size = checks.whole("history_size", history_size, minimum=1)
+        history_ttl = checks.seconds("history_ttl", history_ttl, positive=True, below=MAX_HISTORY_TTL)
+        mailbox_events = checks.whole("mailbox_events", mailbox_events, minimum=1)
+        mailbox_bytes = checks.whole("mailbox_bytes", mailbox_bytes, minimum=1)
+        redis_connections = checks.whole("redis_connections", redis_connections, minimum=1)
+        checks.instance("gap_event", gap_event, str, " (an event name)")
         Event(gap_event, event=gap_event)  # the same checks as any event's name
-        if not isinstance(metrics_channels, bool):
-            raise ValueError(f"metrics_channels must be True or False, not {metrics_channels!r}")
-        if not isinstance(redis_prefix, str):
-            raise ValueError(f"redis_prefix must be a str, not {redis_prefix!r}")
-        if channel_overflow is not None and not isinstance(channel_overflow, Mapping):
-            raise ValueError(f"channel_overflow must map channel names to overflow policies, not {channel_overflow!r}")
-        if backend is not None and not isinstance(backend, Backend):
-            raise ValueError(f"backend must be a ssesup.hub.Backend, not {type(backend).__name__}")
+        checks.flag("metrics_channels", metrics_channels)
+        checks.instance("redis_prefix", redis_prefix, str)
+        checks.optional_instance("channel_overflow", channel_overflow, Mapping, " of channel names to policies")
+        checks.optional_instance("backend", backend, Backend, " (ssesup.hub.Backend)")
         if backend is not None and url is not None:
             raise ValueError("give a hub url or a backend, not both")
         self.history_size = history_size
-        self.history_ttl = float(history_ttl)
+        self.history_ttl = history_ttl
         self.mailbox_events = mailbox_events
         self.mailbox_bytes = mailbox_bytes
         self.overflow = _overflow(overflow, "overflow")
@@ -364,7 +357,14 @@ class Hub:
         return _HubReadiness(self, supervisor)
 
     async def aclose(self) -> None:
-        """Release this event loop's connections to the engine (the next use connects again)."""
+        """Stop this event loop's presence task (removing its records from the engine) and its follower
+        of ``!control``, and release its connections to the engine (the next use connects again)."""
+        control = self._control.get(None)
+        if control is not None:
+            await control.aclose()
+        presence = self._presence.get(None)
+        if presence is not None:
+            await presence.aclose()
         live = self._live.get(None)
         if live is not None:
             await live.reader_stopped()  # a reader its last subscription cancelled ends on its connection
@@ -406,11 +406,7 @@ def _run_bounds(max_events: object, max_bytes: object, ttl: object, prefix: str 
 
 
 def _overflow(value: object, name: str) -> Overflow:
-    try:
-        return Overflow(value)
-    except ValueError:
-        valid = ", ".join(repr(policy.value) for policy in Overflow)
-        raise ValueError(f"{name} must be one of {valid}, not {value!r}") from None
+    return checks.one_of(name, value, Overflow, tuple(policy.value for policy in Overflow))
 
 
 def _event_of(fields: Mapping[str, Any]) -> Event:

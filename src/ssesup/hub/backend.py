@@ -23,7 +23,8 @@ The contract, for every engine:
 * ``appended(channel, after)`` (optional, not async) returns what ``wait`` would, for one channel, when
   the engine has it in this process already: the publisher's loop then fans it out in the same step.
 * ``presence_write``, ``presence_leave``, ``presence`` (optional): each event loop's presence records
-  (channel -> user -> open streams) with a time to live, and their sum per channel (``ssesup.hub.presence``).
+  ((channel, user) -> open streams, written by the pairs that changed) with a time to live, and one
+  channel's records of every member (``ssesup.hub.presence`` sums them).
 * ``followed(channel)`` (optional, not async): this loop's reader now follows ``channel`` (its cursor is
   set). An engine whose ``wait`` reads only the channels that changed since its last call reads this
   one at its next call too, so that what was appended while the cursor was being read is not missed.
@@ -185,18 +186,24 @@ class Backend(abc.ABC):
 
     # -- presence (optional: an engine without it answers no one present) -----------------------------
 
-    async def presence_write(  # noqa: B027 (optional, not abstract)
-        self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float
-    ) -> None:
-        """Set ``member``'s records of the channels in ``changed`` (user -> open streams; empty: none)
-        and keep every record of ``member`` for ``ttl`` seconds from now (a heartbeat: ``changed``
-        empty). A member is one event loop of one process."""
+    async def presence_write(
+        self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float, *, replace: bool = False
+    ) -> bool:
+        """Set ``member``'s open streams of the (channel, user) pairs in ``changed`` (channel -> user ->
+        open streams; 0: the pair is gone) and keep every record of ``member`` for ``ttl`` seconds from
+        now (a heartbeat: ``changed`` empty). A write costs the pairs it names, not the channels' users.
+        With ``replace``, ``changed`` is the member's whole state: every other record of it goes. Without
+        it, a member whose TTL ran out (or that never wrote, or left) is not written: ``False`` says so,
+        and the member writes its whole state (its records may be partly gone). A member is one event
+        loop of one process."""
+        return True
 
     async def presence_leave(self, member: str) -> None:  # noqa: B027 (optional, not abstract)
         """Remove every record of ``member``."""
 
     async def presence(self, channel: str) -> list[dict[str, int]]:
-        """The records of ``channel`` of every member whose TTL has not run out (one per member)."""
+        """The records of ``channel`` of every member whose TTL has not run out (one per member), at a
+        cost of the members and the users on ``channel``, not of every record."""
         return []
 
     # -- runs (optional: see the module's docstring) ----------------------------------------------------

@@ -9,10 +9,10 @@ A loop follows ``!control`` only while it has supervised streams with a user (th
 hub when the first registers and the last leaves): a subscription of the loop like any other, so on
 Redis it adds no connection (the loop's reader reads it with every other channel, woken by the same log
 of changes) and a revocation reaches every worker and host in a round trip. The follower is a loop-wide
-task, owned like the hub's reader: started with the first such stream, cancelled with the last, so a
-drain, which ends the streams, ends it too, and a loop with no identified stream has no task for it. An
-engine that is not shared (memory: this process) needs no follower: ``hub.disconnect`` reaches every
-loop of the process directly.
+task, owned like the hub's reader: started with the first such stream, cancelled with the last (or by
+``hub.aclose``), so a drain, which ends the streams, ends it too, and a loop with no identified stream
+has no task for it. An engine that is not shared (memory: this process) needs no follower:
+``hub.disconnect`` reaches every loop of the process directly.
 
 A stream that opens while a revocation of its user is in flight may miss it (its loop's follower joins
 after the message): the route's own check of the credential, which refuses a revoked one, is what
@@ -58,7 +58,7 @@ def process_token() -> str:
 
 
 def revoke_message(user: str) -> Event:
-    return Event(json.dumps({"user": user, "origin": process_token()}, separators=(",", ":")), event=REVOKE)
+    return Event.json({"user": user, "origin": process_token()}, event=REVOKE)
 
 
 class LoopControl:
@@ -69,6 +69,7 @@ class LoopControl:
         self.scope: anyio.CancelScope | None = None
         self.task: object = None
         self.last_id: str | None = None
+        self._ended = anyio.Event()  # set when the follower started last has ended
 
     def sync(self) -> None:
         """A stream with a user registered or left on this loop: follow ``!control`` while the loop has
@@ -76,13 +77,26 @@ class LoopControl:
         follow = identified_here()
         if follow and self.scope is None:
             scope = self.scope = anyio.CancelScope()
-            self.task = spawn_owned(lambda: self._follow(scope))
+            ended = self._ended = anyio.Event()
+            self.task = spawn_owned(lambda: self._follow(scope, ended))
         elif not follow and self.scope is not None:
-            self.scope.cancel()
-            self.scope = None
-            self.last_id = None  # a follower started later joins at the channel's end
+            self._stop()
 
-    async def _follow(self, scope: anyio.CancelScope) -> None:
+    async def aclose(self) -> None:
+        """Stop the follower and wait (a second at most) for it to leave its subscription
+        (``hub.aclose``); the next stream with a user that registers starts it again."""
+        if self.scope is not None:
+            self._stop()
+            with anyio.move_on_after(1.0):
+                await self._ended.wait()
+
+    def _stop(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+        self.scope = None
+        self.last_id = None  # a follower started later joins at the channel's end
+
+    async def _follow(self, scope: anyio.CancelScope, ended: anyio.Event) -> None:
         try:
             with scope:
                 while True:
@@ -99,6 +113,7 @@ class LoopControl:
         finally:
             if self.scope is scope:
                 self.scope = None
+            ended.set()
 
     def _revoke(self, data: str) -> None:
         try:

@@ -252,15 +252,32 @@ class MemoryBackend(Backend):
     async def wake(self) -> None:
         self._loop_reader().event.set()
 
-    async def presence_write(self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+    async def presence_write(
+        self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float, *, replace: bool = False
+    ) -> bool:
         with self._lock:
-            _, records = self._members.get(member) or (0.0, {})
+            now = self._clock()
+            held = self._members.get(member)
+            if replace:
+                records: dict[str, dict[str, int]] = {}
+            elif held is None or held[0] <= now:
+                self._members.pop(member, None)  # its TTL ran out: forgotten whole, as a read does
+                return False
+            else:
+                records = held[1]
             for channel, users in changed.items():
-                if users:
-                    records[channel] = dict(users)
-                else:
-                    records.pop(channel, None)
-            self._members[member] = (self._clock() + ttl, records)
+                record = records.get(channel)
+                for user, count in users.items():
+                    if count > 0:
+                        if record is None:
+                            record = records[channel] = {}
+                        record[user] = count
+                    elif record is not None:
+                        record.pop(user, None)
+                if record is not None and not record:
+                    del records[channel]
+            self._members[member] = (now + ttl, records)
+            return True
 
     async def presence_leave(self, member: str) -> None:
         with self._lock:

@@ -146,6 +146,7 @@ ENGINE_OPERATIONS = (
     "wait",
     "presence",
     "presence_write",
+    "presence_leave",
     "runs",
     "start_run",
     "end_run",
@@ -191,11 +192,13 @@ class HubCounters(NoCounters):
         self.metrics = metrics
         self.backend = backend
         self.by_channel = by_channel
-        # The series at 0 from the start, so that the first close or engine error shows in rate().
-        metrics.slow_consumers.labels(backend)
-        metrics.subscribers.labels(backend)
-        metrics.presence_users.labels(backend)
-        metrics.presence_streams.labels(backend)
+        # The series at 0 from the start, so that the first close or engine error shows in rate(); the
+        # children that every subscription's start and end moves are kept (``labels()`` takes a lock and
+        # makes a key on each call).
+        self._slow_consumers = metrics.slow_consumers.labels(backend)
+        self._subscribers = metrics.subscribers.labels(backend)
+        self._presence_users = metrics.presence_users.labels(backend)
+        self._presence_streams = metrics.presence_streams.labels(backend)
         for operation in ENGINE_OPERATIONS:
             metrics.backend_errors.labels(backend, operation)
         metrics.runs_started.labels(backend)
@@ -225,15 +228,15 @@ class HubCounters(NoCounters):
         self.metrics.gaps.labels(self.backend, reason.value).inc()
 
     def slow_consumer(self) -> None:
-        self.metrics.slow_consumers.labels(self.backend).inc()
+        self._slow_consumers.inc()
 
     def subscribers(self, change: int) -> None:
-        self.metrics.subscribers.labels(self.backend).inc(change)
+        self._subscribers.inc(change)
 
     def presence(self, users: int, streams: int) -> None:
         if users:
-            self.metrics.presence_users.labels(self.backend).inc(users)
-        self.metrics.presence_streams.labels(self.backend).inc(streams)
+            self._presence_users.inc(users)
+        self._presence_streams.inc(streams)
 
     def error(self, operation: str) -> None:
         self.metrics.backend_errors.labels(self.backend, operation).inc()

@@ -23,10 +23,15 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
   own (``<prefix>wake:<token>``), then ``XREAD`` of the channels it named that the loop follows: a
   publish costs each loop's reader what it finds, not every channel the loop follows (1,000 streams of
   16 channels each made every read cover 16,000 keys).
-* Presence: each event loop's records in one hash (``<prefix>presence:<member>``: channel -> JSON of user
-  -> open streams) and one sorted set of members by the time their records expire (``<prefix>presence``),
-  both written by one script that also refreshes the TTL; a read drops the members whose time passed
-  and sums the channel's record of the others, in one round trip (``ssesup.hub.presence``).
+* Presence: each event loop (a member) has a hash per channel it has streams on
+  (``<prefix>presence:<member>:<channel>``: user -> open streams) and the set of those channels
+  (``<prefix>presence:<member>``); one sorted set holds the members by the time their TTL runs out
+  (``<prefix>presence:members``). A write is one script: HSET and HDEL of the (channel, user) pairs that
+  changed, and the member's time in the sorted set (the heartbeat: one key, whatever the member's
+  channels). A read is one script too: the channel's hash of each member whose time has not passed, so it
+  costs the members and the channel's users. A member whose time passed is ignored, and its records are
+  deleted by whichever call finds it, PRESENCE_SWEEP per call; every record also expires PRESENCE_KEPT
+  after its last write, refreshed by its member every PRESENCE_REFRESH (``ssesup.hub.presence``).
 * The epoch is a random token kept in Redis: a flushed Redis (or a new one) has another, so ids from
   before are refused with a gap. Deleting one channel's key by hand is not noticed.
 * A run's record is a hash, ``<prefix>run:<channel>`` (status, the running process's token, where the run
@@ -166,40 +171,115 @@ local t = redis.call('TIME')
 return string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 1)
 """
 
-# Presence. KEYS[1]: the sorted set of members by the time (ms, Redis's clock) their records expire;
-# KEYS[2]: the member's hash (channel -> JSON of user -> open streams). ARGV: the member, the TTL in ms,
-# then pairs of channel and JSON ('' removes the channel). Members whose time passed are dropped.
-_PRESENCE_WRITE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-for i = 3, #ARGV, 2 do
-  if ARGV[i + 1] == '' then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-  else
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+# Presence. A member's records are kept this long past their last write or refresh (a safety net: a
+# member whose TTL ran out is removed by whoever finds it, PRESENCE_SWEEP records per call), and each
+# live member refreshes them every PRESENCE_REFRESH (one heartbeat in so many; the others touch no record).
+PRESENCE_KEPT = 3600.0
+PRESENCE_REFRESH = 1200.0
+PRESENCE_SWEEP = 1000
+# (channel, user) pairs one script writes at most: a member's whole state goes in calls of this many.
+PRESENCE_PAIRS_PER_CALL = 10_000
+# Fields one HSET or HDEL of a script takes at most (Lua's unpack is bounded).
+_PRESENCE_UNPACK = 1000
+
+# The members whose TTL passed (their time <= now in KEYS[1]) lose up to PRESENCE_SWEEP records, from
+# their own set of the channels they have records of; a member with none left leaves the sorted set.
+_PRESENCE_SWEEP_SOURCE = """
+local function sweep(members, prefix, now)
+  local budget = PRESENCE_SWEEP
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', now, 'LIMIT', 0, 16)) do
+    local index = prefix .. gone
+    local channels = redis.call('SPOP', index, budget)
+    for _, channel in ipairs(channels) do redis.call('DEL', index .. ':' .. channel) end
+    budget = budget - #channels
+    if redis.call('EXISTS', index) == 0 then redis.call('ZREM', members, gone) end
+    if budget <= 0 then return end
   end
 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2])) end
-return 1
-"""
-
-# KEYS[1]: the sorted set of members. ARGV: the prefix of members' hashes, the channel. The channel's
-# record of every member whose time has not passed (members' hashes are named from the set: the hub
-# runs on one Redis, not a cluster).
-_PRESENCE_READ = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+"""
+
+# KEYS[1]: the sorted set of members by the time (ms, Redis's clock) their TTL runs out. ARGV: the prefix
+# of members' keys, the member, the TTL in ms, PRESENCE_KEPT in ms, flags ('r': replace the member's
+# records, 'k': refresh their safety expiry), then per channel: its name, n, and n pairs of user and open
+# streams ('0': the pair is gone). A member's records: a hash per channel (``<prefix><member>:<channel>``,
+# user -> open streams) and the set of those channels (``<prefix><member>``). Without 'r', a member whose
+# TTL ran out (or that is not in the set) is not written: 0.
+_PRESENCE_WRITE = (
+    _PRESENCE_SWEEP_SOURCE
+    + """
+local members, prefix, member, kept = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4])
+local index = prefix .. member
+local base = index .. ':'
+if string.find(ARGV[5], 'r', 1, true) then
+  for _, channel in ipairs(redis.call('SMEMBERS', index)) do redis.call('DEL', base .. channel) end
+  redis.call('DEL', index)
+else
+  local expires = redis.call('ZSCORE', members, member)
+  if not expires or tonumber(expires) <= now then return 0 end
+end
+local i = 6
+while i <= #ARGV do
+  local channel, n = ARGV[i], tonumber(ARGV[i + 1])
+  local key = base .. channel
+  local set, gone = {}, {}
+  for j = i + 2, i + 2 * n, 2 do
+    if ARGV[j + 1] == '0' then gone[#gone + 1] = ARGV[j] else set[#set + 1] = ARGV[j]; set[#set + 1] = ARGV[j + 1] end
+    if #set >= UNPACK then redis.call('HSET', key, unpack(set)); set = {} end
+    if #gone >= UNPACK then redis.call('HDEL', key, unpack(gone)); gone = {} end
+  end
+  if #set > 0 then redis.call('HSET', key, unpack(set)) end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('PEXPIRE', key, kept)
+    redis.call('SADD', index, channel)
+  else
+    redis.call('SREM', index, channel)
+  end
+  i = i + 2 + 2 * n
+end
+if string.find(ARGV[5], 'k', 1, true) then
+  for _, channel in ipairs(redis.call('SMEMBERS', index)) do redis.call('PEXPIRE', base .. channel, kept) end
+end
+redis.call('PEXPIRE', index, kept)
+redis.call('ZADD', members, now + tonumber(ARGV[3]), member)
+redis.call('PEXPIRE', members, kept)
+sweep(members, prefix, now)
+return 1
+"""
+)
+
+# KEYS[1]: the sorted set of members. ARGV: the prefix of members' keys, the channel. The channel's hash
+# of every member whose TTL has not run out (keys are named from the set: the hub runs on one Redis, not
+# a cluster), each as a JSON array of user and open streams, alternately (one string to parse, not a
+# reply of two per user): the members and the channel's users, not every record.
+_PRESENCE_READ = (
+    _PRESENCE_SWEEP_SOURCE
+    + """
+sweep(KEYS[1], ARGV[1], now)
 local found = {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local record = redis.call('HGET', ARGV[1] .. member, ARGV[2])
-  if record then found[#found + 1] = record end
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%d', now), '+inf')) do
+  local record = redis.call('HGETALL', ARGV[1] .. member .. ':' .. ARGV[2])
+  if record[1] then found[#found + 1] = cjson.encode(record) end
 end
 return found
 """
+)
+
+# KEYS[1]: the sorted set of members. ARGV: the prefix of members' keys, the member. Every record of it.
+_PRESENCE_LEAVE = """
+local index = ARGV[1] .. ARGV[2]
+for _, channel in ipairs(redis.call('SMEMBERS', index)) do redis.call('DEL', index .. ':' .. channel) end
+redis.call('DEL', index)
+redis.call('ZREM', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def _presence_script(source: str) -> str:
+    return source.replace("PRESENCE_SWEEP", str(PRESENCE_SWEEP)).replace("UNPACK", str(_PRESENCE_UNPACK))
+
 
 # KEYS[1]: the run's record, KEYS[2]: the channel's stream; ARGV: the run's token, max_events,
 # max_bytes, ttl in ms, lease in ms. Nil when a run is active on the channel; else the record of the
@@ -336,8 +416,11 @@ class _LoopClients:
             client.connection_pool.connection_kwargs.update(socket_timeout=None, socket_connect_timeout=CONNECT_TIMEOUT)
         self.append = self.pool.register_script(_APPEND)
         self.last = self.pool.register_script(_LAST)
-        self.presence_write = self.pool.register_script(_PRESENCE_WRITE)
-        self.presence_read = self.pool.register_script(_PRESENCE_READ)
+        self.presence_write = self.pool.register_script(_presence_script(_PRESENCE_WRITE))
+        self.presence_read = self.pool.register_script(_presence_script(_PRESENCE_READ))
+        self.presence_leave = self.pool.register_script(_PRESENCE_LEAVE)
+        # When each presence member of the loop last refreshed its records' safety expiry.
+        self.presence_refreshed: dict[str, float] = {}
         self.start_run = self.pool.register_script(_START_RUN)
         self.last_run = self.pool.register_script(_LAST_RUN)
         self.renew_runs = self.pool.register_script(_RENEW_RUNS)
@@ -374,7 +457,7 @@ class RedisBackend(Backend):
         self._stream_prefix = f"{prefix}ch:"
         self._epoch_key = f"{prefix}epoch"
         self._changes_key = f"{prefix}changes"
-        self._members_key = f"{prefix}presence"
+        self._members_key = f"{prefix}presence:members"
         self._member_prefix = f"{prefix}presence:"
         self._run_prefix = f"{prefix}run:"
         self.run_lease: float = RUN_LEASE
@@ -579,31 +662,42 @@ class RedisBackend(Backend):
 
         await self._run(poke)
 
-    async def presence_write(self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+    async def presence_write(
+        self, member: str, changed: Mapping[str, Mapping[str, int]], ttl: float, *, replace: bool = False
+    ) -> bool:
         clients = self._loop()
-        args: list[Any] = [member, max(1, int(ttl * 1000))]
-        for channel, users in changed.items():
-            args += [channel, json.dumps(users, separators=(",", ":")) if users else ""]
-        keys = [self._members_key, self._member_prefix + member]
-        await self._run(lambda: clients.presence_write(keys=keys, args=args))
+        now = anyio.current_time()
+        refreshed = clients.presence_refreshed.get(member)
+        refresh = not replace and (refreshed is None or now - refreshed >= PRESENCE_REFRESH)
+        flags = ("r" if replace else "") + ("k" if refresh else "")
+        head: list[Any] = [self._member_prefix, member, max(1, int(ttl * 1000)), int(PRESENCE_KEPT * 1000)]
+        keys = [self._members_key]
+        for number, pairs in enumerate(_presence_pairs(changed)):
+            # The calls after the first add to what it wrote (it made the member live, or replaced it).
+            args = [*head, flags if number == 0 else "", *pairs]
+            if not await self._run(partial(clients.presence_write, keys=keys, args=args)):
+                return False
+        if flags:
+            clients.presence_refreshed[member] = now
+        return True
 
     async def presence_leave(self, member: str) -> None:
         clients = self._loop()
-
-        async def leave() -> None:
-            async with clients.pool.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._members_key, member)
-                pipe.delete(self._member_prefix + member)
-                await pipe.execute()
-
-        await self._run(leave)
+        clients.presence_refreshed.pop(member, None)
+        args = [self._member_prefix, member]
+        await self._run(lambda: clients.presence_leave(keys=[self._members_key], args=args))
 
     async def presence(self, channel: str) -> list[dict[str, int]]:
         clients = self._loop()
         found = await self._run(
             lambda: clients.presence_read(keys=[self._members_key], args=[self._member_prefix, channel])
         )
-        return [json.loads(record) for record in found]
+        records = []
+        for raw in found:
+            # Lua's cjson writes a user's bytes as they are: decoded as they were encoded.
+            flat = json.loads(raw.decode("utf-8", "surrogatepass"))
+            records.append(dict(zip(flat[::2], map(int, flat[1::2]), strict=True)))
+        return records
 
     async def close(self) -> None:
         clients = self._clients.get()
@@ -613,6 +707,28 @@ class RedisBackend(Backend):
         for client in (clients.reader, clients.pool):
             with contextlib.suppress(self._errors.RedisError, OSError):  # closing what is already gone
                 await client.aclose()
+
+
+def _presence_pairs(changed: Mapping[str, Mapping[str, int]]) -> list[list[Any]]:
+    """The arguments of the presence writes of ``changed``: per channel its name, n and n pairs of user and
+    open streams, in calls of PRESENCE_PAIRS_PER_CALL pairs at most (one call, empty, for none)."""
+    calls: list[list[Any]] = []
+    args: list[Any] = []
+    pairs = 0
+    for channel, users in changed.items():
+        header = -1
+        for user, count in users.items():
+            if pairs == PRESENCE_PAIRS_PER_CALL:
+                calls.append(args)
+                args, header, pairs = [], -1, 0
+            if header < 0:
+                header = len(args) + 1
+                args += [channel, 0]
+            args[header] += 1
+            args += [user.encode("utf-8", "surrogatepass"), count]
+            pairs += 1
+    calls.append(args)
+    return calls
 
 
 def _where(url: str) -> str:

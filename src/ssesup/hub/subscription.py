@@ -19,7 +19,6 @@ the end gets the end again, then ends.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 from types import AsyncGeneratorType
@@ -29,7 +28,7 @@ from ssesup.current import running_stream
 from ssesup.errors import StreamEnding
 from ssesup.events import Event
 from ssesup.hub.backend import Entry, History, Missed, RunEnd, RunRecord
-from ssesup.hub.channels import INTERNAL_PREFIX, check_channels
+from ssesup.hub.channels import check_channels
 from ssesup.hub.ids import (
     MAX_ID_BYTES,
     GapReason,
@@ -75,6 +74,7 @@ class Subscription:
         "_present",
         "channels",
         "hub",
+        "internal",
         "last_event_id",
         "mailbox",
         "sep",
@@ -91,6 +91,7 @@ class Subscription:
         internal: bool = False,
     ) -> None:
         self.hub = hub
+        self.internal = internal  # ssesup's own (control messages): never counted in presence
         self.channels = check_channels(channels, internal=internal)
         self.last_event_id = last_event_id or None
         self.sep = sep
@@ -174,7 +175,7 @@ class Subscription:
         loop_hub = self._loop_hub = hub.loop_hub()
         hub.counters.subscribers(1)
         user = self.stream.user if self.stream is not None else None
-        if user is not None and not self.channels[0].startswith(INTERNAL_PREFIX):
+        if user is not None and not self.internal:
             self._present = user
             hub.loop_presence().join(self.channels, user)
         try:
@@ -379,7 +380,7 @@ class Subscription:
         self.hub.counters.gap(reason)
         resumed = self._id()
         data = {"reason": reason.value, "requested": requested, "resumed": resumed, "channels": channels, **extra}
-        event = Event(json.dumps(data, separators=(",", ":"), ensure_ascii=False), event=self.hub.gap_event, id=resumed)
+        event = Event.json(data, event=self.hub.gap_event, id=resumed)
         return event.encode(self.sep) if encode else event
 
     def _slow_consumer(self) -> None:
