@@ -22,7 +22,10 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
   about CHANGES_KEPT entries); ``wait`` is ``XREAD BLOCK`` over that log and a wake-up key of the loop's
   own (``<prefix>wake:<token>``), then ``XREAD`` of the channels it named that the loop follows: a
   publish costs each loop's reader what it finds, not every channel the loop follows (1,000 streams of
-  16 channels each made every read cover 16,000 keys).
+  16 channels each made every read cover 16,000 keys). A small entry (fields up to CARRIED_MAX bytes)
+  is carried by the log itself, so the reader takes it from there, in the same round trip: it reads a
+  channel only for big entries, channels followed since its last read, and a channel whose carried
+  entries do not follow on from the reader's cursor (each entry names the one before it).
 * Presence: each event loop's records in one hash (``<prefix>presence:<member>``: channel -> JSON of user
   -> open streams) and one sorted set of members by the time their records expire (``<prefix>presence``),
   both written by one script that also refreshes the TTL; a read drops the members whose time passed
@@ -75,6 +78,10 @@ CONNECT_TIMEOUT = 2.0
 CONNECTIONS = 16
 # Entries the log of changes keeps (about: MAXLEN ~). A reader behind it by more reads every channel.
 CHANGES_KEPT = 10_000
+# Bytes of an entry's fields up to which the log of changes carries the entry itself (its id ``i`` and
+# its fields, upper-cased): a reader then needs no second read for it. The log holds at most about
+# CHANGES_KEPT of them (20 MiB at this size); bigger entries are read from their channel.
+CARRIED_MAX = 2048
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 # Seconds an active run's record lives unless the running process renews it (it does every third of it).
 RUN_LEASE = 15.0
@@ -90,8 +97,9 @@ class RunLost(RuntimeError):
 # stream that did not exist also keeps the horizon (h): every position before it may have been in an
 # earlier stream of the channel, expired. A run's end also has its status (x). On a run's channel the
 # run's bounds apply (see the module's docstring); a run's end on a channel another run has now is not
-# written (nil). The log gets the channel's name (c) and the id of the log's entry before (p: a reader
-# that finds another one than its cursor missed some).
+# written (nil). The log gets the channel's name (c), the id of the log's entry before (p: a reader
+# that finds another one than its cursor missed some) and, when the entry is small, the entry itself
+# (its id i, its fields upper-cased: P is the id of the channel's entry before it).
 _APPEND_SOURCE = """
 local function size(flat)
   local n = 0
@@ -150,12 +158,22 @@ end
 local logged = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local before = '0-0'
 if logged[1] then before = logged[1][1] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', CHANGES_KEPT, '*', 'c', ARGV[3], 'p', before)
+local noted = {'c', ARGV[3], 'p', before}
+local carried = 0
+for i = 2, #fields, 2 do carried = carried + #fields[i] end
+if carried <= CARRIED_MAX then
+  table.insert(noted, 'i')
+  table.insert(noted, id)
+  for i = 1, #fields do
+    if i % 2 == 1 then table.insert(noted, string.upper(fields[i])) else table.insert(noted, fields[i]) end
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', CHANGES_KEPT, '*', unpack(noted))
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return id
 """
 
-_APPEND = _APPEND_SOURCE.replace("CHANGES_KEPT", str(CHANGES_KEPT))
+_APPEND = _APPEND_SOURCE.replace("CHANGES_KEPT", str(CHANGES_KEPT)).replace("CARRIED_MAX", str(CARRIED_MAX))
 
 # KEYS[1]: the channel's stream. Its last entry's id, or, when it has none, a position before every id
 # it will give (Redis's time less a millisecond): read and decided in one step.
@@ -314,6 +332,30 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
         comment=values.get("comment"),
         retry=None if retry is None else int(retry),
     )
+
+
+def _carried_fields(fields: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields of a channel's entry carried by the log of changes (upper-cased there)."""
+    return {key.lower(): value for key, value in fields.items() if key.isupper()}
+
+
+def _follows_on(cursor: Position, entries: list[tuple[str, Entry]], into: list[tuple[str, Entry]]) -> bool:
+    """Add to ``into`` the carried ``entries`` of one channel that follow ``cursor``, when each follows
+    the one before it in the channel (its ``previous``); ``False`` (nothing added) when one does not:
+    the channel had entries the log did not carry to this reader (it followed the channel since), and
+    is read instead."""
+    expected = cursor
+    kept = []
+    for item in entries:
+        entry = item[1]
+        if entry.position <= expected:
+            continue
+        if entry.previous != expected:
+            return False
+        kept.append(item)
+        expected = entry.position
+    into.extend(kept)
+    return True
 
 
 class _LoopClients:
@@ -525,6 +567,7 @@ class RedisBackend(Backend):
             )
             changed, clients.fresh = clients.fresh, set()
             everything, clients.everything = clients.everything, False
+            carried: dict[str, list[tuple[str, Entry]]] = {}
             for raw_key, items in answer.items() if isinstance(answer, dict) else answer:
                 if raw_key.decode() == clients.wake_key:
                     clients.wake_cursor = items[-1][0].decode()
@@ -532,10 +575,27 @@ class RedisBackend(Backend):
                 before = items[0][1].get(b"p")
                 if before is not None and parse_redis_id(before) > parse_redis_id(clients.changes_cursor):
                     everything = True  # the log was trimmed past the reader's place: what it dropped is unknown
-                changed.update(fields[b"c"].decode() for _, fields in items)
+                for _, fields in items:
+                    channel = fields[b"c"].decode()
+                    if channel not in cursors or channel in changed:
+                        continue
+                    if b"i" in fields:
+                        entry = _carried_fields(fields)
+                        item = (channel, _entry(fields[b"i"], entry, parse_redis_id(entry[b"p"])))
+                        carried.setdefault(channel, []).append(item)
+                    else:
+                        changed.add(channel)  # too big to be carried: read from its channel
                 clients.changes_cursor = items[-1][0].decode()
-            channels = list(cursors) if everything else [channel for channel in changed if channel in cursors]
-            return await self._read_channels(clients, cursors, channels) if channels else []
+            if everything:
+                return await self._read_channels(clients, cursors, list(cursors))
+            found: list[tuple[str, Entry]] = []
+            for channel, entries in carried.items():
+                if channel in changed or not _follows_on(cursors[channel], entries, found):
+                    changed.add(channel)
+            channels = [channel for channel in changed if channel in cursors]
+            if channels:
+                found += await self._read_channels(clients, cursors, channels)
+            return found
         except HubUnavailable:
             clients.changes_cursor = None  # back, the reader reads every channel once
             raise
