@@ -82,6 +82,10 @@ CHANGES_KEPT = 10_000
 # its fields, upper-cased): a reader then needs no second read for it. The log holds at most about
 # CHANGES_KEPT of them (20 MiB at this size); bigger entries are read from their channel.
 CARRIED_MAX = 2048
+# Seconds a loop's reader lets pass between blocking reads that find something: under a steady flow of
+# publishes each read then takes what a few milliseconds brought, instead of one round trip per event.
+# An event that arrives after a quiet spell is read at once.
+GATHER = 0.005
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 # Seconds an active run's record lives unless the running process renews it (it does every third of it).
 RUN_LEASE = 15.0
@@ -339,23 +343,28 @@ def _carried_fields(fields: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
     return {key.lower(): value for key, value in fields.items() if key.isupper()}
 
 
-def _follows_on(cursor: Position, entries: list[tuple[str, Entry]], into: list[tuple[str, Entry]]) -> bool:
-    """Add to ``into`` the carried ``entries`` of one channel that follow ``cursor``, when each follows
-    the one before it in the channel (its ``previous``); ``False`` (nothing added) when one does not:
-    the channel had entries the log did not carry to this reader (it followed the channel since), and
-    is read instead."""
-    expected = cursor
+def _follows_on(
+    cursors: Mapping[str, Position], carried: list[tuple[str, Entry]]
+) -> tuple[list[tuple[str, Entry]], set[str]]:
+    """The ``carried`` entries (in the log's order) that follow the cursors, and the channels to read
+    instead: those with an entry that does not follow the one before it (its ``previous``), whose
+    entries the log did not all carry to this reader (it followed the channel since)."""
+    expected: dict[str, Position] = {}
+    broken: set[str] = set()
     kept = []
-    for item in entries:
-        entry = item[1]
-        if entry.position <= expected:
+    for item in carried:
+        channel, entry = item
+        if channel in broken:
             continue
-        if entry.previous != expected:
-            return False
+        last = expected.get(channel) or cursors[channel]
+        if entry.position <= last:
+            continue
+        if entry.previous != last:
+            broken.add(channel)
+            continue
+        expected[channel] = entry.position
         kept.append(item)
-        expected = entry.position
-    into.extend(kept)
-    return True
+    return [item for item in kept if item[0] not in broken], broken
 
 
 class _LoopClients:
@@ -389,6 +398,7 @@ class _LoopClients:
         self.changes_cursor: str | None = None
         # Channels followed since the reader's last read (read at its next, whatever the log says).
         self.fresh: set[str] = set()
+        self.answered = float("-inf")  # when the reader's last blocking read found something (loop clock)
         self.everything = False  # more were followed than ``fresh`` keeps: the next read reads every channel
 
 
@@ -560,14 +570,19 @@ class RedisBackend(Backend):
                 found = await self._read_channels(clients, cursors, list(cursors))
                 if found:
                     return found
+            since = anyio.current_time() - clients.answered
+            if since < GATHER:  # busy: what comes meanwhile is taken in the same read
+                await anyio.sleep(GATHER - since)
             streams = {self._changes_key: clients.changes_cursor, clients.wake_key: clients.wake_cursor}
             answer = await self._run(
                 lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
                 timeout + CALL_TIMEOUT,
             )
+            if answer:
+                clients.answered = anyio.current_time()
             changed, clients.fresh = clients.fresh, set()
             everything, clients.everything = clients.everything, False
-            carried: dict[str, list[tuple[str, Entry]]] = {}
+            carried: list[tuple[str, Entry]] = []
             for raw_key, items in answer.items() if isinstance(answer, dict) else answer:
                 if raw_key.decode() == clients.wake_key:
                     clients.wake_cursor = items[-1][0].decode()
@@ -582,16 +597,16 @@ class RedisBackend(Backend):
                     if b"i" in fields:
                         entry = _carried_fields(fields)
                         item = (channel, _entry(fields[b"i"], entry, parse_redis_id(entry[b"p"])))
-                        carried.setdefault(channel, []).append(item)
+                        carried.append(item)
                     else:
                         changed.add(channel)  # too big to be carried: read from its channel
                 clients.changes_cursor = items[-1][0].decode()
             if everything:
                 return await self._read_channels(clients, cursors, list(cursors))
-            found: list[tuple[str, Entry]] = []
-            for channel, entries in carried.items():
-                if channel in changed or not _follows_on(cursors[channel], entries, found):
-                    changed.add(channel)
+            found, broken = _follows_on(cursors, carried)
+            changed |= broken
+            if changed:  # (what a read of the channel gives, it gives whole)
+                found = [item for item in found if item[0] not in changed]
             channels = [channel for channel in changed if channel in cursors]
             if channels:
                 found += await self._read_channels(clients, cursors, channels)
