@@ -22,7 +22,10 @@ mailboxes or back-off (``ssesup.hub``). Needs redis-py (``ssesup[redis]``) and R
   about CHANGES_KEPT entries); ``wait`` is ``XREAD BLOCK`` over that log and a wake-up key of the loop's
   own (``<prefix>wake:<token>``), then ``XREAD`` of the channels it named that the loop follows: a
   publish costs each loop's reader what it finds, not every channel the loop follows (1,000 streams of
-  16 channels each made every read cover 16,000 keys).
+  16 channels each made every read cover 16,000 keys). A small entry (fields up to CARRIED_MAX bytes)
+  is carried by the log itself, so the reader takes it from there, in the same round trip: it reads a
+  channel only for big entries, channels followed since its last read, and a channel whose carried
+  entries do not follow on from the reader's cursor (each entry names the one before it).
 * Presence: each event loop (a member) has a hash per channel it has streams on
   (``<prefix>presence:<member>:<channel>``: user -> open streams) and the set of those channels
   (``<prefix>presence:<member>``); one sorted set holds the members by the time their TTL runs out
@@ -80,6 +83,14 @@ CONNECT_TIMEOUT = 2.0
 CONNECTIONS = 16
 # Entries the log of changes keeps (about: MAXLEN ~). A reader behind it by more reads every channel.
 CHANGES_KEPT = 10_000
+# Bytes of an entry's fields up to which the log of changes carries the entry itself (its id ``i`` and
+# its fields, upper-cased): a reader then needs no second read for it. The log holds at most about
+# CHANGES_KEPT of them (20 MiB at this size); bigger entries are read from their channel.
+CARRIED_MAX = 2048
+# Seconds a loop's reader lets pass between blocking reads that find something: under a steady flow of
+# publishes each read then takes what a few milliseconds brought, instead of one round trip per event.
+# An event that arrives after a quiet spell is read at once.
+GATHER = 0.005
 LAST_POSITION = (MAX_PART, MAX_PART)  # the largest stream id
 # Seconds an active run's record lives unless the running process renews it (it does every third of it).
 RUN_LEASE = 15.0
@@ -95,8 +106,9 @@ class RunLost(RuntimeError):
 # stream that did not exist also keeps the horizon (h): every position before it may have been in an
 # earlier stream of the channel, expired. A run's end also has its status (x). On a run's channel the
 # run's bounds apply (see the module's docstring); a run's end on a channel another run has now is not
-# written (nil). The log gets the channel's name (c) and the id of the log's entry before (p: a reader
-# that finds another one than its cursor missed some).
+# written (nil). The log gets the channel's name (c), the id of the log's entry before (p: a reader
+# that finds another one than its cursor missed some) and, when the entry is small, the entry itself
+# (its id i, its fields upper-cased: P is the id of the channel's entry before it).
 _APPEND_SOURCE = """
 local function size(flat)
   local n = 0
@@ -155,12 +167,22 @@ end
 local logged = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local before = '0-0'
 if logged[1] then before = logged[1][1] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', CHANGES_KEPT, '*', 'c', ARGV[3], 'p', before)
+local noted = {'c', ARGV[3], 'p', before}
+local carried = 0
+for i = 2, #fields, 2 do carried = carried + #fields[i] end
+if carried <= CARRIED_MAX then
+  table.insert(noted, 'i')
+  table.insert(noted, id)
+  for i = 1, #fields do
+    if i % 2 == 1 then table.insert(noted, string.upper(fields[i])) else table.insert(noted, fields[i]) end
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', CHANGES_KEPT, '*', unpack(noted))
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return id
 """
 
-_APPEND = _APPEND_SOURCE.replace("CHANGES_KEPT", str(CHANGES_KEPT))
+_APPEND = _APPEND_SOURCE.replace("CHANGES_KEPT", str(CHANGES_KEPT)).replace("CARRIED_MAX", str(CARRIED_MAX))
 
 # KEYS[1]: the channel's stream. Its last entry's id, or, when it has none, a position before every id
 # it will give (Redis's time less a millisecond): read and decided in one step.
@@ -396,6 +418,35 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
     )
 
 
+def _carried_fields(fields: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields of a channel's entry carried by the log of changes (upper-cased there)."""
+    return {key.lower(): value for key, value in fields.items() if key.isupper()}
+
+
+def _follows_on(
+    cursors: Mapping[str, Position], carried: list[tuple[str, Entry]]
+) -> tuple[list[tuple[str, Entry]], set[str]]:
+    """The ``carried`` entries (in the log's order) that follow the cursors, and the channels to read
+    instead: those with an entry that does not follow the one before it (its ``previous``), whose
+    entries the log did not all carry to this reader (it followed the channel since)."""
+    expected: dict[str, Position] = {}
+    broken: set[str] = set()
+    kept = []
+    for item in carried:
+        channel, entry = item
+        if channel in broken:
+            continue
+        last = expected.get(channel) or cursors[channel]
+        if entry.position <= last:
+            continue
+        if entry.previous != last:
+            broken.add(channel)
+            continue
+        expected[channel] = entry.position
+        kept.append(item)
+    return [item for item in kept if item[0] not in broken], broken
+
+
 class _LoopClients:
     """One event loop's clients: redis-py's asyncio connections belong to the loop that made them. The
     pool holds at most ``connections``; a call that finds them all busy waits for one (under its
@@ -430,6 +481,7 @@ class _LoopClients:
         self.changes_cursor: str | None = None
         # Channels followed since the reader's last read (read at its next, whatever the log says).
         self.fresh: set[str] = set()
+        self.answered = float("-inf")  # when the reader's last blocking read found something (loop clock)
         self.everything = False  # more were followed than ``fresh`` keeps: the next read reads every channel
 
 
@@ -601,13 +653,19 @@ class RedisBackend(Backend):
                 found = await self._read_channels(clients, cursors, list(cursors))
                 if found:
                     return found
+            since = anyio.current_time() - clients.answered
+            if since < GATHER:  # busy: what comes meanwhile is taken in the same read
+                await anyio.sleep(GATHER - since)
             streams = {self._changes_key: clients.changes_cursor, clients.wake_key: clients.wake_cursor}
             answer = await self._run(
                 lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
                 timeout + CALL_TIMEOUT,
             )
+            if answer:
+                clients.answered = anyio.current_time()
             changed, clients.fresh = clients.fresh, set()
             everything, clients.everything = clients.everything, False
+            carried: list[tuple[str, Entry]] = []
             for raw_key, items in answer.items() if isinstance(answer, dict) else answer:
                 if raw_key.decode() == clients.wake_key:
                     clients.wake_cursor = items[-1][0].decode()
@@ -615,10 +673,27 @@ class RedisBackend(Backend):
                 before = items[0][1].get(b"p")
                 if before is not None and parse_redis_id(before) > parse_redis_id(clients.changes_cursor):
                     everything = True  # the log was trimmed past the reader's place: what it dropped is unknown
-                changed.update(fields[b"c"].decode() for _, fields in items)
+                for _, fields in items:
+                    channel = fields[b"c"].decode()
+                    if channel not in cursors or channel in changed:
+                        continue
+                    if b"i" in fields:
+                        entry = _carried_fields(fields)
+                        item = (channel, _entry(fields[b"i"], entry, parse_redis_id(entry[b"p"])))
+                        carried.append(item)
+                    else:
+                        changed.add(channel)  # too big to be carried: read from its channel
                 clients.changes_cursor = items[-1][0].decode()
-            channels = list(cursors) if everything else [channel for channel in changed if channel in cursors]
-            return await self._read_channels(clients, cursors, channels) if channels else []
+            if everything:
+                return await self._read_channels(clients, cursors, list(cursors))
+            found, broken = _follows_on(cursors, carried)
+            changed |= broken
+            if changed:  # (what a read of the channel gives, it gives whole)
+                found = [item for item in found if item[0] not in changed]
+            channels = [channel for channel in changed if channel in cursors]
+            if channels:
+                found += await self._read_channels(clients, cursors, channels)
+            return found
         except HubUnavailable:
             clients.changes_cursor = None  # back, the reader reads every channel once
             raise
