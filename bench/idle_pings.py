@@ -13,8 +13,13 @@ send, the event loop's share), where CPU seconds on this shared machine move by 
 minute to the next. Python's hash seed is fixed. It does not tell time (caches, the kernel's share of
 a send are not in it): the idle-CPU figure of bench/scale.py stays the target's measure.
 
+With ``--py-spy`` the server runs without valgrind and py-spy samples it over the window instead: the
+functions with the most samples of their own and in their stack, in % of the samples (where the
+instructions go, by Python function, which callgrind cannot name).
+
 Owns: this measurement. Does not own the app, the client's build (bench/scale.py) or the redis-server
-(bench/redis_hub.py). Needs ``valgrind`` (scripts/install-valgrind.sh), ``redis-server`` and ``cc``.
+(bench/redis_hub.py). Needs ``valgrind`` (scripts/install-valgrind.sh), ``redis-server`` and ``cc``
+(``py-spy`` for ``--py-spy``).
 """
 
 from __future__ import annotations
@@ -50,13 +55,15 @@ def _summary(path: Path) -> int:
     raise RuntimeError(f"no summary line in {path}")
 
 
-def measure(streams: int, ping: float, window: float, settle: float, log_dir: Path, src: Path) -> dict:
+def measure(
+    streams: int, ping: float, window: float, settle: float, log_dir: Path, src: Path, py_spy: bool = False
+) -> dict:
     from bench.redis_hub import RedisServer
     from bench.run import free_port
 
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("bench.idle_pings needs valgrind (scripts/install-valgrind.sh)")
+    tool = shutil.which("py-spy" if py_spy else "valgrind")
+    if tool is None:
+        raise SystemExit(f"bench.idle_pings needs {'py-spy' if py_spy else 'valgrind (scripts/install-valgrind.sh)'}")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "idle-pings.log"
     binary = build_client(log_dir)
@@ -66,9 +73,9 @@ def measure(streams: int, ping: float, window: float, settle: float, log_dir: Pa
         path = os.pathsep.join(p for p in (str(src), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "0", "BENCH_REDIS_URL": redis.url,
                "BENCH_SCALE_PING": str(ping)}  # fmt: skip
+        under = [] if py_spy else [tool, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
         command = [
-            valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            sys.executable, "-m", "uvicorn", APP, "--loop", "uvloop", "--http", "httptools",
+            *under, sys.executable, "-m", "uvicorn", APP, "--loop", "uvloop", "--http", "httptools",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
             "--app-dir", str(ROOT), "--backlog", "4096",
         ]  # fmt: skip
@@ -92,33 +99,64 @@ def measure(streams: int, ping: float, window: float, settle: float, log_dir: Pa
                 client.ask("open", 600)
                 time.sleep(settle)
                 client.ask("reset")
-                _callgrind(server.pid, "--instr=on")
-                _callgrind(server.pid, "-z")
+                stacks = log_dir / f"idle-pings-{os.getpid()}.collapsed"
+                if py_spy:
+                    spy = subprocess.Popen(
+                        [tool, "record", "-p", str(server.pid), "-f", "raw", "--nolineno", "-r", "200",
+                         "-d", str(int(window)), "-o", str(stacks)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                else:
+                    _callgrind(server.pid, "--instr=on")
+                    _callgrind(server.pid, "-z")
                 started = time.monotonic()
-                time.sleep(window)
-                _callgrind(server.pid, "-d")
+                if py_spy:
+                    spy.wait(window + 60)
+                else:
+                    time.sleep(window)
+                    _callgrind(server.pid, "-d")
                 stats = client.ask("stats")
                 elapsed = time.monotonic() - started
             finally:
                 client.close()
         finally:
             stop(server, 10)
+    pings = int(stats["pings"])
+    found = {"streams": streams, "ping_s": ping, "window_s": round(elapsed, 2), "pings": pings,
+             "pings_expected": round(streams * elapsed / ping)}  # fmt: skip
+    if py_spy:
+        return found | _profile(stacks)
     dumps = sorted(log_dir.glob(out.name + ".*"))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump ({out}.*)")
     instructions = _summary(dumps[-1])
     for dump in (*dumps, out):
         dump.unlink(missing_ok=True)
-    pings = int(stats["pings"])
-    return {
-        "streams": streams,
-        "ping_s": ping,
-        "window_s": round(elapsed, 2),
-        "pings": pings,
-        "pings_expected": round(streams * elapsed / ping),
-        "instructions": instructions,
-        "instructions_per_ping": instructions / pings if pings else None,
-    }
+    return found | {"instructions": instructions, "instructions_per_ping": instructions / pings if pings else None}
+
+
+def _profile(path: Path, top: int = 25) -> dict:
+    """Self and inclusive samples per function of py-spy's raw stacks (``frame;frame;... count``)."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + count
+    path.unlink(missing_ok=True)
+    share = 100 / max(1, total)
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return [(name, round(n * share, 1)) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self_pct": ranked(own), "inclusive_pct": ranked(anywhere)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,11 +166,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window", type=float, default=30.0, help="seconds counted")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds between the last admission and the window")
     parser.add_argument("--src", default=str(ROOT / "src"), help="the directory of the ssesup package to measure")
+    parser.add_argument("--py-spy", action="store_true", help="sample with py-spy instead of counting")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     from bench.run import RAW
 
-    found = measure(args.streams, args.ping, args.window, args.settle, RAW, Path(args.src))
+    found = measure(args.streams, args.ping, args.window, args.settle, RAW, Path(args.src), args.py_spy)
+    if args.py_spy:
+        print(f"{found['streams']} idle streams, ping {found['ping_s']:g} s: {found['pings']} pings, "
+              f"{found['samples']} samples")  # fmt: skip
+        for kind in ("self_pct", "inclusive_pct"):
+            print(kind + ":")
+            for name, pct in found[kind]:
+                print(f"  {pct:5.1f}%  {name}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(found, indent=1))
+        return found
     print(
         f"{found['streams']} idle streams, ping {found['ping_s']:g} s: {found['pings']} pings in "
         f"{found['window_s']} s (expected {found['pings_expected']}), {found['instructions']:,} instructions, "
