@@ -88,14 +88,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.scale_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--src", default=str(ROOT / "src"), help="the directory of the ssesup package to measure")
+    parser.add_argument("--top", type=int, default=25, help="source lines and types to list")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     from bench.run import RAW, raise_nofile
 
     raise_nofile()
-    out = measure(args.streams, RAW, Path(args.src))
+    out = measure(args.streams, RAW, Path(args.src), args.top)
     print(f"{out['streams']:,} streams: RSS {out['rss_kib_per_stream']:.1f} KiB per stream under tracemalloc, "
           f"{out['traced_kib_per_stream']:.1f} KiB traced")  # fmt: skip
+    own = sum(line["kib_per_stream"] for line in out["lines"] if line["where"].startswith("ssesup/"))
+    print(f"  ssesup's own lines among those listed: {own:.2f} KiB per stream")
     for line in out["lines"]:
         print(f"  {line['kib_per_stream']:7.2f} KiB {line['blocks_per_stream']:6.2f} blocks  {line['where']}")
     print("objects per stream: " + ", ".join(f"{name} {count:.2f}" for name, count in out["objects_per_stream"]))

@@ -132,3 +132,48 @@ def test_no_warning_for_a_test_client_that_calls_the_app_in_process(monkeypatch)
     with SSEClient(app) as client:
         client.stream("/")
     assert app.logs == []
+
+
+def test_a_uvloop_connection_is_read_through_one_socket_object_that_never_closes_its_descriptor():
+    """uvloop's socket stand-in builds a socket object at every read of an option: the dead-peer check
+    reads through one of ssesup's own instead, made once, that never closes the server's descriptor,
+    and reads nothing once the transport has closed it (the number may belong to another connection)."""
+    import asyncio
+    import gc
+    import os
+
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future = loop.create_future()
+
+        class Protocol(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport)
+
+        server = await loop.create_server(Protocol, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        try:
+            transport = await accepted
+            stand_in = transport.get_extra_info("socket")
+            fd = stand_in.fileno()
+            found = connection.Connection(transport, stand_in)
+            assert found.unacknowledged() is False
+            reader = found._reader
+            assert reader is not stand_in and reader.fileno() == fd
+            assert found.unacknowledged() is False and found._reader is reader  # made once
+            del found, reader
+            gc.collect()
+            os.fstat(fd)  # still open: ssesup's object let go of it
+            kept = connection.Connection(transport, stand_in)
+            assert kept.unacknowledged() is False
+            transport.abort()
+            await asyncio.sleep(0.05)
+            assert kept.unacknowledged() is None  # closed by the server: never read again
+        finally:
+            client.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

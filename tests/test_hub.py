@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import socket
+import sys
 import threading
 import time
 
@@ -16,7 +17,9 @@ import pytest
 from apps.hub_app import Reader, make_app
 from servers import UvicornThread, recv_until, wait_until
 from ssesup import CloseReason, Event, Hub, Supervisor, Trigger
+from ssesup.hub.backend import Entry
 from ssesup.hub.ids import MAX_ID_BYTES
+from ssesup.hub.mailbox import Mailbox, Overflow
 from ssesup.hub.memory import MemoryBackend
 from ssesup.stream import StreamEnding
 
@@ -174,7 +177,7 @@ def test_a_subscriber_that_never_reads_100k_events_stays_within_its_mailbox_boun
             await hub.publish("ticks", Event.json({"n": n, "pad": "x" * 100}))
             if n % 1000 == 999:
                 await anyio.sleep(0)  # the reader fans out
-                peak_depth = max(peak_depth, len(subscription.mailbox.items))
+                peak_depth = max(peak_depth, subscription.mailbox.held)
                 peak_bytes = max(peak_bytes, subscription.mailbox.size)
                 if n == 9_999:
                     gc.collect()
@@ -184,9 +187,41 @@ def test_a_subscriber_that_never_reads_100k_events_stays_within_its_mailbox_boun
         grown = len(gc.get_objects()) - baseline
         assert peak_depth <= 500 and peak_bytes <= 64 * 1024
         assert grown < 2000, f"{grown} more objects after 100k events than after 10k"
-        gap, *events = await take(subscription, 1 + len(subscription.mailbox.items))
+        gap, *events = await take(subscription, 1 + subscription.mailbox.held)
         assert gap.event == "gap" and json.loads(gap.data)["reason"] == "dropped"
         assert numbers(events)[-1] == 99_999
+        await subscription.aclose()
+
+    anyio.run(main)
+
+
+def test_a_mailbox_list_stays_within_twice_its_bound_and_frees_its_storage_once_taken():
+    """The mailbox's list read from ``head``: drop_oldest moves ``head`` past what it drops and compacts
+    the list, so what it keeps alive stays within twice its bound; ``dropped_upto`` is ``None`` until
+    something is dropped; a subscriber that takes everything leaves an empty list (its storage freed)."""
+    mailbox = Mailbox(("a", "b"), "\n", 100, 1 << 30, Overflow.DROP_OLDEST, lambda: None)
+    empty = sys.getsizeof(mailbox.items)
+    assert mailbox.held == 0 and mailbox.dropped_upto is None
+    for n in range(1, 1001):
+        mailbox.offer(("a" if n % 2 else "b", Entry((n, 0), Event(str(n)))))
+        assert mailbox.held <= 100 and len(mailbox.items) <= 200
+    assert mailbox.dropped == 900 and mailbox.dropped_upto == {"a": (899, 0), "b": (900, 0)}
+    assert [entry.position[0] for _, entry in mailbox.items[mailbox.head :]] == list(range(901, 1001))
+    assert mailbox.size == sum(len(entry.body("\n")) for _, entry in mailbox.items[mailbox.head :])
+
+    async def main() -> None:
+        hub = Hub(overflow="drop_oldest", mailbox_events=100, metrics=False)
+        subscription = hub.subscribe("a", "b")
+        await take(subscription, 1)
+        for n in range(300):
+            await hub.publish("a" if n % 2 else "b", Event.json({"n": n}))
+        await anyio.sleep(0.01)  # the reader fans out
+        assert subscription.mailbox.held == 100 and subscription.mailbox.dropped == 200
+        gap, *events = await take(subscription, 1 + 100)
+        assert json.loads(gap.data)["reason"] == "dropped" and numbers(events) == list(range(200, 300))
+        mailbox = subscription.mailbox
+        assert mailbox.held == mailbox.head == mailbox.size == 0 and mailbox.dropped_upto is None
+        assert sys.getsizeof(mailbox.items) == empty
         await subscription.aclose()
 
     anyio.run(main)

@@ -59,14 +59,37 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_HEAD = struct.Struct("=BBBBBBBBIIIII")
 
 
+class _Borrowed(socket.socket):
+    """A socket object over a descriptor that its server owns, to read its options: it never closes the
+    descriptor (dropped or collected, it lets go of it)."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        self.detach()
+
+
+def _readable(sock: Any) -> Any:
+    """What to read ``sock``'s options through: ``sock`` itself, or, for uvloop's stand-in (whose every
+    ``getsockopt`` builds and detaches a socket object: 3.2 times the instructions of the read), a
+    socket object of ssesup's own over its descriptor, made once. ``None`` when there is none."""
+    if type(sock).__module__.startswith("uvloop"):
+        try:
+            return _Borrowed(sock.family, sock.type, sock.proto, sock.fileno())
+        except (OSError, ValueError):
+            return None
+    return sock
+
+
 class Connection:
     """The server's connection of one stream: a transport (asyncio, uvloop) or a trio socket."""
 
-    __slots__ = ("_socket", "_transport")
+    __slots__ = ("_reader", "_socket", "_transport")
 
     def __init__(self, transport: Any, sock: Any) -> None:
         self._transport = transport
         self._socket = sock
+        self._reader: Any = None  # what the dead-peer check reads through (_readable), once it has
 
     def release(self, peer_dead: bool = False) -> None:
         """Close the connection now, unsent bytes discarded (a reset), so nothing of it is left. One
@@ -104,8 +127,18 @@ class Connection:
         sock = self._socket
         if sock is None or _TCP_INFO is None:
             return None
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = _readable(sock)
+            if reader is None:
+                return None
         try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_HEAD.size)
+            # The server's socket object says whether the descriptor is still this connection's
+            # (uvloop's stand-in forgets it when the transport closes): a descriptor closed and given
+            # to a new connection is never read (nor is ssesup's own object over it ever closed).
+            if reader is not sock and sock.fileno() != reader.fileno():
+                return None
+            info = reader.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_HEAD.size)
         except (OSError, ValueError):
             return None
         if len(info) < _TCP_INFO_HEAD.size:

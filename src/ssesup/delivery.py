@@ -10,6 +10,13 @@ the deadline's check (the actor's timer callback), or counting and failing sends
 
 Coalescing is the speed: events the generator makes while a send is in flight, or in a burst that never
 waits, go out joined in one send; an event that arrives alone goes out at once, from the producer.
+
+On asyncio the sender is a task of the stream's own, as the producer is, not a child of its task group:
+started through anyio's task group it cost a third of an idle ping's instructions (anyio's spawn, its
+task state, its cancel scope's bookkeeping), and an idle stream's only sends are its pings, each one a
+sender. The stream cancels it with its ending (:meth:`Delivery.cancel`, where it cancels its task group)
+and waits for it at its end (:meth:`Delivery.stop_sender`); a deadline of the task group reaches it there.
+On trio the sender stays in the task group.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ _clock = time.perf_counter
 
 END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
+# How long a stream's end waits for its cancelled sender (asyncio) to end: a send cancelled returns at
+# once, unless the server's send holds on to it (then the sender is left to end by itself).
+SENDER_STOP_WAIT = 0.5
+
 
 class Delivery:
     """One stream's sending state. Made with the stream; ``send`` and ``task_group`` are set when its
@@ -60,6 +71,7 @@ class Delivery:
         "quiet_since",
         "send",
         "send_started",
+        "sender",
         "sender_running",
         "sender_wake",
         "stream",
@@ -78,6 +90,7 @@ class Delivery:
         self.last_activity = 0.0  # when the last send began (the timer's ping)
         self.quiet_since = 0.0  # when the last send (the headers' at first) ended: see produce
         self.sender_running = False
+        self.sender: asyncio.Task[None] | None = None  # asyncio: the sender task, the stream's own
         self.sender_wake: Any = None
         self.body_ended = False
 
@@ -149,10 +162,37 @@ class Delivery:
 
     def start_sender(self) -> None:
         """Start the sender unless it runs (the producer sends lone events itself; bursts, pings,
-        farewells and the end of the body go through the sender)."""
+        farewells and the end of the body go through the sender): on asyncio a task of the stream's
+        own, on trio a task of its task group."""
         if not self.sender_running and self.task_group is not None:
             self.sender_running = True
-            self.task_group.start_soon(self.send_queued)
+            live = self.stream._live
+            create_task = None if live is None else live.loop.create_task
+            if create_task is not None:
+                self.sender = create_task(self.send_queued())
+            else:
+                self.task_group.start_soon(self.send_queued)
+
+    def cancel(self) -> None:
+        """Nothing more is sent: the stream's task group is cancelled (its listener, on trio its
+        sender and producer), and on asyncio the sender task (unless it is the caller: it returns)."""
+        scope = self.stream._cancel_scope
+        if scope is not None:
+            scope.cancel()
+        sender = self.sender
+        if sender is not None and not sender.done() and sender is not asyncio.current_task():
+            sender.cancel()
+
+    async def stop_sender(self) -> None:
+        """At the stream's end (its task group has exited: nothing more is started), on asyncio: the
+        sender, if it still runs (its send outlived the task group's deadline, or the stream was
+        cancelled from outside), is cancelled and waited for, shielded, within the farewell budget."""
+        sender, self.sender = self.sender, None
+        if sender is None or sender.done():
+            return
+        sender.cancel()
+        with anyio.move_on_after(SENDER_STOP_WAIT, shield=True):
+            await asyncio.wait((sender,))
 
     async def send_queued(self) -> None:
         """The sender, started when bytes are queued: sends what is queued, joined, until nothing is
@@ -180,6 +220,15 @@ class Delivery:
                     return
                 self.sender_wake = sender_wake = self.wakeup()
                 await wait(sender_wake)
+        except Exception as exc:
+            if self.sender is None:
+                raise  # trio: the task group raises it to the server
+            # asyncio: nobody awaits this task to hear of it. The stream ends (error), nothing more is
+            # written, its connection is released.
+            log.exception("stream.sender_failed", stream_id=stream.stream_id, route=stream.route)
+            stream._keep_error(exc)
+            stream._fire(Trigger.ERROR)
+            stream._cancel_task_group()
         finally:
             self.sender_running = False
 

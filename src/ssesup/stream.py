@@ -416,6 +416,7 @@ class SupervisedStream(Response):
         ``on_close``, the generator closed, unregistered."""
         delivery = self._delivery
         delivery.task_group = None  # closed: nothing more can be started in it
+        await delivery.stop_sender()  # asyncio: a sender still in a send, cancelled with its ending
         # Cancelled from outside (the server is shutting down): the stream still ends in CLOSED.
         self._fire(Trigger.FORCE_CLOSE)
         if self._timer is not None:
@@ -478,8 +479,7 @@ class SupervisedStream(Response):
                 self._supervisor.report_sent_soon(self, self._live)
 
     def _cancel_task_group(self) -> None:
-        if self._cancel_scope is not None:  # set before any sender starts
-            self._cancel_scope.cancel()
+        self._delivery.cancel()
 
     # -- endings: the table's row decides -----------------------------------------------------------------
 
@@ -508,8 +508,7 @@ class SupervisedStream(Response):
             self._keep_error(SendTimeoutError(f"a send took longer than send_timeout ({self._send_timeout()} s)"))
         scope = self._cancel_scope
         if ending is Ending.ABANDON or ending is Ending.GONE:
-            if scope is not None:
-                scope.cancel()  # nothing more is written; the stream's end releases what is left
+            self._delivery.cancel()  # nothing more is written; the stream's end releases what is left
             return
         if ending is Ending.FAREWELL:
             assert transition.close_reason is not None

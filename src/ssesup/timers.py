@@ -1,18 +1,29 @@
-"""The central timer service: one heap of deadlines per event loop, driven by one task.
+"""The central timer service: the deadlines of one event loop in steps of :data:`RESOLUTION`, driven by
+one task.
 
 Owns: deadlines and the single task that waits for the earliest of them. Does not own: what a
 deadline means. A callback is synchronous, must not do I/O, and returns the next deadline it wants
 (or ``None``); ping ticks and send deadlines are written that way by the actor, so a stream costs one
-heap entry, not one sleeping task per concern.
+entry, not one sleeping task per concern.
 
-The driver task exists only while there are deadlines: it starts with the first one and ends when the
-heap is empty, so a loop with no live streams has no task of ours.
+A timer fires at its deadline or up to one step after it, never before: the deadlines of one step
+(``RESOLUTION`` seconds of the loop's clock) are kept in one list and fired together, in the order of
+their deadlines, when the step has passed. So ten thousand streams pinged every 15 s cost the loop one
+wake-up per step, not one per deadline; putting a timer in its step and taking it out are a list's
+append and removal (a step holds a few dozen), where a heap of every deadline cost a dozen tuple
+comparisons each way; and a timer never fires early (a stream checked before its ping was due was
+looked at twice per ping, its socket read both times).
+
+The driver task exists only while there are deadlines: it starts with the first one and ends when none
+is left, so a loop with no live streams has no task of ours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
-import itertools
+import math
+import operator
 from collections.abc import Callable
 
 import anyio
@@ -25,21 +36,22 @@ log = structlog.get_logger("ssesup.timers")
 
 TimerCallback = Callable[[float], "float | None"]
 
-# Deadlines this close together fire in one wake-up of the driver.
+# The step: deadlines within one fire in one wake-up of the driver, at most this late.
 RESOLUTION = 0.05
+_deadline = operator.attrgetter("deadline")
 
 
 class Timer:
     """A handle on one scheduled callback."""
 
-    __slots__ = ("callback", "cancelled", "deadline", "in_heap", "service")
+    __slots__ = ("callback", "cancelled", "deadline", "service", "step")
 
     def __init__(self, service: TimerService, deadline: float, callback: TimerCallback) -> None:
         self.service = service
         self.deadline = deadline
         self.callback = callback
         self.cancelled = False
-        self.in_heap = False
+        self.step: int | None = None  # the step whose list holds it (None: none, its deadline infinite)
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -48,13 +60,12 @@ class Timer:
 
 
 class TimerService:
-    """A heap of :class:`Timer` and the one task that fires them. One per event loop."""
+    """The steps of :class:`Timer` and the one task that fires them. One per event loop."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
-        self._seq = itertools.count()
+        self._steps: dict[int, list[Timer]] = {}  # step -> its timers, in the order they were put there
+        self._order: list[int] = []  # a heap of the steps that have (or had) timers
         self._live = 0
-        self._cancelled_in_heap = 0
         self._sleep_scope: anyio.CancelScope | None = None
         self._driver: object | None = None
 
@@ -64,86 +75,107 @@ class TimerService:
         return self._live
 
     @property
+    def held(self) -> int:
+        """Timers in the steps (cancelled ones leave them at once)."""
+        return sum(len(timers) for timers in self._steps.values())
+
+    @property
     def running(self) -> bool:
         return self._driver is not None
 
     def schedule(self, deadline: float, callback: TimerCallback) -> Timer:
         timer = Timer(self, deadline, callback)
         self._live += 1
-        self._push(timer)
+        self._put(timer)
+        if self._driver is None:
+            self._driver = spawn_owned(self._drive)
         return timer
 
     def _forget(self, timer: Timer) -> None:
-        """One timer fewer; with none left, wake the driver so that it ends now."""
+        """One timer fewer: out of its step now (its callback, and what it holds, are not kept); with
+        none left, wake the driver so that it ends now."""
         self._live -= 1
-        if timer.in_heap:
-            self._cancelled_in_heap += 1
+        step = timer.step
+        if step is not None:
+            timer.step = None
+            timers = self._steps.get(step)
+            if timers is not None:
+                # Not there when its step is being fired (a callback cancelled it): skipped there.
+                with contextlib.suppress(ValueError):
+                    timers.remove(timer)
         if self._live == 0 and self._sleep_scope is not None:
             self._sleep_scope.cancel()
 
-    def _push(self, timer: Timer) -> None:
-        timer.in_heap = True
-        heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
-        if self._driver is None:
-            self._driver = spawn_owned(self._drive)
-        elif self._sleep_scope is not None and timer.deadline < self._sleep_scope.deadline:
-            self._sleep_scope.deadline = timer.deadline
+    def _put(self, timer: Timer) -> None:
+        deadline = timer.deadline
+        if deadline == math.inf:
+            return  # never fires; counted until cancelled
+        step = timer.step = int(deadline // RESOLUTION)
+        timers = self._steps.get(step)
+        if timers is None:
+            self._steps[step] = [timer]
+            heapq.heappush(self._order, step)
+            scope = self._sleep_scope
+            wake_at = (step + 1) * RESOLUTION
+            if scope is not None and wake_at < scope.deadline:
+                scope.deadline = wake_at
+        else:
+            timers.append(timer)
+
+    def _next_wake(self) -> float:
+        """When the earliest step with timers has passed (``math.inf``: no step holds any)."""
+        order, steps = self._order, self._steps
+        while order:
+            step = order[0]
+            if steps.get(step):
+                return (step + 1) * RESOLUTION
+            heapq.heappop(order)  # emptied by cancellations
+            steps.pop(step, None)
+        return math.inf
 
     async def _drive(self) -> None:
         try:
-            while self._drop_cancelled():
-                with anyio.CancelScope(deadline=self._heap[0][0]) as scope:
+            while self._live:
+                with anyio.CancelScope(deadline=self._next_wake()) as scope:
                     self._sleep_scope = scope
                     await anyio.sleep_forever()
                 self._sleep_scope = None
-                self._fire_due(anyio.current_time() + RESOLUTION)
+                self._fire_due(anyio.current_time())
         finally:
             self._sleep_scope = None
             self._driver = None
+            if not self._live:
+                self._steps.clear()
+                self._order.clear()
 
-    def _drop_cancelled(self) -> bool:
-        """Drop cancelled timers from the top of the heap, and rebuild it when they are most of it."""
-        heap = self._heap
-        while heap and heap[0][2].cancelled:
-            self._pop()
-        if self._cancelled_in_heap > 64 and self._cancelled_in_heap > len(heap) // 2:
-            for _, _, timer in heap:
-                if timer.cancelled:
-                    timer.in_heap = False
-            self._heap = heap = [entry for entry in heap if not entry[2].cancelled]
-            heapq.heapify(heap)
-            self._cancelled_in_heap = 0
-        return bool(heap)
-
-    def _pop(self) -> Timer:
-        _, _, timer = heapq.heappop(self._heap)
-        timer.in_heap = False
-        if timer.cancelled:
-            self._cancelled_in_heap -= 1
-        return timer
-
-    def _fire_due(self, horizon: float) -> None:
-        """Fire every timer due by ``horizon``. A timer fires at most once a pass, and is never put
-        back closer than one resolution step from now: a callback that keeps asking for a past
-        deadline costs a wake-up a step, it cannot spin the loop."""
-        heap = self._heap
-        now = anyio.current_time()
+    def _fire_due(self, now: float) -> None:
+        """Fire the timers of every step that has passed by ``now``, each at most once a pass: a callback
+        that asks for a deadline already past is fired again at the next pass (the step after now's),
+        so it costs a wake-up a step, it cannot spin the loop."""
+        order, steps = self._order, self._steps
+        due = now // RESOLUTION  # the steps before this one have passed
         again: list[Timer] = []
-        while heap and heap[0][0] <= horizon:
-            timer = self._pop()
-            if timer.cancelled:
+        while order and order[0] < due:
+            timers = steps.pop(heapq.heappop(order), None)
+            if not timers:
                 continue
-            try:
-                next_deadline = timer.callback(now)
-            except Exception:
-                logs.exception("timer.callback_failed", logger=log)
-                next_deadline = None
-            if timer.cancelled:
-                continue
-            if next_deadline is None:
-                timer.cancel()
-            else:
-                timer.deadline = max(next_deadline, now + RESOLUTION)
-                again.append(timer)
+            if len(timers) > 1:
+                timers.sort(key=_deadline)  # stable: equal deadlines in the order they were scheduled
+            for timer in timers:
+                if timer.cancelled:
+                    continue
+                timer.step = None
+                try:
+                    next_deadline = timer.callback(now)
+                except Exception:
+                    logs.exception("timer.callback_failed", logger=log)
+                    next_deadline = None
+                if timer.cancelled:
+                    continue
+                if next_deadline is None:
+                    timer.cancel()
+                else:
+                    timer.deadline = max(next_deadline, now)
+                    again.append(timer)
         for timer in again:
-            self._push(timer)
+            self._put(timer)

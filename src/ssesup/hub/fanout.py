@@ -103,7 +103,7 @@ class LoopHub:
         hub.counters.watch_depth(self)
 
     def mailbox_depth(self) -> int:
-        return sum(len(mailbox.items) for mailbox in tuple(self.mailboxes))
+        return sum(mailbox.held for mailbox in tuple(self.mailboxes))
 
     async def current_epoch(self) -> str:
         if self.epoch is None:
@@ -287,11 +287,11 @@ class LoopHub:
                 mailbox
                 for channel in channels
                 for mailbox in self.subscribers.get(channel, ())
-                if len(mailbox.items) > most_events or mailbox.size > most_bytes
+                if mailbox.held > most_events or mailbox.size > most_bytes
             ]
             if not behind:
                 return
-            now_held = sum(len(mailbox.items) for mailbox in behind)
+            now_held = sum(mailbox.held for mailbox in behind)
             if (held is not None and now_held >= held) or self.loop.clock() >= deadline:
                 return
             held = now_held

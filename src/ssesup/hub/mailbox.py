@@ -10,18 +10,27 @@ which knows mailboxes and nothing of subscriptions).
 ``offer`` runs once per subscriber per event published: it appends one shared tuple, adds the event's
 size (a lookup in the entry's cache of bodies, made by the first subscriber, not a call) and returns the
 wake-up of a subscriber that waits, for the reader to ring with the others.
+
+The queue is a list read from ``head`` on, emptied (its storage freed) when the subscriber has taken all
+of it, and compacted when what was taken is most of a long one: an idle subscriber's mailbox holds an
+empty list (56 bytes), where a deque always holds a block of 64 slots (760 bytes with the deque). Until
+it is compacted, a list keeps the entries taken or dropped before ``head`` alive: fewer than
+``COMPACT_AFTER``, or fewer than it holds past ``head`` (within its bounds).
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ssesup._loop import wake
 from ssesup.hub.backend import Entry
 from ssesup.hub.ids import Position
+
+# Taken entries are dropped from the front of a mailbox's list once there are this many and they are
+# at least half of it.
+COMPACT_AFTER = 64
 
 
 class Overflow(enum.Enum):
@@ -40,8 +49,11 @@ class Overflow(enum.Enum):
 class Mailbox:
     """A subscriber's queue, bounded by ``max_events`` and ``max_bytes`` (bodies encoded with ``sep``).
 
-    The subscriber reads ``items`` and lowers ``size`` as it takes them; it sets ``wakeup`` before it
-    waits, and reads ``overflowed``, ``new_epoch`` and ``dropped`` before each event it takes.
+    The subscriber takes ``items[head]`` while ``head < len(items)``, moves ``head`` on (emptying the
+    list when it took the last, else :meth:`compact`) and lowers ``size`` as it takes them; it sets
+    ``wakeup`` before it waits, and reads ``overflowed``, ``new_epoch`` and ``dropped``
+    (``dropped_upto``: ``None`` until something is dropped) before each event it takes. ``held`` is
+    what it has still to take.
     ``on_overflow()`` is called once when the policy ``disconnect`` ends the subscriber.
     """
 
@@ -50,6 +62,7 @@ class Mailbox:
         "closed",
         "dropped",
         "dropped_upto",
+        "head",
         "items",
         "max_bytes",
         "max_events",
@@ -73,8 +86,10 @@ class Mailbox:
     ) -> None:
         self.channels = tuple(channels)
         self.sep = sep
-        # (channel, entry): one tuple per entry, shared by every mailbox (nothing allocated per subscriber).
-        self.items: deque[tuple[str, Entry]] = deque()
+        # (channel, entry): one tuple per entry, shared by every mailbox (nothing allocated per subscriber);
+        # those before ``head`` are taken.
+        self.items: list[tuple[str, Entry]] = []
+        self.head = 0
         self.size = 0
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -84,7 +99,7 @@ class Mailbox:
         self.closed = False
         self.new_epoch: str | None = None
         self.dropped = 0
-        self.dropped_upto: dict[str, Position] = {}
+        self.dropped_upto: dict[str, Position] | None = None
         self.wakeup: Any = None
 
     def offer(self, item: tuple[str, Entry]) -> Any:
@@ -96,11 +111,10 @@ class Mailbox:
         items.append(item)
         entry = item[1]
         self.size += len(entry.encoded.get(self.sep) or entry.body(self.sep))
-        if len(items) > self.max_events or self.size > self.max_bytes:
+        if len(items) - self.head > self.max_events or self.size > self.max_bytes:
             if self.overflow is Overflow.DISCONNECT:
                 self.overflowed = True
-                self.items.clear()
-                self.size = 0
+                self._empty()
                 self.on_overflow()
             else:
                 self._drop_oldest()
@@ -108,13 +122,37 @@ class Mailbox:
         self.wakeup = None
         return wakeup
 
+    @property
+    def held(self) -> int:
+        """Entries offered and not yet taken."""
+        return len(self.items) - self.head
+
+    def compact(self) -> None:
+        """Drop the entries taken from the front of a long list, mostly taken (a subscriber that never
+        quite catches up never empties it)."""
+        head = self.head
+        if head >= COMPACT_AFTER and 2 * head >= len(self.items):
+            del self.items[:head]
+            self.head = 0
+
+    def _empty(self) -> None:
+        self.items.clear()
+        self.head = 0
+        self.size = 0
+
     def _drop_oldest(self) -> None:
         items = self.items
-        while len(items) > 1 and (len(items) > self.max_events or self.size > self.max_bytes):
-            channel, dropped = items.popleft()
+        head = self.head
+        while len(items) - head > 1 and (len(items) - head > self.max_events or self.size > self.max_bytes):
+            channel, dropped = items[head]
+            head += 1
             self.size -= len(dropped.body(self.sep))
             self.dropped += 1
+            if self.dropped_upto is None:
+                self.dropped_upto = {}
             self.dropped_upto[channel] = dropped.position
+        self.head = head
+        self.compact()
 
     def epoch_changed(self, epoch: str) -> None:
         """The engine's history was lost (a new epoch): the subscriber says so with a gap."""
@@ -124,8 +162,7 @@ class Mailbox:
     def close(self) -> None:
         """No more offers; a subscriber that waits is woken (to end its iteration)."""
         self.closed = True
-        self.items.clear()
-        self.size = 0
+        self._empty()
         self.ring()
 
     def ring(self) -> None:

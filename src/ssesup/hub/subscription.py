@@ -39,7 +39,7 @@ from ssesup.hub.ids import (
     parse_id,
     position_before,
 )
-from ssesup.hub.mailbox import Mailbox, Overflow
+from ssesup.hub.mailbox import COMPACT_AFTER, Mailbox, Overflow
 from ssesup.hub.waiter import Waiter
 from ssesup.states import Trigger
 
@@ -212,14 +212,10 @@ class Subscription:
                     yield self._gap(encode, GapReason.EPOCH, list(self.channels))
                     continue
                 if mailbox.dropped:
-                    for dropped_channel, upto in mailbox.dropped_upto.items():
-                        positions[dropped_channel] = max(positions[dropped_channel], upto)
-                    channels = list(mailbox.dropped_upto)
-                    mailbox.dropped_upto = {}
-                    dropped, mailbox.dropped = mailbox.dropped, 0
-                    yield self._gap(encode, GapReason.DROPPED, channels, dropped=dropped)
+                    yield self._dropped(encode)
                     continue
-                if not items:
+                head = mailbox.head
+                if head == len(items):
                     if waiter is not None:
                         mailbox.wakeup = waiter
                         await waiter
@@ -229,11 +225,17 @@ class Subscription:
                     if self._closed:  # by another task, while this one waited
                         return
                     continue
-                channel, entry = items.popleft()
-                if items:
-                    mailbox.size -= len(entry.body(sep))
+                # The oldest entry taken, written out here: once per event delivered.
+                channel, entry = items[head]
+                head += 1
+                if head == len(items):
+                    items.clear()  # what it held was this entry alone (the common case: no body looked up)
+                    mailbox.head = mailbox.size = 0
                 else:
-                    mailbox.size = 0  # what it held was this entry alone (the common case: no body looked up)
+                    mailbox.head = head
+                    mailbox.size -= len(entry.body(sep))
+                    if head >= COMPACT_AFTER:
+                        mailbox.compact()
                 position = entry.position
                 if position <= positions[channel]:
                     continue
@@ -347,6 +349,17 @@ class Subscription:
                 history = await loop_hub.shared(("read", channel, after), "read", partial(read, channel, after, PAGE))
                 if self._closed:  # by another task, while this one read
                     return
+
+    def _dropped(self, encode: bool) -> bytes | Event:
+        """The gap for what the mailbox dropped (policy drop_oldest); the positions move past it."""
+        mailbox = self.mailbox
+        upto = mailbox.dropped_upto or {}
+        positions = self._positions
+        for channel, position in upto.items():
+            positions[channel] = max(positions[channel], position)
+        mailbox.dropped_upto = None
+        dropped, mailbox.dropped = mailbox.dropped, 0
+        return self._gap(encode, GapReason.DROPPED, list(upto), dropped=dropped)
 
     def _start(self, encode: bool) -> bytes | Event:
         """The first item: only an id (where the subscription starts)."""
