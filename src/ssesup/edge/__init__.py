@@ -10,6 +10,9 @@ socket for a dead peer. What that object is depends on the protocol, and what it
   per-stream bound on what the server holds for the stream, for servers whose ``send`` never waits.
 * one adapter per server (``hypercorn``, ``granian``, ``daphne``): how that server's own objects reset
   one stream, say what it holds for it, and lead to its socket.
+
+Owns: the ``ServerConnection`` protocol every adapter's object meets, and the list of adapters.
+Does not own: finding the object behind a ``send`` (``ssesup.connection``), the stream's state (the actor).
 """
 
 from __future__ import annotations

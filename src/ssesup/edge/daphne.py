@@ -17,6 +17,10 @@ is Twisted's TCP transport: its socket, ``abortConnection()``, and the bytes it 
   daphne's then cancels what is left. ssesup's signal handler runs before Twisted's, so the drain has
   begun when the reactor starts to stop.
 * HTTP/2 (Twisted's, over TLS) is not handled: no connection is found, nothing is done.
+
+Owns: daphne's connection behind a ``send`` (its buffered bytes, its release), the bound on its send,
+and moving daphne's cancel-every-app shutdown behind the supervisor's drain. Does not own: HTTP/2 on
+daphne (not supported, logged), the drain itself (``ssesup.supervisor``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ port as a string). So the connection is this process's socket with those two end
   as its peer neither reads it nor leaves; its connection is released once no other stream of ssesup's
   lives on it (see ``_GranianH2``). A dead peer releases the socket at once, after every stream ssesup
   serves on it is told.
+
+Owns: granian's stream edge from the scope's two ends (a socket of this process on HTTP/1.1, a
+multiplexed stream on HTTP/2). Does not own: finding sockets by address (``edge/sockets.py``), the
+per-stream rules of HTTP/2 (``edge/multiplexed.py``).
 """
 
 from __future__ import annotations

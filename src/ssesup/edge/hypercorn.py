@@ -20,6 +20,10 @@ socket.
 * HTTP/1.1 on trio: hypercorn writes in a shielded scope; a stream's sends run in tasks of the
   connection's nursery (``UnshieldedSend``), so that a send to a client that stopped reading can be
   given up and the connection released.
+
+Owns: hypercorn's HTTP/2 stream objects (reset one stream, its buffered bytes, its connection's
+peer) and the unshielded send on trio's HTTP/1.1. Does not own: the per-stream rules
+(``edge/multiplexed.py``), hypercorn's HTTP/1.1 on asyncio (``ssesup.connection``).
 """
 
 from __future__ import annotations

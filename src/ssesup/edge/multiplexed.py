@@ -13,6 +13,9 @@ says how its own objects do each step. The rules:
   buffer without bound) gets a bound: once the server holds more than ``BOUND`` bytes of the stream, the
   send waits until the server has handed them to the protocol (the peer's window let them out). The
   actor's ``send_timeout`` then sees a send that waits, and memory per stream stays bounded.
+
+Does not own: how a server resets a stream or reads its buffers (the adapters), the stream's state
+(the actor).
 """
 
 from __future__ import annotations

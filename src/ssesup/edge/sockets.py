@@ -14,6 +14,9 @@ and its writes fail, so it drops the connection and closes its descriptor, which
 connection (unsent bytes discarded).
 
 Linux only (``/proc``); elsewhere nothing is found and nothing is done.
+
+Owns: the index of this process's TCP sockets by their two addresses, and an owned socket's release
+and reading. Does not own: which server needs it (``edge/granian.py``).
 """
 
 from __future__ import annotations
