@@ -454,7 +454,9 @@ class SupervisedStream(Response):
 
     async def _send_headers(self, send: Send, start: Message) -> bool:
         """Send the response's start (status and headers), under the send deadline; ``False`` when the
-        client is gone. Once per stream (``ssesup.compat`` sends a GET's headers as sse-starlette does)."""
+        client is gone. Once per stream. ``send`` is the server's own: this sends through the stream's
+        delivery, under its deadline; ``ssesup.compat`` overrides it to send a GET's headers through
+        ``send`` without one, as sse-starlette does."""
         return await self._delivery.send_message(start)
 
     def _send_refused(self, error: Exception) -> None:
