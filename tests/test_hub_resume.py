@@ -40,6 +40,16 @@ def test_a_position_round_trips_through_its_token_and_redis_id(position):
     assert parse_id(raw, "k3v9x2aq", "1c0f9e2b", 2) == [position, (position[0], 0)]
 
 
+def test_the_tokens_of_positions_formatted_lately_are_kept_within_their_bound():
+    from ssesup.hub import ids
+
+    first = [(1_700_000_000_000 + n, n % 3) for n in range(ids.TOKENS_KEPT + 500)]
+    tokens = [position_token(position) for position in first]
+    assert len(ids._tokens) <= ids.TOKENS_KEPT
+    assert [parse_token(token) for token in tokens] == first
+    assert [position_token(position) for position in first[:10]] == tokens[:10]  # (made again, the same)
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     chosen=st.lists(

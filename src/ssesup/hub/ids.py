@@ -62,9 +62,22 @@ def _base36(number: int) -> str:
     return "".join(reversed(digits))
 
 
+# Tokens of the positions formatted lately: a fan-out formats the same position for every subscriber
+# of its channel (each id of a subscription of several channels is its own). At most TOKENS_KEPT, then
+# forgotten all at once.
+TOKENS_KEPT = 16_384
+_tokens: dict[Position, str] = {}
+
+
 def position_token(position: Position) -> str:
-    major, minor = position
-    return _base36(major) if minor == 0 else f"{_base36(major)}-{_base36(minor)}"
+    token = _tokens.get(position)
+    if token is None:
+        major, minor = position
+        token = _base36(major) if minor == 0 else f"{_base36(major)}-{_base36(minor)}"
+        if len(_tokens) >= TOKENS_KEPT:
+            _tokens.clear()
+        _tokens[position] = token
+    return token
 
 
 def parse_token(token: str) -> Position:
