@@ -184,6 +184,13 @@ class Backend(abc.ABC):
     def followed(self, channel: str) -> None:  # noqa: B027 (optional, not abstract)
         """This loop's reader now follows ``channel`` (optional: see the module's docstring)."""
 
+    def looks(self) -> int | None:
+        """How many times this loop's reader has looked at what changed (``None``: not counted, the
+        default). A join whose reader did not look between asking for a channel's cursor and following
+        it needs neither :meth:`followed` nor :meth:`wake`: whatever is appended after that cursor, the
+        reader's next look finds, with the channel followed by then."""
+        return None
+
     # -- presence (optional: an engine without it answers no one present) -----------------------------
 
     async def presence_write(

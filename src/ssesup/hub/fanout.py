@@ -153,6 +153,7 @@ class LoopHub:
             self._ensure_reader()
             return cursor, False
         backend = self.hub.backend
+        looks = backend.looks()
         last, run = await self.shared(("last", channel), "last", lambda: backend.last_run(channel))
         cursor = self.cursors.get(channel)
         if cursor is not None:  # another subscription set it meanwhile: from there on, all reach us
@@ -162,6 +163,10 @@ class LoopHub:
         self.cursors[channel] = last
         if run is None:
             self.no_run[channel] = last
+        if looks is not None and backend.looks() == looks:
+            # The reader did not look meanwhile: what follows ``last`` it finds at its next look.
+            self._ensure_reader()
+            return last, run
         backend.followed(channel)
         if not self._ensure_reader():
             with contextlib.suppress(HubUnavailable):  # the reader, reconnecting, reads every channel it has

@@ -481,6 +481,7 @@ class _LoopClients:
         self.changes_cursor: str | None = None
         # Channels followed since the reader's last read (read at its next, whatever the log says).
         self.fresh: set[str] = set()
+        self.looks = 0  # the reader's calls of wait, and the answers of its blocking reads
         self.answered = float("-inf")  # when the reader's last blocking read found something (loop clock)
         self.everything = False  # more were followed than ``fresh`` keeps: the next read reads every channel
 
@@ -643,6 +644,7 @@ class RedisBackend(Backend):
         channel is read only on the first call, after a failure, or when the log was trimmed past the
         reader's place in it. So a publish costs the reader what it finds, not the channels it follows."""
         clients = self._loop()
+        clients.looks += 1  # (and again once its read answers: see looks)
         try:
             if clients.changes_cursor is None:
                 # Where the log is now first, then every channel: what is appended after that, the log names.
@@ -661,6 +663,7 @@ class RedisBackend(Backend):
                 lambda: clients.reader.xread(streams, count=READ_COUNT, block=max(1, int(timeout * 1000))),
                 timeout + CALL_TIMEOUT,
             )
+            clients.looks += 1
             if answer:
                 clients.answered = anyio.current_time()
             changed, clients.fresh = clients.fresh, set()
@@ -717,6 +720,9 @@ class RedisBackend(Backend):
                     (channel, _entry(raw_id, fields, parse_redis_id(fields[b"p"]))) for raw_id, fields in items
                 )
         return entries
+
+    def looks(self) -> int | None:
+        return self._loop().looks
 
     def followed(self, channel: str) -> None:
         clients = self._loop()
