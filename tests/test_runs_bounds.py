@@ -51,6 +51,7 @@ def test_past_its_events_bound_a_run_drops_its_oldest_and_a_viewer_from_the_star
         small = await hub.start_run("small", numbered(30), max_events=10)  # a run's own bound
         await small.wait()
         assert tokens(await view(hub, "small")) == list(range(21, 30))
+        await hub.aclose()  # its connections closed on its loop, not at exit
 
     anyio.run(main)
 
@@ -64,6 +65,7 @@ def test_past_its_bytes_bound_a_run_drops_its_oldest(hub_url):
         kept = tokens(got)
         assert kept == list(range(kept[0], 100)) and 10 <= len(kept) < 20  # about 2000 bytes of 100-byte events
         assert got[0].event == "gap" and got[-1].event == "end"
+        await hub.aclose()  # its connections closed on its loop, not at exit
 
     anyio.run(main)
 
@@ -88,6 +90,7 @@ def test_a_run_is_kept_whole_while_it_goes_on_past_the_hubs_age_bound_and_run_tt
                 await anyio.sleep(0.1)  # Redis expires keys as it samples them
             assert client.exists("ssesup:ch:slow", "ssesup:run:slow") == 0
             client.close()
+        await hub.aclose()  # its connections closed on its loop, not at exit
 
     anyio.run(main)
 
@@ -110,6 +113,7 @@ def test_many_runs_at_once_keep_at_most_runs_times_the_bound(hub_url):
             )
             client.close()
         assert held == [bound] * runs  # each: its newest 99 tokens and its end, exactly
+        await hub.aclose()  # its connections closed on its loop, not at exit
 
     anyio.run(main)
 
