@@ -64,8 +64,8 @@ def _base36(number: int) -> str:
 
 # Tokens of the positions formatted lately: a fan-out formats the same position for every subscriber
 # of its channel (each id of a subscription of several channels is its own). At most TOKENS_KEPT, then
-# forgotten all at once.
-TOKENS_KEPT = 16_384
+# forgotten all at once: the position being fanned out is back in the next format.
+TOKENS_KEPT = 1024
 _tokens: dict[Position, str] = {}
 
 
