@@ -73,7 +73,8 @@ def server(hub_url):
             closes.append(transition.close_reason)
 
     supervisor.subscribe(closed)
-    with UvicornThread(make_app(hub, supervisor)) as running:
+    # lifespan on: the app's shutdown closes the hub's connections on the server's loop.
+    with UvicornThread(make_app(hub, supervisor), lifespan="on") as running:
         running.hub = hub
         running.closes = closes
         yield running
@@ -243,7 +244,8 @@ def test_on_redis_a_runs_record_lives_while_its_process_renews_it_and_lapses_whe
             client.delete("ssesup:run:leased")  # lost (a Redis that lost the key, or a renewal too late)
             await anyio.sleep(0.5)
         assert [entry["channel"] for entry in logs if entry["event"] == "run.lease_lost"] == ["leased"]
-        second = await Hub(redis_url, metrics=False).start_run("leased", forever())  # the channel is free
+        other = Hub(redis_url, metrics=False)
+        second = await other.start_run("leased", forever())  # the channel is free
         with capture_logs() as logs:
             first.cancel()
             assert await first.wait() is RunStatus.CANCELLED
@@ -252,6 +254,8 @@ def test_on_redis_a_runs_record_lives_while_its_process_renews_it_and_lapses_whe
         second.cancel()
         assert await second.wait() is RunStatus.CANCELLED
         assert await hub.run_status("leased") == "cancelled"
+        await other.aclose()  # (their connections closed on their loop, not at exit)
+        await hub.aclose()
 
     anyio.run(main)
     client.close()
@@ -293,5 +297,6 @@ def test_viewers_of_a_channel_followed_before_its_run_started_get_the_whole_run(
                     assert await read(joined_mid_run) == [str(i) for i in range(30)]
             assert first == [[str(i) for i in range(30)]]
             assert await run.wait() is RunStatus.COMPLETED
+        await hub.aclose()
 
     anyio.run(main)

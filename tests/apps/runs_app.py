@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -79,9 +80,22 @@ def make_app(hub: Hub, supervisor: Supervisor) -> Starlette:
             Route("/runs/{name}", view),
             Route("/runs/{name}/cancel", cancel, methods=["POST"]),
             Route("/runs/{name}/status", status),
-        ]
+        ],
+        lifespan=closing(hub),
     )
     return supervisor.install(app)
+
+
+def closing(hub: Hub):
+    """A lifespan that closes the hub's connections at shutdown, on the server's loop (after the
+    supervisor's runs have ended: its lifespan shutdown waits for them first)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        await hub.aclose()
+
+    return lifespan
 
 
 app = make_app(
