@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from bench.instructions import callgrind_count
+
 ROOT = Path(__file__).resolve().parent.parent
 FEW, MANY = 5, 25
-_COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 async def _run(url: str, subscribers: int, publishes: int) -> None:
@@ -81,22 +80,9 @@ def _instructions(url: str, subscribers: int, publishes: int, src: Path | None) 
     if valgrind is None:
         raise SystemExit("bench.broadcast_instructions needs valgrind (scripts/install-valgrind.sh)")
     path = os.pathsep.join(p for p in (str(src) if src else "", str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
-               "bench.broadcast_instructions", "--child", str(publishes), "--url", url,
+    command = [sys.executable, "-m", "bench.broadcast_instructions", "--child", str(publishes), "--url", url,
                "--subscribers", str(subscribers)]  # fmt: skip
-    done = subprocess.run(
-        command,
-        env={**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": "0"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=True,
-    )
-    found = _COLLECTED.search(done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-500:]!r}")
-    return int(found.group(1))
+    return callgrind_count(valgrind, command, {**os.environ, "PYTHONPATH": path}, timeout=3600)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.procstat import stop
-from bench.scale import Child, build_client
+from bench.scale import Child, build_client, summarize_stacks
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.apps.ssesup_scale_app:app"
@@ -135,28 +135,11 @@ def measure(
     return found | {"instructions": instructions, "instructions_per_ping": instructions / pings if pings else None}
 
 
-def _profile(path: Path, top: int = 25) -> dict:
-    """Self and inclusive samples per function of py-spy's raw stacks (``frame;frame;... count``)."""
-    own: dict[str, int] = {}
-    anywhere: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = stack.split(";")
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            anywhere[frame] = anywhere.get(frame, 0) + count
+def _profile(path: Path) -> dict:
+    """py-spy's raw stacks summed by function (self and anywhere) and module, the file then removed."""
+    found = summarize_stacks(path, top=25, functions=True)
     path.unlink(missing_ok=True)
-    share = 100 / max(1, total)
-
-    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
-        return [(name, round(n * share, 1)) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
-
-    return {"samples": total, "self_pct": ranked(own), "inclusive_pct": ranked(anywhere)}
+    return found
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,13 +35,18 @@ def instructions(system: str, subscribers: int, events: int, src: Path | None = 
     if valgrind is None:
         raise SystemExit("bench.instructions needs valgrind (apt-get install valgrind)")
     command, env = child(system, subscribers, events, src)
+    return callgrind_count(valgrind, command, env, timeout=1800)
+
+
+def callgrind_count(valgrind: str, command: list[str], env: dict[str, str], timeout: float) -> int:
+    """The instructions ``command`` ran under callgrind (its summary line), Python's hash seed fixed."""
     done = subprocess.run(
         [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
         env={**env, "PYTHONHASHSEED": "0"},
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
         check=True,
     )
     found = _COLLECTED.search(done.stderr)

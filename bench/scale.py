@@ -352,9 +352,11 @@ class Profile:
         return summarize_stacks(self.path) if self.path.exists() else None
 
 
-def summarize_stacks(path: Path, top: int = 12) -> dict:
-    """Self and inclusive samples of py-spy's collapsed stacks (``frame;frame;... count``)."""
+def summarize_stacks(path: Path, top: int = 12, functions: bool = False) -> dict:
+    """Self and inclusive samples of py-spy's collapsed stacks (``frame;frame;... count``): by function
+    (self), by module (anywhere in the stack), and with ``functions`` by function anywhere too."""
     own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
     modules: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
@@ -365,6 +367,9 @@ def summarize_stacks(path: Path, top: int = 12) -> dict:
         total += count
         frames = stack.split(";")
         own[frames[-1]] = own.get(frames[-1], 0) + count
+        if functions:
+            for frame in set(frames):
+                anywhere[frame] = anywhere.get(frame, 0) + count
         seen = set()
         for frame in frames:
             module = frame.rpartition("(")[2].rstrip(")")
@@ -377,13 +382,14 @@ def summarize_stacks(path: Path, top: int = 12) -> dict:
                 modules[module] = modules.get(module, 0) + count
     share = 100 / max(1, total)
     modules = {name: n for name, n in modules.items() if n < total}  # not the frames under every stack
-    return {
-        "samples": total,
-        "self_pct": [(name, round(n * share, 1)) for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]],
-        "modules_pct": [
-            (name, round(n * share, 1)) for name, n in sorted(modules.items(), key=lambda kv: -kv[1])[:top]
-        ],
-    }
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return [(name, round(n * share, 1)) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    found = {"samples": total, "self_pct": ranked(own), "modules_pct": ranked(modules)}
+    if functions:
+        found["inclusive_pct"] = ranked(anywhere)
+    return found
 
 
 # -- one size ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from apps.core import make_app
-from redis_support import redis_server, redis_url  # noqa: F401 (fixtures of the hub's Redis tests)
+from redis_support import redis_server, redis_url, redis_workers  # noqa: F401 (fixtures of the hub's Redis tests)
 from servers import UvicornThread
 from ssesup import Supervisor
 

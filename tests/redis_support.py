@@ -70,3 +70,14 @@ def redis_url(redis_server):
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def redis_workers(tmp_path, redis_url):
+    """``apps.identity_app`` under ``uvicorn --workers 2`` on the hub's Redis."""
+    from procs import serve, uvicorn_argv
+
+    port = free_port()
+    argv = uvicorn_argv("apps.identity_app:app", port, "--workers", "2", "--log-level", "warning")
+    with serve(argv, port, tmp_path, env={"SSESUP_HUB_URL": redis_url}) as server:
+        yield server

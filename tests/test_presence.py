@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from procs import free_port, serve, uvicorn_argv
 from servers import wait_until
 from ssesup import Hub, SupervisedStream, Supervisor
 from ssesup.hub import HubUnavailable, Subscription
@@ -307,14 +306,6 @@ def test_hub_aclose_stops_the_presence_task_and_the_control_follower(redis_url, 
 
     anyio.run(main)
     client.close()
-
-
-@pytest.fixture
-def redis_workers(tmp_path, redis_url):
-    port = free_port()
-    argv = uvicorn_argv("apps.identity_app:app", port, "--workers", "2", "--log-level", "warning")
-    with serve(argv, port, tmp_path, env={"SSESUP_HUB_URL": redis_url}) as server:
-        yield server
 
 
 def presence(url: str, channel: str) -> dict[str, int]:

@@ -189,14 +189,6 @@ def on_both_workers(url: str, path: str, user: str, each: int = 2) -> list[Held]
     return [stream for streams in held.values() for stream in streams]
 
 
-@pytest.fixture
-def redis_workers(tmp_path, redis_url):
-    port = free_port()
-    argv = uvicorn_argv("apps.identity_app:app", port, "--workers", "2", "--log-level", "warning")
-    with serve(argv, port, tmp_path, env={"SSESUP_HUB_URL": redis_url}) as server:
-        yield server
-
-
 def test_hub_disconnect_on_redis_ends_the_users_streams_on_both_workers_within_a_second(redis_workers):
     url = redis_workers.url
     alice = on_both_workers(url, "/events?channels=orders", "alice") + on_both_workers(url, "/plain", "alice")
